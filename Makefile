@@ -1,0 +1,28 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install with pip.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench-wafer clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PYTHON)': set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fabml demo --out outputs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench-wafer: $(STAMP)
+	$(PY) benchmarks/wafer_wm811k.py
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,163 @@
+"""Benchmark: BYOL wafer embeddings vs a PCA baseline on WM-811K (../shared/data/wm811k).
+
+Protocol (issue 2): train on the four ``train_*`` files without labels, select the checkpoint on
+``val_data`` (leave-one-out kNN macro accuracy on a fixed validation subset), report on ``test_data``
+with the training maps as the labelled kNN reference / retrieval database.
+
+    python benchmarks/wafer_wm811k.py                 # the committed run (30 min training budget)
+    python benchmarks/wafer_wm811k.py --minutes 2 --limit 4000 --out /tmp/wm-smoke   # smoke test
+
+Writes benchmarks/results/wafer_wm811k.{md,json}. Data: Wu, Jang and Chen, IEEE TSM 2015 (WM-811K),
+as processed in faris-k/self-supervised-wafermaps (MIT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fabml import __version__  # noqa: E402
+from fabml.config import load_config, to_dict  # noqa: E402
+from fabml.wafer.config import WaferConfig  # noqa: E402
+from fabml.wafer.embedding import PCABaseline  # noqa: E402
+from fabml.wafer.evaluation import evaluate_embeddings  # noqa: E402
+from fabml.wafer.pipeline import (  # noqa: E402
+    SUMMARY_KEYS, _embed_fn, _labels, grid_shapes, load_dataset, metrics_markdown, train,
+)
+from fabml.wafer.runs import load_trained  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "wm811k"
+TRAIN_FILES = ["train_29_split", "train_20_split", "train_10_split", "train_1_split"]
+PUBLISHED = "BYOL ResNet-18, 150 GPU epochs: kNN (k=5) macro accuracy 0.767 on test_data (faris-k/self-supervised-wafermaps)"
+# CPU recipe: small encoder at 32x32 (most WM-811K grids are ~25x27 dies, so little is lost), larger lr for the short run.
+CPU_OVERRIDES = [
+    "data.size=32", "model.preset=small", "model.stem=imagenet", "train.batch_size=256", "train.lr=2e-3", "train.weight_decay=0.01",
+    "train.warmup_epochs=1", "train.num_workers=0", "cluster.min_cluster_size=50", "eval.d4_maps=2000",
+]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "fabml": __version__, "cuda": torch.cuda.is_available()}
+
+
+def pick(res: dict, extra: dict) -> dict:
+    keys = ("knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map", "d4_same_cluster_rate",
+            "d4_mean_cosine", "silhouette", "silhouette_space", "silhouette_embedding_space", "n_clusters",
+            "noise_ratio", "nmi", "ari", "shape_match@5", "shape_match_label_chance", "per_class")
+    out = {k: res.get(k) for k in keys}
+    out["defect_precision_at_5"] = res.get("defect_precision@5")
+    out.update(extra)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training time budget")
+    parser.add_argument("--epochs", type=int, default=100, help="epoch cap (the time budget usually ends first)")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N maps of each split (smoke runs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_wm811k")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate the existing run in --out")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} not found: the benchmark needs ../shared/data/wm811k beside the project")
+
+    overrides = CPU_OVERRIDES + [f"train.epochs={args.epochs}", f"train.max_minutes={args.minutes}"] + args.overrides
+    cfg = load_config(WaferConfig, None, overrides)
+    limit = args.limit or None
+    train_src = [str(DATA / f"{name}.pkl.xz") for name in TRAIN_FILES]
+    val_src, test_src = str(DATA / "val_data.pkl.xz"), str(DATA / "test_data.pkl.xz")
+
+    t = time.perf_counter()
+    ref = load_dataset(train_src, cfg, limit=limit)
+    test = load_dataset(test_src, cfg, limit=limit)
+    load_seconds = time.perf_counter() - t
+    ref_labels, test_labels = _labels(ref.meta, "train"), _labels(test.meta, "test")
+    shapes = [grid_shapes(ref), grid_shapes(test)]
+    print(f"loaded {len(ref)} train and {len(test)} test maps in {load_seconds:.0f} s")
+
+    results: dict = {}
+    # Baseline first, so the process's peak RSS at that point is the baseline's.
+    t = time.perf_counter()
+    baseline = PCABaseline(dim=128, seed=cfg.train.seed).fit(ref.tensors)
+    base_fit = time.perf_counter() - t
+    res = evaluate_embeddings(baseline, ref.tensors, ref_labels, test.tensors, test_labels, cfg.eval, cfg.cluster,
+                              shapes[0], shapes[1])
+    results["baseline"] = pick(res, {"train_seconds": base_fit, "peak_rss_mb": peak_rss_mb(),
+                                     "eval_seconds": time.perf_counter() - t - base_fit,
+                                     "method": "PCA (128 components) of the resized failed-die maps"})
+    print(metrics_markdown({"baseline": res}, SUMMARY_KEYS))
+
+    if not args.skip_train:
+        t = time.perf_counter()
+        train_src_arg = train_src if not limit else train_src[:1]
+        result = train(cfg_with_monitor(cfg), train_src_arg, args.out, fresh=True,
+                       val_data=val_src)
+        train_seconds = time.perf_counter() - t
+        epochs = result.epochs_completed
+    else:
+        train_seconds, epochs = None, None
+    train_rss = peak_rss_mb()
+    run_cfg, method = load_trained(args.out, "best")
+    t = time.perf_counter()
+    for name, tta in (("byol", False), ("byol_tta_d4", True)):
+        res = evaluate_embeddings(_embed_fn(run_cfg, method, tta), ref.tensors, ref_labels, test.tensors, test_labels,
+                                  run_cfg.eval, run_cfg.cluster, shapes[0], shapes[1])
+        results[name] = pick(res, {"train_seconds": train_seconds, "epochs": epochs, "peak_rss_mb": train_rss,
+                                   "eval_seconds": time.perf_counter() - t})
+        print(metrics_markdown({name: res}, SUMMARY_KEYS))
+        t = time.perf_counter()
+
+    results["settings"] = {"config": to_dict(run_cfg), "overrides": overrides, "train_files": TRAIN_FILES,
+                           "n_train": len(ref), "n_test": len(test), "limit": args.limit,
+                           "selection": "best val_data leave-one-out kNN macro accuracy (3,000-map subset)",
+                           "published_reference": PUBLISHED}
+    results["machine"] = machine()
+    write_results(results, args.results)
+
+
+def cfg_with_monitor(cfg: WaferConfig) -> WaferConfig:
+    cfg.train.monitor, cfg.train.monitor_mode = "val_knn_macro_acc", "max"
+    return cfg
+
+
+def write_results(results: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "wafer_wm811k.json").write_text(json.dumps(results, indent=2, default=str))
+    methods = [m for m in ("byol", "byol_tta_d4", "baseline") if m in results]
+    rows = ["knn_macro_acc", "knn_accuracy", "defect_precision_at_5", "defect_map", "d4_same_cluster_rate",
+            "d4_mean_cosine", "silhouette", "silhouette_space", "silhouette_embedding_space", "n_clusters",
+            "noise_ratio", "nmi", "ari", "shape_match@5", "shape_match_label_chance", "train_seconds", "epochs",
+            "peak_rss_mb"]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    lines = ["# WM-811K wafer-map embeddings: BYOL vs PCA baseline", "",
+             f"Machine: {results['machine']}", "",
+             "| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [f"| {r} | " + " | ".join(fmt(results[m].get(r)) for m in methods) + " |" for r in rows]
+    lines += ["", "Per-class kNN recall (byol):", "", "| class | support | recall |", "|---|---|---|"]
+    lines += [f"| {c['label']} | {c['support']} | {c['recall']:.3f} |" for c in results.get("byol", results["baseline"])["per_class"] or []]
+    lines += ["", f"Published anchor: {PUBLISHED}", "", "Settings:", "", "```", json.dumps(results["settings"]["overrides"]), "```"]
+    (folder / "wafer_wm811k.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {folder / 'wafer_wm811k.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The ``fabml`` command: one sub-app per job. Errors a user can fix print one line, no traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fabml import __version__
+from fabml.errors import FabmlError
+from fabml.wafer.cli import app as wafer_app
+
+app = typer.Typer(help=f"fabml {__version__}: deep learning for fabs.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.add_typer(wafer_app, name="wafer")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo run.")] = Path("outputs/demo"),
+    maps: Annotated[int, typer.Option(help="Synthetic maps to train on.")] = 3000,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
+) -> None:
+    """Run the whole wafer job on generated maps: train, embed, cluster, search, evaluate, report."""
+    from fabml.wafer.demo import run_demo
+
+    run_demo(out, n_maps=maps, epochs=epochs, console=Console())
+
+
+@app.command()
+def version() -> None:
+    """Print the fabml version."""
+    print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except FabmlError as err:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""``fabml wafer ...``: argument parsing and printing only; the work is in :mod:`fabml.wafer.pipeline`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fabml.config import load_config
+from fabml.wafer.config import WaferConfig
+
+app = typer.Typer(help="Wafer-map patterns: BYOL embeddings, pattern families, similar maps, novelty, trend.",
+                  no_args_is_help=True)
+console = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/wafer_*.yaml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set train.epochs=5")]
+RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `fabml wafer train`.")]
+
+
+def _config(config: Path | None, overrides: list[str] | None) -> WaferConfig:
+    return load_config(WaferConfig, config, overrides or [])
+
+
+def _split(source: str) -> str | list[str]:
+    """``a.pkl,b.pkl`` -> a list of sources."""
+    return source.split(",") if "," in source else source
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="Maps: pickle(s) (comma-separated), folder, file or synthetic:N[:seed].")],
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/wafer"),
+    val: Annotated[Optional[str], typer.Option(help="Labelled validation maps: selects the best checkpoint by kNN macro accuracy.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the checkpoints in --out and start over.")] = False,
+) -> None:
+    """Train the BYOL wafer encoder (labels, if any, are not used). Runs under torchrun for DDP."""
+    from fabml.wafer.pipeline import train as run_train
+
+    cfg = _config(config, set_)
+    if val:
+        cfg.train.monitor, cfg.train.monitor_mode = "val_knn_macro_acc", "max"
+    result = run_train(cfg, _split(data), out, resume=resume, fresh=fresh, val_data=_split(val) if val else None)
+    if _is_main():
+        console.print(f"trained {result.epochs_completed} epochs in {result.seconds:.0f} s "
+                      f"({result.stopped_reason}); best {cfg.train.monitor} = {result.best_metric}")
+        console.print(f"run folder: {out}")
+
+
+@app.command()
+def embed(
+    run: RunOpt,
+    data: Annotated[str, typer.Option(help="Maps to embed (the searchable, clusterable collection).")],
+    tta_d4: Annotated[Optional[bool], typer.Option("--tta-d4/--no-tta-d4", help="Average the 8 D4 views.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt")] = "best",
+) -> None:
+    """Embed maps with a trained encoder; writes embeddings, metadata and the similarity index."""
+    from fabml.wafer.pipeline import embed as run_embed
+
+    folder = run_embed(run, _split(data), tta_d4=tta_d4, checkpoint=checkpoint)
+    console.print(f"embeddings, meta.csv and index.faiss in {folder}")
+
+
+@app.command()
+def cluster(run: RunOpt, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Group the embedded maps into pattern families (HDBSCAN); writes clusters.csv, a gallery and a trend."""
+    from fabml.wafer.pipeline import cluster as run_cluster, load_trained_config
+
+    cfg = load_trained_config(run)
+    if config or set_:
+        from fabml.config import apply_overrides, from_dict, to_dict
+
+        base = to_dict(cfg)
+        if config:
+            import yaml
+
+            base.update(yaml.safe_load(config.read_text()) or {})
+        cfg = from_dict(WaferConfig, apply_overrides(base, set_ or []))
+    result = run_cluster(run, cfg)
+    sizes = result.table["cluster"].value_counts().sort_index()
+    table = Table("cluster", "maps", title=f"{int(result.labels.max()) + 1} families")
+    for cid, n in sizes.items():
+        table.add_row("noise" if cid < 0 else str(cid), str(n))
+    console.print(table)
+    console.print(f"clusters.csv, gallery.png in {result.folder}")
+
+
+@app.command()
+def assign(
+    run: RunOpt,
+    data: Annotated[str, typer.Option(help="New maps to place in the known families.")],
+    out: Annotated[Optional[Path], typer.Option(help="CSV to write (default RUN/clusters/assigned.csv).")] = None,
+) -> None:
+    """Score new maps: nearest family, novelty score and a novel flag (score > 1)."""
+    from fabml.wafer.pipeline import assign as run_assign
+
+    table = run_assign(run, _split(data), out)
+    console.print(f"{int(table['is_novel'].sum())} of {len(table)} maps flagged novel")
+    console.print(table.head(20).to_string(index=False))
+
+
+@app.command()
+def search(
+    run: RunOpt,
+    query: Annotated[str, typer.Option(help="A map file, or the id of an embedded map.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours to return.")] = 10,
+    figure: Annotated[Optional[Path], typer.Option(help="PNG to write.")] = None,
+) -> None:
+    """Find the k embedded maps most similar to a query map."""
+    from fabml.wafer.pipeline import search as run_search
+
+    table, fig = run_search(run, query, k, figure)
+    out = Table(*[str(c) for c in table.columns])
+    for row in table.itertuples(index=False):
+        out.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(out)
+    console.print(f"figure: {fig}")
+
+
+@app.command()
+def evaluate(
+    run: RunOpt,
+    reference: Annotated[str, typer.Option(help="Labelled reference maps (kNN memory, retrieval database).")],
+    test: Annotated[str, typer.Option(help="Labelled test maps.")],
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also evaluate the PCA baseline.")] = True,
+    tta_d4: Annotated[bool, typer.Option("--tta-d4", help="Also evaluate test-time D4 averaging.")] = False,
+    checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt")] = "best",
+) -> None:
+    """kNN macro accuracy, retrieval, clustering and D4 invariance; writes RUN/eval/."""
+    from fabml.wafer.pipeline import evaluate as run_evaluate, metrics_markdown
+
+    results = run_evaluate(run, _split(reference), _split(test), baseline=baseline, tta_d4=tta_d4, checkpoint=checkpoint)
+    console.print(metrics_markdown(results))
+    console.print(f"all figures: {Path(run) / 'eval' / 'metrics.json'}")
+
+
+@app.command()
+def report(
+    run: RunOpt,
+    projection: Annotated[str, typer.Option(help="auto | umap | tsne")] = "auto",
+) -> None:
+    """Write the figures and an HTML page for a run."""
+    from fabml.wafer.report import report as run_report
+
+    console.print(f"report: {run_report(run, projection=projection)}")

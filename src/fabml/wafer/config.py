@@ -1,0 +1,41 @@
+"""The wafer job's configuration: one dataclass per part, each declared beside its code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fabml.data.wafer_dataset import WaferDataConfig
+from fabml.engine.trainer import TrainConfig
+from fabml.index import IndexConfig
+from fabml.wafer.augment import AugmentConfig
+from fabml.wafer.clusters import ClusterConfig
+from fabml.wafer.method import BYOLConfig
+from fabml.wafer.model import EncoderConfig
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings (see :mod:`fabml.wafer.evaluation`)."""
+
+    knn_k: int = 5
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    tta_d4: bool = False  # test-time D4 averaging of embeddings; reported separately from the raw encoder
+    d4_maps: int = 2000  # maps whose 8-member D4 orbit is embedded for the invariance figures
+    embed_batch: int = 512
+    no_pattern_label: str = "None"  # the label of maps without a pattern (not a "defect" query)
+    val_every: int = 1  # epochs between validation kNN runs when a validation set is given (0 = never)
+    val_limit: int = 3000  # validation maps used per validation run (0 = all)
+
+
+@dataclass
+class WaferConfig:
+    """Everything a wafer run needs; saved as ``config.yaml`` in the run folder."""
+
+    data: WaferDataConfig = field(default_factory=WaferDataConfig)
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,123 @@
+"""The wafer job's evaluation: kNN accuracy, retrieval, clustering, D4 invariance, outline shortcut.
+
+Every embedding method (the BYOL encoder, the PCA baseline, D4-averaged variants) goes through
+:func:`evaluate_embeddings`, so their figures are directly comparable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from fabml.metrics.classification import classification_report, knn_predict
+from fabml.metrics.clustering import cluster_quality
+from fabml.metrics.invariance import d4_mean_cosine, d4_same_cluster_rate
+from fabml.metrics.retrieval import label_relevance, retrieval_metrics
+from fabml.wafer.clusters import ClusterConfig, ClusterModel
+from fabml.wafer.config import EvalConfig
+from fabml.wafer.embedding import EmbedFn, embed_d4_orbits, embed_tensors
+
+
+def shape_shortcut(
+    query_emb: np.ndarray, ref_emb: np.ndarray, query_shapes: list[str], ref_shapes: list[str],
+    query_labels: list[str] | None, ref_labels: list[str] | None, k: int = 5,
+) -> dict[str, float]:
+    """How much nearest neighbours share the query's die-grid shape beyond what its label explains.
+
+    ``shape_match@k``: fraction of the k nearest reference maps with the query's grid shape.
+    ``shape_match_label_chance``: the same fraction for k maps drawn at random among the reference maps
+    with the query's label (what a perfect, shape-blind pattern matcher would show).
+    A ratio well above 1 means the encoder matches maps by outline/grid rather than by pattern.
+    """
+    _, idx = _top_k(query_emb, ref_emb, k)
+    ref_shapes_arr = np.asarray(ref_shapes)
+    q_shapes = np.asarray(query_shapes)
+    match = float((ref_shapes_arr[idx] == q_shapes[:, None]).mean())
+    out = {f"shape_match@{k}": match}
+    if query_labels is not None and ref_labels is not None:
+        pair_counts = Counter(zip(ref_labels, ref_shapes))
+        label_counts = Counter(ref_labels)
+        chance = [pair_counts[(lab, shp)] / max(label_counts[lab], 1) for lab, shp in zip(query_labels, query_shapes)]
+        out["shape_match_label_chance"] = float(np.mean(chance))
+    return out
+
+
+def _top_k(query: np.ndarray, ref: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-k of each query row among ``ref`` rows: (scores [Q,k], indices [Q,k])."""
+    q = torch.nn.functional.normalize(torch.from_numpy(query), dim=1)
+    r = torch.nn.functional.normalize(torch.from_numpy(ref), dim=1)
+    scores, idx = [], []
+    for start in range(0, len(q), chunk):
+        s, i = (q[start : start + chunk] @ r.T).topk(k, dim=1)
+        scores.append(s.numpy())
+        idx.append(i.numpy())
+    return np.concatenate(scores), np.concatenate(idx)
+
+
+def evaluate_embeddings(
+    embed: EmbedFn,
+    ref_tensors: torch.Tensor,
+    ref_labels: list[str],
+    test_tensors: torch.Tensor,
+    test_labels: list[str],
+    cfg: EvalConfig,
+    cluster_cfg: ClusterConfig,
+    ref_shapes: list[str] | None = None,
+    test_shapes: list[str] | None = None,
+    progress: bool = False,
+) -> dict:
+    """All wafer metrics for one embedding function.
+
+    ``ref_*`` is the labelled reference set (the kNN memory and the retrieval database),
+    ``test_*`` the evaluated maps; tensors are ``[N,2,S,S]``. Returns a flat dict of figures plus
+    ``per_class`` (kNN per-class table), ``test_clusters`` (HDBSCAN labels of the test maps)
+    and ``test_embeddings`` for figures.
+    """
+    t0 = time.perf_counter()
+    ref_emb = embed_tensors(embed, ref_tensors, cfg.embed_batch, progress)
+    test_emb = embed_tensors(embed, test_tensors, cfg.embed_batch, progress)
+    out: dict = {"embed_seconds": time.perf_counter() - t0, "embedding_dim": int(ref_emb.shape[1])}
+
+    pred = knn_predict(ref_emb, np.asarray(ref_labels), test_emb, k=cfg.knn_k)
+    report = classification_report(np.asarray(test_labels), pred)
+    out["knn_macro_acc"] = report["macro_acc"]
+    out["knn_accuracy"] = report["accuracy"]
+    out["knn_macro_f1"] = report["macro_f1"]
+    out["per_class"] = report["per_class"]
+
+    defect = np.asarray([lab != cfg.no_pattern_label for lab in test_labels])
+    rel = label_relevance(np.asarray(test_labels)[defect], np.asarray(ref_labels))
+    ret = retrieval_metrics(test_emb[defect], ref_emb, rel, ks=tuple(cfg.ks), exclude_self=False)
+    out.update({f"defect_{key}": value for key, value in ret.items()})
+
+    if ref_shapes is not None and test_shapes is not None:
+        out.update(shape_shortcut(test_emb, ref_emb, test_shapes, ref_shapes, test_labels, ref_labels, k=5))
+
+    t1 = time.perf_counter()
+    clusters = ClusterModel(cluster_cfg)
+    test_clusters = clusters.fit(test_emb)
+    quality = cluster_quality(clusters.transform(test_emb), test_clusters, np.asarray(test_labels))
+    out.update(quality)
+    out["silhouette_space"] = f"{cluster_cfg.reduce}:{cluster_cfg.reduce_dim}" if cluster_cfg.reduce != "none" else "embedding"
+    raw_quality = cluster_quality(test_emb, test_clusters, None)
+    out["silhouette_embedding_space"] = raw_quality.get("silhouette")
+    out["cluster_seconds"] = time.perf_counter() - t1
+
+    n_orbit = min(cfg.d4_maps, len(test_tensors))
+    if n_orbit:
+        pick = np.sort(np.random.default_rng(0).choice(len(test_tensors), n_orbit, replace=False))
+        orbit = embed_d4_orbits(embed, test_tensors[torch.from_numpy(pick)], cfg.embed_batch)
+        out["d4_mean_cosine"] = d4_mean_cosine(orbit)
+        out["d4_maps"] = n_orbit
+        if quality.get("n_clusters", 0) > 0:
+            # Every orbit member is assigned to the family of its nearest clustered test map (never noise).
+            orbit_labels = clusters.predict(orbit.reshape(-1, orbit.shape[-1])).reshape(n_orbit, 8)
+            out["d4_same_cluster_rate"] = d4_same_cluster_rate(orbit_labels)
+    out["test_clusters"] = test_clusters
+    out["test_embeddings"] = test_emb
+    out["cluster_settings"] = asdict(cluster_cfg)
+    return out

@@ -1,0 +1,278 @@
+"""The wafer job's steps as plain functions: train, embed, cluster, assign, search, evaluate.
+
+The CLI and the tests call these; each reads and writes the run folder described in
+:mod:`fabml.wafer.runs` and returns what it computed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fabml.config import save_config
+from fabml.data.wafer_dataset import WaferTensorDataset
+from fabml.data.wafer_io import load_wafer_maps
+from fabml.engine.hardware import resolve_device
+from fabml.engine.trainer import Trainer, TrainResult
+from fabml.errors import DataError
+from fabml.index import VectorIndex
+from fabml.metrics.classification import classification_report, knn_predict
+from fabml.viz import plot_cluster_gallery, plot_search_results, plot_trend
+from fabml.wafer.clusters import ClusterModel
+from fabml.wafer.config import WaferConfig
+from fabml.wafer.embedding import d4_averaged, encoder_embed_fn, embed_tensors
+from fabml.wafer.runs import build_method, load_trained, meta_frame, read_embeddings, reload_maps, write_embeddings
+from fabml.wafer.trend import cluster_trend
+
+
+def load_dataset(source: str | list[str], cfg: WaferConfig, limit: int | None = None) -> WaferTensorDataset:
+    """Read maps from ``source`` (file, folder, pickles, ``synthetic:N[:seed]``) as a tensor dataset."""
+    limit = limit if limit is not None else (cfg.data.limit or None)
+    return WaferTensorDataset(load_wafer_maps(source, limit=limit), cfg.data.size)
+
+
+def grid_shapes(dataset: WaferTensorDataset) -> list[str]:
+    """Die-grid shape of each map as ``"ROWSxCOLS"`` (for the outline-shortcut check)."""
+    return [f"{r}x{c}" for r, c in dataset.shapes]
+
+
+def _labels(metas: list[dict], what: str) -> list[str]:
+    labels = [m.get("label") for m in metas]
+    if any(label is None for label in labels):
+        missing = sum(label is None for label in labels)
+        raise DataError(f"{what}: {missing} of {len(labels)} maps have no label; this step needs labelled maps")
+    return [str(label) for label in labels]
+
+
+def make_validator(cfg: WaferConfig, val: WaferTensorDataset):
+    """Per-epoch selection metric: leave-one-out kNN macro accuracy within the labelled validation maps."""
+    labels = np.asarray(_labels(val.meta, "validation data"))
+    n = len(val) if not cfg.eval.val_limit else min(cfg.eval.val_limit, len(val))
+    pick = torch.from_numpy(np.random.default_rng(0).permutation(len(val))[:n])
+    tensors, labels = val.tensors[pick], labels[pick.numpy()]
+
+    def validate(method) -> dict[str, float]:
+        was_training = method.training
+        embed = encoder_embed_fn(method.encoder, cfg.data.outline_channel, next(method.parameters()).device)
+        emb = embed_tensors(embed, tensors, cfg.eval.embed_batch)
+        method.train(was_training)
+        pred = knn_predict(emb, labels, emb, k=cfg.eval.knn_k, exclude_self=True)
+        return {"val_knn_macro_acc": classification_report(labels, pred)["macro_acc"]}
+
+    return validate
+
+
+def train(
+    cfg: WaferConfig, data: str | list[str], run_dir: Path, resume: bool = False, fresh: bool = False,
+    val_data: str | list[str] | None = None,
+) -> TrainResult:
+    """Train the BYOL encoder on (unlabelled) maps; writes config.yaml, checkpoints and metrics.csv."""
+    run_dir = Path(run_dir)
+    dataset = load_dataset(data, cfg)
+    validate = make_validator(cfg, load_dataset(val_data, cfg, limit=0)) if val_data else None
+    method = build_method(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(method, cfg.train, run_dir, dataset, validate=validate)
+    save_config(cfg, run_dir / "config.yaml")
+    return trainer.fit(resume=resume, fresh=fresh)
+
+
+def _embed_fn(cfg: WaferConfig, method, tta_d4: bool):
+    fn = encoder_embed_fn(method.encoder, cfg.data.outline_channel, resolve_device("auto"))
+    return d4_averaged(fn) if tta_d4 else fn
+
+
+def embed(run_dir: Path, data: str, tta_d4: bool | None = None, checkpoint: str = "best") -> Path:
+    """Embed every map of ``data`` with the run's encoder; writes embeddings, metadata and the Faiss index."""
+    cfg, method = load_trained(run_dir, checkpoint)
+    dataset = load_dataset(data, cfg, limit=0)
+    tta = cfg.eval.tta_d4 if tta_d4 is None else tta_d4
+    emb = embed_tensors(_embed_fn(cfg, method, tta), dataset.tensors, cfg.eval.embed_batch, progress=True)
+    out = Path(run_dir) / "embeddings"
+    write_embeddings(out, emb, dataset, str(data))
+    index = VectorIndex(emb.shape[1], cfg.index)
+    index.add(emb)
+    index.save(out / "index.faiss")
+    return out
+
+
+@dataclass
+class ClusterResult:
+    labels: np.ndarray  # [N] cluster id per embedded map, -1 = noise
+    table: pd.DataFrame  # metadata + cluster, novelty_score, is_novel
+    folder: Path
+
+
+def cluster(run_dir: Path, cfg_overrides: WaferConfig | None = None, per_cluster: int = 8) -> ClusterResult:
+    """Fit HDBSCAN families on the run's embeddings; writes clusters.csv, the model, a gallery and a trend."""
+    run_dir = Path(run_dir)
+    cfg = cfg_overrides or load_trained_config(run_dir)
+    emb, meta, source = read_embeddings(run_dir)
+    model = ClusterModel(cfg.cluster)
+    labels = model.fit(emb)
+    folder = run_dir / "clusters"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "cluster_model.joblib")
+    table = meta.copy()
+    table["cluster"] = labels
+    if (labels >= 0).any():
+        score, flag, _ = model.novelty(emb)
+        table["novelty_score"], table["is_novel"] = score, flag
+    table.to_csv(folder / "clusters.csv", index=False)
+    summary = {"n_maps": int(len(labels)), "n_clusters": int(labels.max() + 1), "noise_ratio": float((labels < 0).mean()),
+               "clusters": model.summary() if (labels >= 0).any() else [], "settings": cfg.cluster.__dict__}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _cluster_gallery(table, source, folder / "gallery.png", per_cluster)
+    if table["date"].notna().any():
+        trend = cluster_trend(table["date"].tolist(), labels.tolist(), period="W")
+        trend.to_csv(folder / "trend.csv")
+        plot_trend(trend, folder / "trend.png")
+    return ClusterResult(labels, table, folder)
+
+
+def load_trained_config(run_dir: Path) -> WaferConfig:
+    from fabml.config import load_config
+
+    return load_config(WaferConfig, Path(run_dir) / "config.yaml")
+
+
+def _cluster_gallery(table: pd.DataFrame, source: str, path: Path, per_cluster: int) -> None:
+    rng = np.random.default_rng(0)
+    picks: dict[int, list[str]] = {}
+    for cid, group in table.groupby("cluster"):
+        ids = group["id"].tolist()
+        picks[int(cid)] = [ids[i] for i in rng.choice(len(ids), min(per_cluster, len(ids)), replace=False)]
+    maps = reload_maps(source, [i for ids in picks.values() for i in ids])
+    sizes = table["cluster"].value_counts().to_dict()
+    gallery = {("noise" if cid < 0 else cid): [maps[i].dies for i in ids if i in maps] for cid, ids in sorted(picks.items())}
+    plot_cluster_gallery(gallery, path, per_cluster=per_cluster,
+                         sizes={("noise" if k < 0 else k): v for k, v in sizes.items()})
+
+
+def assign(run_dir: Path, data: str, out_csv: Path | None = None) -> pd.DataFrame:
+    """Place new maps in the fitted families: cluster, novelty score and novel flag per map."""
+    run_dir = Path(run_dir)
+    model_path = run_dir / "clusters" / "cluster_model.joblib"
+    if not model_path.is_file():
+        raise DataError(f"{model_path} not found: run `fabml wafer cluster --run {run_dir}` first")
+    cfg, method = load_trained(run_dir)
+    dataset = load_dataset(data, cfg, limit=0)
+    emb = embed_tensors(_embed_fn(cfg, method, cfg.eval.tta_d4), dataset.tensors, cfg.eval.embed_batch)
+    model = ClusterModel.load(model_path)
+    score, flag, nearest = model.novelty(emb)
+    table = meta_frame(dataset)
+    table["cluster"], table["novelty_score"], table["is_novel"] = model.predict(emb), score, flag
+    table["nearest_cluster"] = nearest
+    out_csv = out_csv or run_dir / "clusters" / "assigned.csv"
+    table.to_csv(out_csv, index=False)
+    return table
+
+
+def search(run_dir: Path, query: str, k: int = 10, figure: Path | None = None) -> tuple[pd.DataFrame, Path]:
+    """The ``k`` embedded maps most similar to ``query`` (a map file, or the id of an embedded map).
+
+    Returns the result table (rank, id, similarity, metadata) and the path of the figure
+    (query left, neighbours right with their similarity).
+    """
+    run_dir = Path(run_dir)
+    cfg, method = load_trained(run_dir)
+    emb, meta, source = read_embeddings(run_dir)
+    index = VectorIndex.load(run_dir / "embeddings" / "index.faiss")
+    ids = meta["id"].astype(str).tolist()
+    if query in ids:
+        qmap = reload_maps(source, [query])[query]
+        q_emb = emb[ids.index(query)][None]
+    else:
+        if not Path(query).exists():
+            raise DataError(f"query {query!r} is neither a map file nor the id of an embedded map")
+        qmap = load_wafer_maps(query)[0]
+        q_tensor = WaferTensorDataset([qmap], cfg.data.size).tensors
+        q_emb = embed_tensors(_embed_fn(cfg, method, cfg.eval.tta_d4), q_tensor, 1)
+    exclude_self = query in ids
+    scores, idx = index.search(q_emb.astype(np.float32), k + int(exclude_self))
+    rows = [(i, s) for i, s in zip(idx[0], scores[0]) if i >= 0 and not (exclude_self and ids[i] == query)][:k]
+    table = meta.iloc[[i for i, _ in rows]].copy()
+    table.insert(0, "similarity", [float(s) for _, s in rows])
+    table.insert(0, "rank", range(1, len(rows) + 1))
+    maps = reload_maps(source, table["id"].astype(str).tolist())
+    figure = figure or run_dir / "search" / f"search_{Path(str(qmap.meta.get('id', 'query'))).name.replace(':', '_')}.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    titles = [f"{r.id}\n{r.label or ''}" for r in table.itertuples()]
+    plot_search_results(qmap.dies, [maps[i].dies for i in table["id"]], table["similarity"].tolist(), figure,
+                        query_title=f"query {qmap.meta.get('id', '')}", neighbour_titles=titles)
+    return table.reset_index(drop=True), figure
+
+
+SUMMARY_KEYS = (
+    "knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map", "defect_mrr", "silhouette",
+    "silhouette_embedding_space", "n_clusters", "noise_ratio", "nmi", "ari", "d4_mean_cosine",
+    "d4_same_cluster_rate", "shape_match@5", "shape_match_label_chance",
+)
+
+
+def evaluate(
+    run_dir: Path, reference: str | list[str], test: str | list[str], baseline: bool = True, tta_d4: bool = False,
+    checkpoint: str = "best",
+) -> dict[str, dict]:
+    """Evaluate the run's encoder (and the PCA baseline) with a labelled reference and test set.
+
+    Writes ``eval/metrics.json`` (all figures per method), ``eval/metrics.md`` (summary table)
+    and ``eval/per_class_<method>.png``; returns the per-method figures.
+    """
+    from fabml.viz import plot_per_class_bars
+    from fabml.wafer.embedding import PCABaseline
+    from fabml.wafer.evaluation import evaluate_embeddings
+
+    run_dir = Path(run_dir)
+    cfg, method = load_trained(run_dir, checkpoint)
+    ref, tst = load_dataset(reference, cfg, limit=0), load_dataset(test, cfg, limit=0)
+    ref_labels, test_labels = _labels(ref.meta, "reference data"), _labels(tst.meta, "test data")
+    shapes = [grid_shapes(ref), grid_shapes(tst)]
+    methods = {"byol": _embed_fn(cfg, method, False)}
+    if tta_d4:
+        methods["byol_tta_d4"] = _embed_fn(cfg, method, True)
+    if baseline:
+        methods["baseline_pca"] = PCABaseline(seed=cfg.train.seed).fit(ref.tensors)
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for name, fn in methods.items():
+        res = evaluate_embeddings(fn, ref.tensors, ref_labels, tst.tensors, test_labels, cfg.eval, cfg.cluster,
+                                  shapes[0], shapes[1], progress=True)
+        plot_per_class_bars(res["per_class"], out_dir / f"per_class_{name}.png", title=f"kNN (k={cfg.eval.knn_k}) per class: {name}")
+        res.pop("test_embeddings"), res.pop("test_clusters")
+        results[name] = res
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=_jsonable))
+    (out_dir / "metrics.md").write_text(metrics_markdown(results))
+    return results
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def metrics_markdown(results: dict[str, dict], keys: tuple[str, ...] = SUMMARY_KEYS) -> str:
+    """A markdown table: one row per metric, one column per method."""
+    names = list(results)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        if any(key in results[n] for n in names):
+            lines.append(f"| {key} | " + " | ".join(_fmt(results[n].get(key)) for n in names) + " |")
+    return "\n".join(lines) + "\n"

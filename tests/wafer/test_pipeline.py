@@ -1,0 +1,121 @@
+"""End to end through the CLI on generated maps: train, embed, cluster, search, assign, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fabml.cli import app, main
+
+TINY = ["data.size=32", "model.preset=tiny", "model.stem=imagenet", "train.epochs=1", "train.batch_size=32",
+        "train.num_workers=0", "train.lr=1e-3", "cluster.min_cluster_size=8", "cluster.reduce_dim=4",
+        "eval.d4_maps=20", "eval.val_limit=0"]
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("wafer") / "run"
+    result = CliRunner().invoke(app, ["wafer", "train", "--data", "synthetic:160:0", "--val", "synthetic:60:3",
+                                      "--out", str(run), *_sets(TINY)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["wafer", "embed", "--run", str(run), "--data", "synthetic:160:0"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_train_writes_config_checkpoints_and_metrics(run_dir: Path):
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "run.json").is_file()
+    assert (run_dir / "checkpoints" / "latest.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert len(metrics) == 1 and {"loss", "lr", "emb_std", "emb_cos", "val_knn_macro_acc"} <= set(metrics.columns)
+
+
+def test_embed_writes_embeddings_meta_and_index(run_dir: Path):
+    emb = np.load(run_dir / "embeddings" / "embeddings.npy")
+    meta = pd.read_csv(run_dir / "embeddings" / "meta.csv")
+    assert emb.shape == (160, 128) and len(meta) == 160
+    assert {"id", "lot", "date", "label", "rows", "cols"} <= set(meta.columns)
+    assert (run_dir / "embeddings" / "index.faiss").is_file()
+
+
+def test_cluster_search_assign_evaluate_report(run_dir: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["wafer", "cluster", "--run", str(run_dir), "--set", "cluster.min_cluster_size=8"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(run_dir / "clusters" / "clusters.csv")
+    assert len(table) == 160 and "cluster" in table
+    assert (run_dir / "clusters" / "gallery.png").is_file() and (run_dir / "clusters" / "trend.png").is_file()
+
+    query = str(table["id"].iloc[3])
+    result = runner.invoke(app, ["wafer", "search", "--run", str(run_dir), "--query", query, "-k", "5"])
+    assert result.exit_code == 0, result.output
+    pngs = list((run_dir / "search").glob("*.png"))
+    assert pngs and query not in result.output.split("figure")[0].split("similarity")[-1]
+
+    result = runner.invoke(app, ["wafer", "assign", "--run", str(run_dir), "--data", "synthetic:30:9"])
+    assert result.exit_code == 0, result.output
+    assigned = pd.read_csv(run_dir / "clusters" / "assigned.csv")
+    assert len(assigned) == 30 and {"cluster", "novelty_score", "is_novel"} <= set(assigned.columns)
+
+    result = runner.invoke(app, ["wafer", "evaluate", "--run", str(run_dir), "--reference", "synthetic:160:0",
+                                 "--test", "synthetic:60:5"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    for name in ("byol", "baseline_pca"):
+        assert 0.0 <= metrics[name]["knn_macro_acc"] <= 1.0
+        assert 0.0 <= metrics[name]["defect_precision@5"] <= 1.0
+        assert -1.0 <= metrics[name]["d4_mean_cosine"] <= 1.0
+
+    result = runner.invoke(app, ["wafer", "report", "--run", str(run_dir), "--projection", "tsne"])
+    assert result.exit_code == 0, result.output
+    html = (run_dir / "report" / "index.html").read_text()
+    assert "Pattern families" in html and "training_curves.png" in html
+
+
+def test_search_with_a_map_file(run_dir: Path, tmp_path: Path):
+    dies = np.ones((30, 30), dtype=np.uint8)
+    dies[10:20, 10:20] = 2
+    np.save(tmp_path / "q.npy", dies)
+    result = CliRunner().invoke(app, ["wafer", "search", "--run", str(run_dir), "--query", str(tmp_path / "q.npy"),
+                                      "-k", "3", "--figure", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s.png").is_file()
+
+
+def _run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["fabml", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_bad_inputs_give_one_line_errors(monkeypatch, capsys, tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _run_main(monkeypatch, capsys, ["wafer", "train", "--data", str(empty), "--out", str(tmp_path / "r")])
+    assert code == 2 and "no wafer map files" in err and len(err.strip().splitlines()) == 1
+
+    code, err = _run_main(monkeypatch, capsys, ["wafer", "train", "--data", "synthetic:10", "--out", str(tmp_path / "r"),
+                                                "--set", "train.nosuch=1"])
+    assert code == 2 and "nosuch" in err
+
+    code, err = _run_main(monkeypatch, capsys, ["wafer", "embed", "--run", str(tmp_path / "missing"), "--data", "synthetic:5"])
+    assert code == 2 and "config.yaml" in err
+
+
+def test_existing_run_needs_resume_or_fresh(run_dir: Path, monkeypatch, capsys):
+    code, err = _run_main(monkeypatch, capsys, ["wafer", "train", "--data", "synthetic:160:0", "--out", str(run_dir),
+                                                *_sets(TINY)])
+    assert code == 2 and "--resume" in err and "--fresh" in err

@@ -119,3 +119,28 @@ def test_existing_run_needs_resume_or_fresh(run_dir: Path, monkeypatch, capsys):
     code, err = _run_main(monkeypatch, capsys, ["wafer", "train", "--data", "synthetic:160:0", "--out", str(run_dir),
                                                 *_sets(TINY)])
     assert code == 2 and "--resume" in err and "--fresh" in err
+
+
+def test_evaluate_without_labels_uses_pseudo_ground_truth(run_dir: Path, tmp_path: Path):
+    from fabml.data.synthetic_wafer import generate_wafer_maps
+
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for m in generate_wafer_maps(40, seed=7):
+        np.save(folder / f"{m.meta['id']}.npy", m.dies)
+    result = CliRunner().invoke(app, ["wafer", "evaluate", "--run", str(run_dir), "--test", str(folder), "--no-baseline"])
+    assert result.exit_code == 0, result.output
+    byol = json.loads((run_dir / "eval" / "metrics.json").read_text())["byol"]
+    assert 0.0 <= byol["d4_orbit_precision@5"] <= 1.0 and 0.0 <= byol["iou_map"] <= 1.0
+    assert "knn_macro_acc" not in byol
+
+
+def test_ablation_runs_each_preset(tmp_path: Path):
+    result = CliRunner().invoke(app, ["wafer", "ablation", "--data", "synthetic:64:0", "--reference", "synthetic:64:0",
+                                      "--test", "synthetic:32:1", "--presets", "d4,d4_crop", "--out", str(tmp_path),
+                                      *_sets(TINY), "--set", "eval.d4_maps=4"])
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(table) == {"d4", "d4_crop"}
+    config = (tmp_path / "d4" / "config.yaml").read_text()
+    assert "crop: false" in config and "d4: true" in config

@@ -132,8 +132,8 @@ def search(
 @app.command()
 def evaluate(
     run: RunOpt,
-    reference: Annotated[str, typer.Option(help="Labelled reference maps (kNN memory, retrieval database).")],
-    test: Annotated[str, typer.Option(help="Labelled test maps.")],
+    test: Annotated[str, typer.Option(help="Test maps; without labels the pseudo ground truth is used.")],
+    reference: Annotated[Optional[str], typer.Option(help="Labelled reference maps (kNN memory, retrieval database).")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also evaluate the PCA baseline.")] = True,
     tta_d4: Annotated[bool, typer.Option("--tta-d4", help="Also evaluate test-time D4 averaging.")] = False,
     checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt")] = "best",
@@ -141,9 +141,32 @@ def evaluate(
     """kNN macro accuracy, retrieval, clustering and D4 invariance; writes RUN/eval/."""
     from fabml.wafer.pipeline import evaluate as run_evaluate, metrics_markdown
 
-    results = run_evaluate(run, _split(reference), _split(test), baseline=baseline, tta_d4=tta_d4, checkpoint=checkpoint)
+    results = run_evaluate(run, _split(reference) if reference else None, _split(test), baseline=baseline, tta_d4=tta_d4, checkpoint=checkpoint)
     console.print(metrics_markdown(results))
     console.print(f"all figures: {Path(run) / 'eval' / 'metrics.json'}")
+
+
+@app.command()
+def ablation(
+    data: Annotated[str, typer.Option(help="Training maps (labels unused).")],
+    reference: Annotated[str, typer.Option(help="Labelled reference maps.")],
+    test: Annotated[str, typer.Option(help="Labelled test maps.")],
+    out: Annotated[Path, typer.Option(help="Folder for one run per preset.")] = Path("runs/wafer_ablation"),
+    presets: Annotated[str, typer.Option(help="Comma-separated augmentation presets.")] = "d4,d4_crop,d4_crop_noise,full",
+    val: Annotated[Optional[str], typer.Option(help="Labelled validation maps for checkpoint selection.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Augmentation ablation: D4 alone / D4+crop / D4+crop+noise / everything, same settings otherwise."""
+    from fabml.wafer.pipeline import ablation as run_ablation, metrics_markdown
+
+    cfg = _config(config, set_)
+    if val:
+        cfg.train.monitor, cfg.train.monitor_mode = "val_knn_macro_acc", "max"
+    results = run_ablation(cfg, _split(data), _split(reference), _split(test), out, tuple(presets.split(",")),
+                           val_data=_split(val) if val else None)
+    console.print(metrics_markdown(results))
+    console.print(f"table: {out / 'ablation.md'}")
 
 
 @app.command()

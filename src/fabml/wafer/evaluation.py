@@ -16,7 +16,7 @@ import torch
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.metrics.clustering import cluster_quality
 from fabml.metrics.invariance import d4_mean_cosine, d4_same_cluster_rate
-from fabml.metrics.retrieval import label_relevance, retrieval_metrics
+from fabml.metrics.retrieval import best_d4_iou, d4_orbit_db, label_relevance, retrieval_metrics
 from fabml.wafer.clusters import ClusterConfig, ClusterModel
 from fabml.wafer.config import EvalConfig
 from fabml.wafer.embedding import EmbedFn, embed_d4_orbits, embed_tensors
@@ -121,3 +121,47 @@ def evaluate_embeddings(
     out["test_embeddings"] = test_emb
     out["cluster_settings"] = asdict(cluster_cfg)
     return out
+
+
+def evaluate_unlabelled(embed: EmbedFn, tensors: torch.Tensor, cfg: EvalConfig, cluster_cfg: ClusterConfig,
+                        n_queries: int = 500, iou_threshold: float = 0.7) -> dict:
+    """Figures that need no labels: retrieval against the seed's pseudo ground truth, clustering, D4 invariance.
+
+    Pseudo ground truth (on ``n_queries`` maps drawn with a fixed seed from ``tensors [N,2,S,S]``):
+    ``d4_orbit_*``: the database is every map plus the 7 non-identity D4 transforms of each query;
+    a query's own transforms are its relevant items (the other maps are distractors).
+    ``iou_*``: queries and database are the same drawn maps (self excluded); relevant = die-level IoU of
+    failed dies > ``iou_threshold`` after the best D4 alignment, on the resized maps.
+    """
+    emb = embed_tensors(embed, tensors, cfg.embed_batch)
+    pick = np.sort(np.random.default_rng(0).choice(len(tensors), min(n_queries, len(tensors)), replace=False))
+    queries = tensors[torch.from_numpy(pick)].float()
+    orbit_db, owner = d4_orbit_db(queries)
+    db_emb = np.concatenate([emb, embed_tensors(embed, orbit_db, cfg.embed_batch)])
+    owner_all = np.concatenate([np.full(len(emb), -1), owner])
+    out: dict = {f"d4_orbit_{k}": v for k, v in retrieval_metrics(
+        emb[pick], db_emb, d4_orbit_relevance_with_distractors(owner_all), ks=tuple(cfg.ks)).items()}
+
+    masks = queries[:, 0]
+    iou = best_d4_iou(masks, masks) > iou_threshold
+    out.update({f"iou_{k}": v for k, v in retrieval_metrics(emb[pick], emb[pick], iou, ks=tuple(cfg.ks),
+                                                           exclude_self=True).items()})
+    clusters = ClusterModel(cluster_cfg)
+    labels = clusters.fit(emb)
+    out.update(cluster_quality(clusters.transform(emb), labels, None))
+    if len(pick):
+        orbit = embed_d4_orbits(embed, queries, cfg.embed_batch)
+        out["d4_mean_cosine"] = d4_mean_cosine(orbit)
+        if clusters.n_clusters > 0:
+            out["d4_same_cluster_rate"] = d4_same_cluster_rate(
+                clusters.predict(orbit.reshape(-1, orbit.shape[-1])).reshape(len(pick), 8))
+    return out
+
+
+def d4_orbit_relevance_with_distractors(owner: np.ndarray):
+    """Relevance rows for queries ``0..Q-1``: db item j is relevant iff ``owner[j] == query`` (-1 = distractor)."""
+    def relevance(rows: np.ndarray) -> np.ndarray:
+        return owner[None, :] == np.asarray(rows)[:, None]
+
+    return relevance
+

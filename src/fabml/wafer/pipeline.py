@@ -213,42 +213,54 @@ SUMMARY_KEYS = (
     "silhouette_embedding_space", "n_clusters", "noise_ratio", "nmi", "ari", "d4_mean_cosine",
     "d4_same_cluster_rate", "shape_match@5", "shape_match_label_chance",
 )
+UNLABELLED_KEYS = (
+    "d4_orbit_precision@5", "d4_orbit_recall@10", "d4_orbit_mrr", "d4_orbit_map", "iou_precision@5", "iou_map",
+    "iou_queries_without_relevant", "silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine", "d4_same_cluster_rate",
+)
 
 
 def evaluate(
-    run_dir: Path, reference: str | list[str], test: str | list[str], baseline: bool = True, tta_d4: bool = False,
-    checkpoint: str = "best",
+    run_dir: Path, reference: str | list[str] | None, test: str | list[str], baseline: bool = True,
+    tta_d4: bool = False, checkpoint: str = "best",
 ) -> dict[str, dict]:
-    """Evaluate the run's encoder (and the PCA baseline) with a labelled reference and test set.
+    """Evaluate the run's encoder (and the PCA baseline) on ``test`` maps.
 
-    Writes ``eval/metrics.json`` (all figures per method), ``eval/metrics.md`` (summary table)
-    and ``eval/per_class_<method>.png``; returns the per-method figures.
+    With labels (test and ``reference``): kNN accuracy, label retrieval, clustering, D4 invariance and the
+    outline-shortcut measure. Without labels (any test map unlabelled, or no reference): retrieval against
+    the pseudo ground truth (D4 orbit, IoU > 0.7 after the best D4 alignment), clustering and D4 invariance.
+    Writes ``eval/metrics.json`` (all figures per method), ``eval/metrics.md`` (summary table) and, with
+    labels, ``eval/per_class_<method>.png``; returns the per-method figures.
     """
     from fabml.viz import plot_per_class_bars
     from fabml.wafer.embedding import PCABaseline
-    from fabml.wafer.evaluation import evaluate_embeddings
+    from fabml.wafer.evaluation import evaluate_embeddings, evaluate_unlabelled
 
     run_dir = Path(run_dir)
     cfg, method = load_trained(run_dir, checkpoint)
-    ref, tst = load_dataset(reference, cfg, limit=0), load_dataset(test, cfg, limit=0)
-    ref_labels, test_labels = _labels(ref.meta, "reference data"), _labels(tst.meta, "test data")
-    shapes = [grid_shapes(ref), grid_shapes(tst)]
+    tst = load_dataset(test, cfg, limit=0)
+    labelled = reference is not None and all(m.get("label") is not None for m in tst.meta)
+    ref = load_dataset(reference, cfg, limit=0) if labelled else None
     methods = {"byol": _embed_fn(cfg, method, False)}
     if tta_d4:
         methods["byol_tta_d4"] = _embed_fn(cfg, method, True)
     if baseline:
-        methods["baseline_pca"] = PCABaseline(seed=cfg.train.seed).fit(ref.tensors)
+        methods["baseline_pca"] = PCABaseline(seed=cfg.train.seed).fit((ref or tst).tensors)
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for name, fn in methods.items():
-        res = evaluate_embeddings(fn, ref.tensors, ref_labels, tst.tensors, test_labels, cfg.eval, cfg.cluster,
-                                  shapes[0], shapes[1], progress=True)
-        plot_per_class_bars(res["per_class"], out_dir / f"per_class_{name}.png", title=f"kNN (k={cfg.eval.knn_k}) per class: {name}")
+        if not labelled:
+            results[name] = evaluate_unlabelled(fn, tst.tensors, cfg.eval, cfg.cluster)
+            continue
+        res = evaluate_embeddings(fn, ref.tensors, _labels(ref.meta, "reference data"), tst.tensors,
+                                  _labels(tst.meta, "test data"), cfg.eval, cfg.cluster, grid_shapes(ref),
+                                  grid_shapes(tst), progress=True)
+        plot_per_class_bars(res["per_class"], out_dir / f"per_class_{name}.png",
+                            title=f"kNN (k={cfg.eval.knn_k}) per class: {name}")
         res.pop("test_embeddings"), res.pop("test_clusters")
         results[name] = res
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=_jsonable))
-    (out_dir / "metrics.md").write_text(metrics_markdown(results))
+    (out_dir / "metrics.md").write_text(metrics_markdown(results, SUMMARY_KEYS if labelled else UNLABELLED_KEYS))
     return results
 
 
@@ -268,11 +280,40 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def metrics_markdown(results: dict[str, dict], keys: tuple[str, ...] = SUMMARY_KEYS) -> str:
-    """A markdown table: one row per metric, one column per method."""
+def metrics_markdown(results: dict[str, dict], keys: tuple[str, ...] | None = None) -> str:
+    """A markdown table: one row per metric (the summary keys present), one column per method."""
     names = list(results)
+    keys = keys or tuple(k for k in SUMMARY_KEYS + UNLABELLED_KEYS if any(k in results[n] for n in names))
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         if any(key in results[n] for n in names):
             lines.append(f"| {key} | " + " | ".join(_fmt(results[n].get(key)) for n in names) + " |")
     return "\n".join(lines) + "\n"
+
+
+AUGMENT_OPS = ("d4", "crop", "rotate", "die_noise", "erase")
+
+
+def ablation(
+    cfg: WaferConfig, data: str | list[str], reference: str | list[str], test: str | list[str], out: Path,
+    presets: tuple[str, ...] = ("d4", "d4_crop", "d4_crop_noise", "full"), val_data: str | list[str] | None = None,
+) -> dict[str, dict]:
+    """Train and evaluate one run per augmentation preset (only the on/off switches change).
+
+    Writes ``OUT/<preset>/`` runs and ``OUT/ablation.{json,md}``; returns the figures per preset.
+    """
+    from dataclasses import replace
+
+    from fabml.wafer.augment import AugmentConfig
+
+    out = Path(out)
+    results: dict[str, dict] = {}
+    for name in presets:
+        switches = AugmentConfig.preset(name)
+        run_cfg = replace(cfg, augment=replace(cfg.augment, **{op: getattr(switches, op) for op in AUGMENT_OPS}))
+        train(run_cfg, data, out / name, fresh=True, val_data=val_data)
+        results[name] = evaluate(out / name, reference, test, baseline=False)["byol"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(results, indent=2, default=_jsonable))
+    (out / "ablation.md").write_text(metrics_markdown(results))
+    return results

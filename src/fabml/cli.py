@@ -23,7 +23,7 @@ app.add_typer(wafer_app, name="wafer")
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo run.")] = Path("outputs/demo"),
     maps: Annotated[int, typer.Option(help="Synthetic maps to train on.")] = 3000,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
 ) -> None:
     """Run the whole wafer job on generated maps: train, embed, cluster, search, evaluate, report."""
     from fabml.wafer.demo import run_demo

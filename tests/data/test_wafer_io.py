@@ -136,6 +136,14 @@ def test_folder_with_metadata_csv(tmp_path):
     assert [m.meta["id"] for m in read_wafer_folder(tmp_path / "maps", recursive=False)] == ["a", "b"]
 
 
+def test_folder_picks_up_its_own_metadata_csv(tmp_path):
+    _write_folder(tmp_path / "maps")
+    (tmp_path / "maps" / "metadata.csv").write_text("file,lot,label\na.npy,L7,Donut\n")
+    maps = load_wafer_maps(tmp_path / "maps")
+    assert (maps[0].meta["lot"], maps[0].label) == ("L7", "Donut")
+    assert maps[1].label is None
+
+
 def test_metadata_csv_by_id_and_mismatch(tmp_path):
     _write_folder(tmp_path / "maps")
     by_id = tmp_path / "ids.csv"

@@ -378,6 +378,9 @@ def apply_metadata_csv(maps: list[WaferMap], csv_path: str | Path, bases: Sequen
     return maps
 
 
+FOLDER_METADATA = "metadata.csv"  # picked up automatically by read_wafer_folder
+
+
 def read_wafer_folder(
     folder: str | Path, metadata_csv: str | Path | None = None, recursive: bool = True, limit: int | None = None
 ) -> list[WaferMap]:
@@ -385,10 +388,13 @@ def read_wafer_folder(
 
     A single-map file's id is its path relative to ``folder`` without the suffix (``lotA/w01``);
     G85 files use their WaferId, pickles ``"{stem}:{row}"``. ``limit`` stops after that many maps.
+    Without ``metadata_csv``, a ``metadata.csv`` in the folder itself is used when present.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
+    if metadata_csv is None and (folder / FOLDER_METADATA).is_file():
+        metadata_csv = folder / FOLDER_METADATA
     candidates = folder.rglob("*") if recursive else folder.glob("*")
     files = sorted(
         (p for p in candidates if p.is_file() and not p.name.startswith(".") and file_kind(p) is not None),

@@ -21,8 +21,12 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `fabml wafer train`.")]
 
 
-def _config(config: Path | None, overrides: list[str] | None) -> WaferConfig:
-    return load_config(WaferConfig, config, overrides or [])
+def _config(config: Path | None, overrides: list[str] | None, select_on_val: bool = False) -> WaferConfig:
+    """The resolved config; with validation maps the best checkpoint is the one with the best kNN macro accuracy."""
+    cfg = load_config(WaferConfig, config, overrides or [])
+    if select_on_val:
+        cfg.train.monitor, cfg.train.monitor_mode = "val_knn_macro_acc", "max"
+    return cfg
 
 
 def _split(source: str) -> str | list[str]:
@@ -49,9 +53,7 @@ def train(
     """Train the BYOL wafer encoder (labels, if any, are not used). Runs under torchrun for DDP."""
     from fabml.wafer.pipeline import train as run_train
 
-    cfg = _config(config, set_)
-    if val:
-        cfg.train.monitor, cfg.train.monitor_mode = "val_knn_macro_acc", "max"
+    cfg = _config(config, set_, select_on_val=bool(val))
     result = run_train(cfg, _split(data), out, resume=resume, fresh=fresh, val_data=_split(val) if val else None)
     if _is_main():
         console.print(f"trained {result.epochs_completed} epochs in {result.seconds:.0f} s "
@@ -76,18 +78,9 @@ def embed(
 @app.command()
 def cluster(run: RunOpt, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Group the embedded maps into pattern families (HDBSCAN); writes clusters.csv, a gallery and a trend."""
-    from fabml.wafer.pipeline import cluster as run_cluster, load_trained_config
+    from fabml.wafer.pipeline import cluster as run_cluster
 
-    cfg = load_trained_config(run)
-    if config or set_:
-        from fabml.config import apply_overrides, from_dict, to_dict
-
-        base = to_dict(cfg)
-        if config:
-            import yaml
-
-            base.update(yaml.safe_load(config.read_text()) or {})
-        cfg = from_dict(WaferConfig, apply_overrides(base, set_ or []))
+    cfg = load_config(WaferConfig, config or Path(run) / "config.yaml", set_ or [])
     result = run_cluster(run, cfg)
     sizes = result.table["cluster"].value_counts().sort_index()
     table = Table("cluster", "maps", title=f"{int(result.labels.max()) + 1} families")
@@ -160,9 +153,7 @@ def ablation(
     """Augmentation ablation: D4 alone / D4+crop / D4+crop+noise / everything, same settings otherwise."""
     from fabml.wafer.pipeline import ablation as run_ablation, metrics_markdown
 
-    cfg = _config(config, set_)
-    if val:
-        cfg.train.monitor, cfg.train.monitor_mode = "val_knn_macro_acc", "max"
+    cfg = _config(config, set_, select_on_val=bool(val))
     results = run_ablation(cfg, _split(data), _split(reference), _split(test), out, tuple(presets.split(",")),
                            val_data=_split(val) if val else None)
     console.print(metrics_markdown(results))

@@ -10,13 +10,15 @@ from rich.console import Console
 from fabml.config import load_config
 from fabml.wafer.config import WaferConfig
 
+# The CPU recipe of configs/wafer_cpu.yaml, shortened: a small encoder on 32x32 maps.
 DEMO_OVERRIDES = [
-    "data.size=48", "model.preset=small", "train.batch_size=128", "train.lr=1e-3", "train.num_workers=0",
+    "data.size=32", "model.preset=small", "model.stem=imagenet", "model.radial_channel=true", "train.batch_size=128",
+    "train.lr=1e-3", "train.warmup_epochs=1", "train.num_workers=0", "byol.tau_start=0.99",
     "cluster.min_cluster_size=30", "eval.d4_maps=300",
 ]
 
 
-def run_demo(out: Path, n_maps: int = 3000, epochs: int = 6, console: Console | None = None) -> dict[str, Path]:
+def run_demo(out: Path, n_maps: int = 3000, epochs: int = 10, console: Console | None = None) -> dict[str, Path]:
     """Train on ``n_maps`` generated maps, then embed, cluster, search, evaluate and report.
 
     Returns the paths of the main outputs. Re-running starts the training over (``--fresh``).

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fabml.config import save_config
+from fabml.config import load_config, save_config
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import load_wafer_maps
 from fabml.engine.hardware import resolve_device
@@ -108,10 +108,13 @@ class ClusterResult:
     folder: Path
 
 
-def cluster(run_dir: Path, cfg_overrides: WaferConfig | None = None, per_cluster: int = 8) -> ClusterResult:
-    """Fit HDBSCAN families on the run's embeddings; writes clusters.csv, the model, a gallery and a trend."""
+def cluster(run_dir: Path, cfg: WaferConfig | None = None, per_cluster: int = 8) -> ClusterResult:
+    """Fit HDBSCAN families on the run's embeddings; writes clusters.csv, the model, a gallery and a trend.
+
+    ``cfg`` defaults to the run's own config (its ``cluster`` section is what is used).
+    """
     run_dir = Path(run_dir)
-    cfg = cfg_overrides or load_trained_config(run_dir)
+    cfg = cfg or load_config(WaferConfig, run_dir / "config.yaml")
     emb, meta, source = read_embeddings(run_dir)
     model = ClusterModel(cfg.cluster)
     labels = model.fit(emb)
@@ -133,12 +136,6 @@ def cluster(run_dir: Path, cfg_overrides: WaferConfig | None = None, per_cluster
         trend.to_csv(folder / "trend.csv")
         plot_trend(trend, folder / "trend.png")
     return ClusterResult(labels, table, folder)
-
-
-def load_trained_config(run_dir: Path) -> WaferConfig:
-    from fabml.config import load_config
-
-    return load_config(WaferConfig, Path(run_dir) / "config.yaml")
 
 
 def _cluster_gallery(table: pd.DataFrame, source: str, path: Path, per_cluster: int) -> None:

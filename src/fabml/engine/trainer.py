@@ -310,7 +310,9 @@ class Trainer:
                     self._print_epoch(row, best, best_epoch)
                 epoch += 1
                 reason = None
-                if cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
+                if epoch >= cfg.epochs:
+                    pass  # the last epoch ran: the run is complete, whatever the clock or patience says
+                elif cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
                     reason = "early_stopping"
                 elif hit_max_steps:
                     reason = "max_steps"

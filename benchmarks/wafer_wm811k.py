@@ -17,12 +17,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from fabml import __version__  # noqa: E402
 from fabml.config import load_config, to_dict  # noqa: E402
+from fabml.engine.hardware import peak_rss_mb  # noqa: E402
 from fabml.wafer.config import WaferConfig  # noqa: E402
 from fabml.wafer.embedding import PCABaseline  # noqa: E402
 from fabml.wafer.evaluation import evaluate_embeddings  # noqa: E402
@@ -42,10 +43,6 @@ DATA = ROOT.parent / "shared" / "data" / "wm811k"
 TRAIN_FILES = ["train_29_split", "train_20_split", "train_10_split", "train_1_split"]
 PUBLISHED = "BYOL ResNet-18, 150 GPU epochs: kNN (k=5) macro accuracy 0.767 on test_data (faris-k/self-supervised-wafermaps)"
 CPU_RECIPE = ROOT / "configs" / "wafer_cpu.yaml"  # tiny encoder, 32x32 maps, radial channel, 10 epochs in ~30 min
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine() -> dict:
@@ -106,6 +103,7 @@ def main() -> None:  # noqa: C901 (one linear script)
     res = evaluate_embeddings(baseline, ref.tensors, ref_labels, test.tensors, test_labels, cfg.eval, cfg.cluster,
                               shapes[0], shapes[1])
     results["baseline"] = pick(res, {"train_seconds": base_fit, "peak_rss_mb": peak_rss_mb(),
+                                     "peak_rss_note": "benchmark process: all train and test maps loaded, PCA fit, evaluation",
                                      "eval_seconds": time.perf_counter() - t - base_fit,
                                      "method": "PCA (128 components) of the resized failed-die maps"})
     print(metrics_markdown({"baseline": res}, SUMMARY_KEYS))
@@ -118,15 +116,15 @@ def main() -> None:  # noqa: C901 (one linear script)
         epochs = len((args.out / "metrics.csv").read_text().strip().splitlines()) - 1
     else:
         train_seconds, epochs = None, None
-    # Largest training process (torchrun children); this process's own peak covers baseline and evaluation.
-    train_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # The largest training process, as the trainer logged it per epoch (this process holds the eval data only).
+    train_rss = float(pd.read_csv(args.out / "metrics.csv")["peak_rss_mb"].max()) if not args.skip_train else None
     run_cfg, method = load_trained(args.out, "best")
     t = time.perf_counter()
     for name, tta in (("byol", False), ("byol_tta_d4", True)):
         res = evaluate_embeddings(_embed_fn(run_cfg, method, tta), ref.tensors, ref_labels, test.tensors, test_labels,
                                   run_cfg.eval, run_cfg.cluster, shapes[0], shapes[1])
         results[name] = pick(res, {"train_seconds": train_seconds, "epochs": epochs, "peak_rss_mb": train_rss,
-                                   "peak_rss_note": f"largest of {args.nproc} DDP training processes",
+                                   "peak_rss_note": f"largest of the {args.nproc} DDP training processes",
                                    "eval_seconds": time.perf_counter() - t})
         print(metrics_markdown({name: res}, SUMMARY_KEYS))
         t = time.perf_counter()

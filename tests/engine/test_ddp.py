@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from fabml.engine.trainer import MEASURED_KEYS
+
 SCRIPT = Path(__file__).resolve().parent / "_ddp_script.py"
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -52,7 +54,7 @@ def test_two_gloo_processes_train_in_lockstep(tmp_path: Path) -> None:
         assert not part0 & part1 and part0 | part1 == set(range(64))
 
     # Logged numbers are rank-averaged and validation ran on rank 0 only, broadcast to rank 1.
-    strip = lambda h: [{k: v for k, v in row.items() if k not in ("samples_per_s", "epoch_seconds")} for row in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in row.items() if k not in MEASURED_KEYS} for row in h]  # noqa: E731
     assert strip(r0["history"]) == strip(r1["history"])
     assert r0["validate_calls"] == 2 and r1["validate_calls"] == 0
     assert r0["best_epoch"] == r1["best_epoch"] == 2

@@ -91,3 +91,15 @@ def test_describe_line() -> None:
         "workers 4 | threads 8 | channels_last, tf32"
     )
     assert "CPU" in hardware.device_name(CPU)
+
+
+def test_peak_rss_is_a_plausible_number_of_mib():
+    import numpy as np
+
+    from fabml.engine.hardware import peak_rss_mb
+
+    before = peak_rss_mb()
+    block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB, touched: the peak can only grow
+    assert 10 < before <= peak_rss_mb()
+    assert peak_rss_mb() >= 64
+    del block

@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _toy import SimulatedCrash, ToyMethod, toy_config, toy_dataset  # noqa: E402
 
 from fabml.engine.checkpoint import load_checkpoint  # noqa: E402
-from fabml.engine.trainer import Trainer, TrainConfig, move_to_device  # noqa: E402
+from fabml.engine.trainer import MEASURED_KEYS, Trainer, TrainConfig, move_to_device  # noqa: E402
 from fabml.errors import ConfigError, TrainingError  # noqa: E402
 
-TIMING_KEYS = {"samples_per_s", "epoch_seconds"}
+TIMING_KEYS = set(MEASURED_KEYS)
 
 
 @pytest.fixture(autouse=True)

@@ -112,6 +112,26 @@ def use_channels_last(setting: str | bool, device: torch.device) -> bool:
     raise ConfigError(f"channels_last '{setting}' is not valid; use auto, true or false")
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux ``VmHWM``; elsewhere ``ru_maxrss``).
+
+    ``VmHWM`` belongs to the process's own address space, so unlike ``ru_maxrss`` it does not
+    inherit the parent's peak across fork + exec (torchrun workers, subprocesses).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
 def device_name(device: torch.device) -> str:
     """Human name of a device, e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"CPU x86_64 (16 cores)"``."""
     if device.type == "cuda":

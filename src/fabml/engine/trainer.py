@@ -33,6 +33,7 @@ from fabml.engine.hardware import (
     HardwareInfo,
     device_name,
     enable_tf32,
+    peak_rss_mb,
     resolve_device,
     resolve_num_workers,
     resolve_precision,
@@ -44,6 +45,8 @@ from fabml.engine.schedules import WarmupCosineRestarts
 from fabml.errors import ConfigError, TrainingError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+# Epoch-row columns that measure the machine, not the training: they differ between identical runs.
+MEASURED_KEYS = ("samples_per_s", "epoch_seconds", "peak_rss_mb")
 SCHEDULERS = ("cosine_restarts", "constant")
 # Settings that may change between a run and its resume without a warning.
 _RESUMABLE_CHANGES = {"epochs", "max_minutes", "max_steps", "early_stop_patience", "tensorboard", "log_every", "num_workers"}
@@ -398,6 +401,7 @@ class Trainer:
         row.update({k: float(v) for k, v in zip(keys, means.tolist())})
         row["samples_per_s"] = samples * self.dist.world_size / max(seconds, 1e-9)
         row["epoch_seconds"] = seconds
+        row["peak_rss_mb"] = max(dist_utils.all_gather_object(peak_rss_mb()))  # the largest rank
         return row, hit_max_steps
 
     def _optimizer_step(self) -> torch.Tensor | None:

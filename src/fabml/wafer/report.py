@@ -23,7 +23,7 @@ def project_2d(emb: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np
 
                 raise ConfigError("UMAP is not installed: pip install 'fabml[umap]' or use --projection tsne") from None
         else:
-            reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=15)
+            reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=15, n_jobs=1)
             return reducer.fit_transform(emb), "UMAP (cosine)"
     from sklearn.manifold import TSNE
 

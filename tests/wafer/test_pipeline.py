@@ -144,3 +144,34 @@ def test_ablation_runs_each_preset(tmp_path: Path):
     assert set(table) == {"d4", "d4_crop"}
     config = (tmp_path / "d4" / "config.yaml").read_text()
     assert "crop: false" in config and "d4: true" in config
+
+
+def test_wafer_training_resumes_exactly(tmp_path: Path, monkeypatch):
+    from fabml.config import load_config
+    from fabml.wafer.config import WaferConfig
+    from fabml.wafer.method import BYOLMethod
+    from fabml.wafer.pipeline import train
+
+    torch.set_num_threads(1)
+    cfg = load_config(WaferConfig, None, TINY + ["train.epochs=2", "train.batch_size=16"])  # 3 steps per epoch
+    train(cfg, "synthetic:48:0", tmp_path / "straight")
+
+    real_step, calls = BYOLMethod.training_step, []
+
+    def killed_in_epoch_2(self, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the run is killed in the first step of epoch 2
+        return real_step(self, batch)
+
+    monkeypatch.setattr(BYOLMethod, "training_step", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, "synthetic:48:0", tmp_path / "killed")
+    monkeypatch.setattr(BYOLMethod, "training_step", real_step)
+    train(cfg, "synthetic:48:0", tmp_path / "killed", resume=True)
+
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "latest.pt", weights_only=True)["method"]
+    resumed = torch.load(tmp_path / "killed" / "checkpoints" / "latest.pt", weights_only=True)["method"]
+    assert straight.keys() == resumed.keys()
+    for key in straight:  # online and EMA target networks alike
+        assert torch.equal(straight[key], resumed[key]), key

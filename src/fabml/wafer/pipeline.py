@@ -18,7 +18,7 @@ from fabml.config import load_config, save_config
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import load_wafer_maps
 from fabml.engine.hardware import resolve_device
-from fabml.engine.trainer import Trainer, TrainResult
+from fabml.engine.trainer import Trainer, TrainResult, seed_everything
 from fabml.errors import DataError
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
@@ -75,6 +75,7 @@ def train(
     run_dir = Path(run_dir)
     dataset = load_dataset(data, cfg)
     validate = make_validator(cfg, load_dataset(val_data, cfg, limit=0)) if val_data else None
+    seed_everything(cfg.train.seed)  # the initial weights too: the same config gives the same run
     method = build_method(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(method, cfg.train, run_dir, dataset, validate=validate)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.metrics.clustering import cluster_quality
 from fabml.metrics.invariance import d4_mean_cosine, d4_same_cluster_rate
@@ -33,7 +34,9 @@ def shape_shortcut(
     with the query's label (what a perfect, shape-blind pattern matcher would show).
     A ratio well above 1 means the encoder matches maps by outline/grid rather than by pattern.
     """
-    _, idx = _top_k(query_emb, ref_emb, k)
+    index = VectorIndex(ref_emb.shape[1])  # exact cosine search
+    index.add(ref_emb)
+    _, idx = index.search(query_emb, k)
     ref_shapes_arr = np.asarray(ref_shapes)
     q_shapes = np.asarray(query_shapes)
     match = float((ref_shapes_arr[idx] == q_shapes[:, None]).mean())
@@ -44,18 +47,6 @@ def shape_shortcut(
         chance = [pair_counts[(lab, shp)] / max(label_counts[lab], 1) for lab, shp in zip(query_labels, query_shapes)]
         out["shape_match_label_chance"] = float(np.mean(chance))
     return out
-
-
-def _top_k(query: np.ndarray, ref: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine top-k of each query row among ``ref`` rows: (scores [Q,k], indices [Q,k])."""
-    q = torch.nn.functional.normalize(torch.from_numpy(query), dim=1)
-    r = torch.nn.functional.normalize(torch.from_numpy(ref), dim=1)
-    scores, idx = [], []
-    for start in range(0, len(q), chunk):
-        s, i = (q[start : start + chunk] @ r.T).topk(k, dim=1)
-        scores.append(s.numpy())
-        idx.append(i.numpy())
-    return np.concatenate(scores), np.concatenate(idx)
 
 
 def evaluate_embeddings(

@@ -25,7 +25,7 @@ from fabml.config import load_config  # noqa: E402
 from fabml.metrics.classification import classification_report, knn_predict  # noqa: E402
 from fabml.wafer.config import WaferConfig  # noqa: E402
 from fabml.wafer.embedding import embed_tensors  # noqa: E402
-from fabml.wafer.pipeline import _embed_fn, _labels, load_dataset, train  # noqa: E402
+from fabml.wafer.pipeline import embed_fn, map_labels, load_dataset, train  # noqa: E402
 from fabml.wafer.runs import load_trained  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "wm811k"
@@ -43,10 +43,10 @@ def main() -> None:
     ref = load_dataset(files(ALL_TRAIN), run_cfg, limit=0)
     test = load_dataset(str(DATA / "test_data.pkl.xz"), run_cfg, limit=0)
     for tta in (False, True):
-        fn = _embed_fn(run_cfg, method, tta)
-        pred = knn_predict(embed_tensors(fn, ref.tensors), np.asarray(_labels(ref.meta, "train")),
+        fn = embed_fn(run_cfg, method, tta)
+        pred = knn_predict(embed_tensors(fn, ref.tensors), np.asarray(map_labels(ref.meta, "train")),
                            embed_tensors(fn, test.tensors), k=run_cfg.eval.knn_k)
-        acc = classification_report(np.asarray(_labels(test.meta, "test")), pred)["macro_acc"]
+        acc = classification_report(np.asarray(map_labels(test.meta, "test")), pred)["macro_acc"]
         print(f"tta_d4={tta}: test kNN macro accuracy {acc:.3f}", flush=True)
 
 

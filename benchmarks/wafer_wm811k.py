@@ -35,7 +35,7 @@ from fabml.wafer.config import WaferConfig  # noqa: E402
 from fabml.wafer.embedding import PCABaseline  # noqa: E402
 from fabml.wafer.evaluation import evaluate_embeddings  # noqa: E402
 from fabml.wafer.pipeline import (  # noqa: E402
-    SUMMARY_KEYS, _embed_fn, _labels, grid_shapes, load_dataset, metrics_markdown,
+    SUMMARY_KEYS, embed_fn, map_labels, grid_shapes, load_dataset, metrics_markdown,
 )
 from fabml.wafer.runs import load_trained  # noqa: E402
 
@@ -91,7 +91,7 @@ def main() -> None:  # noqa: C901 (one linear script)
     ref = load_dataset(train_src, cfg, limit=limit)
     test = load_dataset(test_src, cfg, limit=limit)
     load_seconds = time.perf_counter() - t
-    ref_labels, test_labels = _labels(ref.meta, "train"), _labels(test.meta, "test")
+    ref_labels, test_labels = map_labels(ref.meta, "train"), map_labels(test.meta, "test")
     shapes = [grid_shapes(ref), grid_shapes(test)]
     print(f"loaded {len(ref)} train and {len(test)} test maps in {load_seconds:.0f} s")
 
@@ -121,7 +121,7 @@ def main() -> None:  # noqa: C901 (one linear script)
     run_cfg, method = load_trained(args.out, "best")
     t = time.perf_counter()
     for name, tta in (("byol", False), ("byol_tta_d4", True)):
-        res = evaluate_embeddings(_embed_fn(run_cfg, method, tta), ref.tensors, ref_labels, test.tensors, test_labels,
+        res = evaluate_embeddings(embed_fn(run_cfg, method, tta), ref.tensors, ref_labels, test.tensors, test_labels,
                                   run_cfg.eval, run_cfg.cluster, shapes[0], shapes[1])
         results[name] = pick(res, {"train_seconds": train_seconds, "epochs": epochs, "peak_rss_mb": train_rss,
                                    "peak_rss_note": f"largest of the {args.nproc} DDP training processes",

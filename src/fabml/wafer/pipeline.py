@@ -41,7 +41,7 @@ def grid_shapes(dataset: WaferTensorDataset) -> list[str]:
     return [f"{r}x{c}" for r, c in dataset.shapes]
 
 
-def _labels(metas: list[dict], what: str) -> list[str]:
+def map_labels(metas: list[dict], what: str) -> list[str]:
     labels = [m.get("label") for m in metas]
     if any(label is None for label in labels):
         missing = sum(label is None for label in labels)
@@ -51,7 +51,7 @@ def _labels(metas: list[dict], what: str) -> list[str]:
 
 def make_validator(cfg: WaferConfig, val: WaferTensorDataset):
     """Per-epoch selection metric: leave-one-out kNN macro accuracy within the labelled validation maps."""
-    labels = np.asarray(_labels(val.meta, "validation data"))
+    labels = np.asarray(map_labels(val.meta, "validation data"))
     n = len(val) if not cfg.eval.val_limit else min(cfg.eval.val_limit, len(val))
     pick = torch.from_numpy(np.random.default_rng(0).permutation(len(val))[:n])
     tensors, labels = val.tensors[pick], labels[pick.numpy()]
@@ -83,7 +83,8 @@ def train(
     return trainer.fit(resume=resume, fresh=fresh)
 
 
-def _embed_fn(cfg: WaferConfig, method, tta_d4: bool):
+def embed_fn(cfg: WaferConfig, method, tta_d4: bool):
+    """The run's encoder as ``x [B,2,S,S] -> unit embeddings [B,D]``, D4-averaged when ``tta_d4``."""
     fn = encoder_embed_fn(method.encoder, cfg.data.outline_channel, resolve_device("auto"))
     return d4_averaged(fn) if tta_d4 else fn
 
@@ -93,7 +94,7 @@ def embed(run_dir: Path, data: str, tta_d4: bool | None = None, checkpoint: str 
     cfg, method = load_trained(run_dir, checkpoint)
     dataset = load_dataset(data, cfg, limit=0)
     tta = cfg.eval.tta_d4 if tta_d4 is None else tta_d4
-    emb = embed_tensors(_embed_fn(cfg, method, tta), dataset.tensors, cfg.eval.embed_batch, progress=True)
+    emb = embed_tensors(embed_fn(cfg, method, tta), dataset.tensors, cfg.eval.embed_batch, progress=True)
     out = Path(run_dir) / "embeddings"
     write_embeddings(out, emb, dataset, str(data))
     index = VectorIndex(emb.shape[1], cfg.index)
@@ -160,7 +161,7 @@ def assign(run_dir: Path, data: str, out_csv: Path | None = None) -> pd.DataFram
         raise DataError(f"{model_path} not found: run `fabml wafer cluster --run {run_dir}` first")
     cfg, method = load_trained(run_dir)
     dataset = load_dataset(data, cfg, limit=0)
-    emb = embed_tensors(_embed_fn(cfg, method, cfg.eval.tta_d4), dataset.tensors, cfg.eval.embed_batch)
+    emb = embed_tensors(embed_fn(cfg, method, cfg.eval.tta_d4), dataset.tensors, cfg.eval.embed_batch)
     model = ClusterModel.load(model_path)
     score, flag, nearest = model.novelty(emb)
     table = meta_frame(dataset)
@@ -178,26 +179,27 @@ def search(run_dir: Path, query: str, k: int = 10, figure: Path | None = None) -
     (query left, neighbours right with their similarity).
     """
     run_dir = Path(run_dir)
-    cfg, method = load_trained(run_dir)
     emb, meta, source = read_embeddings(run_dir)
     index = VectorIndex.load(run_dir / "embeddings" / "index.faiss")
     ids = meta["id"].astype(str).tolist()
-    if query in ids:
-        qmap = reload_maps(source, [query])[query]
-        q_emb = emb[ids.index(query)][None]
+    exclude_self = query in ids
+    if exclude_self:  # an embedded map: its embedding is already stored, no model needed
+        q_emb, qmap = emb[ids.index(query)][None], None
     else:
         if not Path(query).exists():
             raise DataError(f"query {query!r} is neither a map file nor the id of an embedded map")
+        cfg, method = load_trained(run_dir)
         qmap = load_wafer_maps(query)[0]
         q_tensor = WaferTensorDataset([qmap], cfg.data.size).tensors
-        q_emb = embed_tensors(_embed_fn(cfg, method, cfg.eval.tta_d4), q_tensor, 1)
-    exclude_self = query in ids
+        q_emb = embed_tensors(embed_fn(cfg, method, cfg.eval.tta_d4), q_tensor, 1)
     scores, idx = index.search(q_emb.astype(np.float32), k + int(exclude_self))
     rows = [(i, s) for i, s in zip(idx[0], scores[0]) if i >= 0 and not (exclude_self and ids[i] == query)][:k]
     table = meta.iloc[[i for i, _ in rows]].copy()
     table.insert(0, "similarity", [float(s) for _, s in rows])
     table.insert(0, "rank", range(1, len(rows) + 1))
-    maps = reload_maps(source, table["id"].astype(str).tolist())
+    # One pass over the source for the query (when embedded) and all neighbours.
+    maps = reload_maps(source, table["id"].astype(str).tolist() + ([query] if exclude_self else []))
+    qmap = qmap or maps[query]
     figure = figure or run_dir / "search" / f"search_{Path(str(qmap.meta.get('id', 'query'))).name.replace(':', '_')}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     titles = [f"{r.id}\n{r.label or ''}" for r in table.itertuples()]
@@ -238,9 +240,9 @@ def evaluate(
     tst = load_dataset(test, cfg, limit=0)
     labelled = reference is not None and all(m.get("label") is not None for m in tst.meta)
     ref = load_dataset(reference, cfg, limit=0) if labelled else None
-    methods = {"byol": _embed_fn(cfg, method, False)}
+    methods = {"byol": embed_fn(cfg, method, False)}
     if tta_d4:
-        methods["byol_tta_d4"] = _embed_fn(cfg, method, True)
+        methods["byol_tta_d4"] = embed_fn(cfg, method, True)
     if baseline:
         methods["baseline_pca"] = PCABaseline(seed=cfg.train.seed).fit((ref or tst).tensors)
     out_dir = run_dir / "eval"
@@ -250,8 +252,8 @@ def evaluate(
         if not labelled:
             results[name] = evaluate_unlabelled(fn, tst.tensors, cfg.eval, cfg.cluster)
             continue
-        res = evaluate_embeddings(fn, ref.tensors, _labels(ref.meta, "reference data"), tst.tensors,
-                                  _labels(tst.meta, "test data"), cfg.eval, cfg.cluster, grid_shapes(ref),
+        res = evaluate_embeddings(fn, ref.tensors, map_labels(ref.meta, "reference data"), tst.tensors,
+                                  map_labels(tst.meta, "test data"), cfg.eval, cfg.cluster, grid_shapes(ref),
                                   grid_shapes(tst), progress=True)
         plot_per_class_bars(res["per_class"], out_dir / f"per_class_{name}.png",
                             title=f"kNN (k={cfg.eval.knn_k}) per class: {name}")

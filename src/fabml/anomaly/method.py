@@ -1,0 +1,74 @@
+"""Training logic of the anomaly models: the base class every per-model method follows.
+
+Gradient models (STFPM, FastFlow, DRAEM, EfficientAD, autoencoder) implement
+``training_step(batch) -> {"loss": ...}`` and are driven by the shared
+:class:`~fabml.engine.trainer.Trainer`. Memory-bank models (PatchCore, PaDiM) set
+``memory_bank = True`` and implement ``fit(loader)`` instead. Every method may implement
+``finalize(loader)``, run once after training on a loader of normal training images
+(EfficientAD computes its map-normalisation quantiles there).
+
+A batch is a dict: ``image`` ``[B, C, H, W]`` float in [0, 1], ``mask`` ``[B, 1, H, W]``
+float {0, 1}, ``label`` ``[B]`` int64 (0 normal, 1 anomalous), ``index`` ``[B]`` int64.
+Training batches hold normal images only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar, Iterable
+
+import torch
+
+from fabml.anomaly.models.base import AnomalyModel
+from fabml.engine.method import Method
+from fabml.errors import TrainingError
+from fabml.registry import Registry
+
+ANOMALY_METHODS: Registry[Any] = Registry("anomaly method")
+
+METHOD_MODULES = {
+    "patchcore": "fabml.anomaly.methods.patchcore",
+    "padim": "fabml.anomaly.methods.padim",
+    "stfpm": "fabml.anomaly.methods.stfpm",
+    "fastflow": "fabml.anomaly.methods.fastflow",
+    "draem": "fabml.anomaly.methods.draem",
+    "efficient_ad": "fabml.anomaly.methods.efficient_ad",
+    "autoencoder": "fabml.anomaly.methods.autoencoder",
+}
+
+
+class AnomalyMethod(Method):
+    """Holds ``self.model`` (an :class:`AnomalyModel`) and how it learns from normal images.
+
+    ``default_train`` lists the paper's optimiser settings as overrides of
+    :class:`~fabml.engine.trainer.TrainConfig` fields (lr, optimizer, weight_decay, epochs,
+    batch_size, ...); the pipeline applies them under the user's own settings.
+    """
+
+    memory_bank: ClassVar[bool] = False
+    default_train: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, model: AnomalyModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        raise TrainingError(
+            f"{type(self.model).__name__} is a memory-bank model: it has no gradient step; call fit(loader)"
+        )
+
+    def fit(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Memory-bank models: build the model's statistics from every batch of ``loader``."""
+        raise TrainingError(f"{type(self.model).__name__} trains by gradient steps under the Trainer, not fit(loader)")
+
+    @torch.no_grad()
+    def finalize(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """After training: optional statistics from normal images (default: nothing)."""
+        return {}
+
+
+def create_anomaly_method(name: str, model: AnomalyModel) -> AnomalyMethod:
+    """The method class registered as ``name`` wrapped around ``model``."""
+    for module in METHOD_MODULES.values():
+        importlib.import_module(module)
+    return ANOMALY_METHODS.get(name)(model)

@@ -1,0 +1,1 @@
+"""Per-model training logic (one file per model); see fabml.anomaly.method for the contract."""

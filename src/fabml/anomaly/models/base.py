@@ -1,0 +1,154 @@
+"""The contract every anomaly model follows, and the image-score pooling they share.
+
+Input convention (all models): ``images`` is a float tensor ``[B, C, H, W]`` with values in
+``[0, 1]``, ``C`` = the model's ``in_chans`` (1 or 3) and ``H, W`` = its ``image_size``. Any
+per-backbone normalisation (ImageNet mean/std, [-1, 1], ...) happens *inside* the model, so
+an exported ONNX graph needs nothing but a resize and a division by 255 in front of it.
+
+In eval mode ``forward(images)`` returns :class:`AnomalyOutput`; in train mode it returns
+whatever the model's loss needs (documented on each model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fabml.errors import ConfigError, DataError
+
+POOLINGS = ("max", "mean", "topk_mean", "percentile", "centre_weighted")
+
+
+class AnomalyOutput(NamedTuple):
+    """What an anomaly model returns in eval mode.
+
+    pred_score: ``[B]`` raw image anomaly score (higher = more anomalous; unnormalised).
+    anomaly_map: ``[B, 1, H, W]`` raw pixel anomaly scores at the input resolution.
+    """
+
+    pred_score: torch.Tensor
+    anomaly_map: torch.Tensor
+
+
+@dataclass
+class PoolingConfig:
+    """How a pixel anomaly map becomes one image score.
+
+    method: ``max`` (default) | ``mean`` | ``topk_mean`` (mean of the top ``topk_percent`` % of
+    pixels) | ``percentile`` (the ``percentile``-th percentile of the pixels) |
+    ``centre_weighted`` (max of the map times a Gaussian weight centred on the image, whose
+    standard deviation is ``centre_sigma`` × the half-diagonal; OLED panels: centre defects
+    matter more).
+    """
+
+    method: str = "max"
+    topk_percent: float = 1.0
+    percentile: float = 99.0
+    centre_sigma: float = 0.5
+
+
+def check_pooling(cfg: PoolingConfig) -> None:
+    """Reject an unknown pooling or out-of-range parameter with a one-line ConfigError."""
+    if cfg.method not in POOLINGS:
+        raise ConfigError(f"pooling.method='{cfg.method}' is unknown; choose one of: {', '.join(POOLINGS)}")
+    if not 0.0 < cfg.topk_percent <= 100.0:
+        raise ConfigError(f"pooling.topk_percent={cfg.topk_percent} must be in (0, 100]")
+    if not 0.0 <= cfg.percentile <= 100.0:
+        raise ConfigError(f"pooling.percentile={cfg.percentile} must be in [0, 100]")
+    if cfg.centre_sigma <= 0.0:
+        raise ConfigError(f"pooling.centre_sigma={cfg.centre_sigma} must be > 0")
+
+
+def centre_weights(height: int, width: int, sigma: float) -> torch.Tensor:
+    """``[H, W]`` Gaussian weights, 1 at the centre; ``sigma`` is a fraction of the half-diagonal."""
+    ys = torch.linspace(-1.0, 1.0, height).view(-1, 1) * (height / max(height, width))
+    xs = torch.linspace(-1.0, 1.0, width).view(1, -1) * (width / max(height, width))
+    r2 = (ys**2 + xs**2) / 2.0  # squared distance over the squared half-diagonal
+    return torch.exp(-r2 / (2.0 * sigma**2))
+
+
+def pool_anomaly_map(anomaly_map: torch.Tensor, cfg: PoolingConfig) -> torch.Tensor:
+    """Image scores ``[B]`` from maps ``[B, 1, H, W]`` (ONNX-exportable: only topk/mean/max)."""
+    flat = anomaly_map.flatten(1)
+    n = flat.shape[1]
+    if cfg.method == "max":
+        return flat.max(dim=1).values
+    if cfg.method == "mean":
+        return flat.mean(dim=1)
+    if cfg.method == "topk_mean":
+        k = max(1, int(math.ceil(n * cfg.topk_percent / 100.0)))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    if cfg.method == "percentile":
+        # the value with (100 - p) % of the pixels at or above it (nearest-rank percentile)
+        k = max(1, int(math.ceil(n * (100.0 - cfg.percentile) / 100.0)))
+        return flat.topk(k, dim=1).values[:, -1]
+    if cfg.method == "centre_weighted":
+        h, w = anomaly_map.shape[-2:]
+        weights = centre_weights(h, w, cfg.centre_sigma).to(anomaly_map)
+        return (anomaly_map * weights).flatten(1).max(dim=1).values
+    raise ConfigError(f"pooling.method='{cfg.method}' is unknown; choose one of: {', '.join(POOLINGS)}")
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of half-width ``4 sigma`` (rounded up), as anomalib's blur uses."""
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2.0 * sigma**2))
+    return kernel / kernel.sum()
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian blur of ``[B, 1, H, W]`` maps with replicate padding (any map size) (``sigma`` in pixels)."""
+
+    def __init__(self, sigma: float = 4.0) -> None:
+        super().__init__()
+        self.register_buffer("kernel", gaussian_kernel1d(sigma), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel.numel()
+        pad = k // 2
+        x = F.pad(x, (pad, pad, 0, 0), mode="replicate")
+        x = F.conv2d(x, self.kernel.view(1, 1, 1, k))
+        x = F.pad(x, (0, 0, pad, pad), mode="replicate")
+        return F.conv2d(x, self.kernel.view(1, 1, k, 1))
+
+
+class AnomalyModel(nn.Module):
+    """Base class: input checks and the shared image-score pooling.
+
+    Subclasses implement ``forward`` (train mode: loss inputs; eval mode:
+    ``AnomalyOutput``) and ``compute_anomaly_map(...)`` with their own arguments, and call
+    :meth:`output` at the end of eval-mode ``forward``.
+    """
+
+    def __init__(self, image_size: tuple[int, int], in_chans: int, pooling: PoolingConfig | None = None) -> None:
+        super().__init__()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.in_chans = int(in_chans)
+        self.pooling = pooling or PoolingConfig()
+        check_pooling(self.pooling)
+
+    def check_input(self, images: torch.Tensor) -> None:
+        """One-line DataError when ``images`` is not ``[B, in_chans, H, W]`` at the model's size."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return
+        expected = (self.in_chans, *self.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise DataError(
+                f"{type(self).__name__} expects images [B, {expected[0]}, {expected[1]}, {expected[2]}] "
+                f"(channels, height, width as fitted), got {list(images.shape)}; resize the images or "
+                "convert their channels to match the fitted model"
+            )
+
+    def compute_anomaly_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """``[B]`` image scores from ``[B, 1, H, W]`` maps with the configured pooling."""
+        return pool_anomaly_map(anomaly_map, self.pooling)
+
+    def output(self, anomaly_map: torch.Tensor) -> AnomalyOutput:
+        """Wrap a map ``[B, 1, H, W]`` as :class:`AnomalyOutput` with its pooled score."""
+        return AnomalyOutput(self.compute_anomaly_score(anomaly_map), anomaly_map)

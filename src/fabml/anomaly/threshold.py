@@ -1,0 +1,340 @@
+"""Calibrated thresholds, score normalisation (threshold -> 0.5), decisions, pixel masks and grades.
+
+Calibration uses validation data only (held-out normal training images, plus defective or
+synthetic-anomaly images when there are some), never the test set:
+
+- ``f1``: the F1-max threshold of normal vs anomalous scores (anomalous = score >= threshold);
+- ``quantile``: the ``quantile`` of the normal scores (linear interpolation, ``np.quantile``);
+- ``auto``: ``f1`` when anomalous scores are given, else ``quantile``.
+
+:class:`ScoreNormalizer` maps raw scores so that the threshold lands exactly on 0.5:
+``norm = clip((x - threshold) / (max - min) + 0.5, 0, 1)`` with min/max of the validation scores
+(anomalib's min-max normalisation). Decisions, pixel masks and grades then read normalised values:
+anomalous when ``>= 0.5``; grade = number of cut points ``<= score`` (0 = normal ... 4 = severe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fabml.errors import ConfigError, DataError
+from fabml.metrics.anomaly import f1_max
+
+METHODS = ("auto", "f1", "quantile")
+SOURCES = ("defective", "synthetic")
+GRADE_NAMES = ["normal", "minor", "moderate", "major", "severe"]
+DEFAULT_CUTS = (0.5, 0.625, 0.75, 0.875)
+_NOUN = {"defective": "defective", "synthetic": "synthetic-anomaly"}
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    """A calibrated threshold in raw score units.
+
+    method: ``f1`` | ``quantile`` (what was used, after ``auto`` chose).
+    source: ``defective`` | ``synthetic`` (the anomalous scores behind ``f1``) | ``normal`` (quantile).
+    message: the one line the CLI prints.
+    """
+
+    value: float
+    method: str
+    source: str
+    message: str
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _flat(x: Any, what: str) -> np.ndarray:
+    """1-D float array (torch or numpy, any shape); DataError on NaN/inf."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    arr = arr.ravel()
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{what} contain NaN or infinite values; check the model outputs on the validation images")
+    return arr
+
+
+def _check_options(method: str, quantile: float, source: str) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"threshold method '{method}' is unknown; choose one of: {', '.join(METHODS)}")
+    if not 0.0 < quantile < 1.0:
+        raise ConfigError(f"threshold quantile={quantile} must be in (0, 1), e.g. 0.99")
+    if source not in SOURCES:
+        raise ConfigError(f"threshold source '{source}' is unknown; choose one of: {', '.join(SOURCES)}")
+
+
+def _percentile(q: float) -> str:
+    return f"{q * 100:g}th percentile"
+
+
+def calibrate_threshold(
+    normal_scores: Any,
+    anomalous_scores: Any = None,
+    method: str = "auto",
+    quantile: float = 0.99,
+    source: str = "defective",
+) -> ThresholdResult:
+    """Image threshold from validation scores.
+
+    Args:
+        normal_scores: ``[N]`` raw scores of held-out normal images.
+        anomalous_scores: ``[M]`` raw scores of anomalous validation images, or None / empty.
+        method: ``auto`` | ``f1`` | ``quantile`` (module docstring).
+        quantile: share of normal scores at or below the ``quantile`` threshold.
+        source: what the anomalous images are: ``defective`` (real) or ``synthetic``.
+    """
+    _check_options(method, quantile, source)
+    normal = _flat(normal_scores, "normal validation scores")
+    if normal.size == 0:
+        raise DataError("no normal validation scores to calibrate the threshold; hold out some normal training images")
+    anomalous = None if anomalous_scores is None else _flat(anomalous_scores, "anomalous validation scores")
+    has_anomalous = anomalous is not None and anomalous.size > 0
+    if method == "f1" and not has_anomalous:
+        raise ConfigError(
+            "threshold method 'f1' needs anomalous validation scores (defective or synthetic images); "
+            "use method 'auto' or 'quantile'"
+        )
+    if method == "quantile" or not has_anomalous:
+        value = float(np.quantile(normal.astype(np.float64), quantile))
+        why = "method 'quantile'" if method == "quantile" else "no anomalous validation images for F1-max"
+        return ThresholdResult(
+            value, "quantile", "normal",
+            f"threshold {value:.4g} = {_percentile(quantile)} of {normal.size} held-out normal image scores ({why})",
+        )
+    labels = np.r_[np.zeros(normal.size, dtype=bool), np.ones(anomalous.size, dtype=bool)]
+    f1, value = f1_max(labels, np.r_[normal.astype(np.float64), anomalous.astype(np.float64)])
+    return ThresholdResult(
+        value, "f1", source,
+        f"threshold {value:.4g} from F1-max (F1 {f1:.3f}) on {normal.size} held-out normal and "
+        f"{anomalous.size} {_NOUN[source]} images",
+    )
+
+
+def _maps(x: Any, what: str) -> np.ndarray:
+    """``[N, H, W]`` view of ``[N, H, W]`` / ``[N, 1, H, W]`` maps or masks."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3:
+        raise DataError(f"{what} must be [N, H, W] or [N, 1, H, W], got {list(arr.shape)}")
+    return arr
+
+
+def calibrate_pixel_threshold(
+    normal_maps: Any,
+    anomalous_maps: Any = None,
+    anomalous_masks: Any = None,
+    quantile: float = 0.999,
+    source: str = "defective",
+    max_pixels: int = 2_000_000,
+    seed: int = 0,
+) -> ThresholdResult:
+    """Pixel threshold from validation maps.
+
+    With ``anomalous_maps`` and their 0/1 ``anomalous_masks`` (``[M, H, W]`` or ``[M, 1, H, W]``):
+    F1-max over the pixels of all maps (normal maps count as all-normal pixels); above
+    ``max_pixels`` pixels a deterministic random sample of about ``max_pixels`` (``seed``) is used.
+    Otherwise (no masks, or masks with no anomalous pixel): the exact ``quantile`` of all normal pixels.
+    """
+    _check_options("auto", quantile, source)
+    if int(max_pixels) < 1:
+        raise ConfigError(f"pixel threshold max_pixels={max_pixels} must be >= 1")
+    normal = _maps(normal_maps, "normal validation maps")
+    if normal.size == 0:
+        raise DataError(
+            "no normal validation maps to calibrate the pixel threshold; hold out some normal training images"
+        )
+    normal_px = _flat(normal, "normal validation maps")
+    if anomalous_masks is not None and anomalous_maps is None:
+        raise DataError("anomalous validation masks were given without their anomaly maps; pass both or neither")
+    why = "no masks for F1-max"
+    if anomalous_maps is not None and anomalous_masks is not None:
+        amaps = _maps(anomalous_maps, "anomalous validation maps")
+        amasks = _maps(anomalous_masks, "anomalous validation masks")
+        if amaps.shape != amasks.shape:
+            raise DataError(
+                f"anomalous validation maps {list(amaps.shape)} and masks {list(amasks.shape)} differ in shape"
+            )
+        if amaps.shape[1:] != normal.shape[1:]:
+            raise DataError(
+                f"anomalous maps are {list(amaps.shape[1:])} but normal maps {list(normal.shape[1:])}; use one size"
+            )
+        positives = _flat(amasks, "anomalous validation masks") > 0.5
+        if positives.any():
+            scores = np.r_[normal_px, _flat(amaps, "anomalous validation maps")]
+            labels = np.r_[np.zeros(normal_px.size, dtype=bool), positives]
+            total = scores.size
+            if total > max_pixels:
+                keep = np.random.default_rng(seed).random(total, dtype=np.float32) < max_pixels / total
+                keep |= labels & ~labels[keep].any()  # a sample without positives keeps them all
+                scores, labels = scores[keep], labels[keep]
+            f1, value = f1_max(labels, scores)
+            sample = f" (a fixed random sample of {total:,})" if scores.size < total else ""
+            return ThresholdResult(
+                value, "f1", source,
+                f"pixel threshold {value:.4g} from F1-max (F1 {f1:.3f}) on {scores.size:,} pixels{sample} of "
+                f"{len(normal)} held-out normal and {len(amaps)} {_NOUN[source]} images",
+            )
+        why = "the anomalous validation masks have no anomalous pixel"
+    value = float(np.quantile(normal_px, quantile))
+    return ThresholdResult(
+        value, "quantile", "normal",
+        f"pixel threshold {value:.4g} = {_percentile(quantile)} of the {normal_px.size:,} pixels of "
+        f"{len(normal)} held-out normal images ({why})",
+    )
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def _min_max_norm(x: Any, threshold: float, lo: float, hi: float) -> Any:
+    """``clip((x - threshold) / (hi - lo) + 0.5, 0, 1)``; a zero range uses a span of 1.
+
+    Torch in, torch out (constants only: ONNX-exportable); anything else -> numpy (float dtype kept).
+    """
+    span = hi - lo if hi > lo else 1.0
+    if isinstance(x, torch.Tensor):
+        return ((x - threshold) / span + 0.5).clamp(0.0, 1.0)
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    return np.clip((arr - threshold) / span + 0.5, 0.0, 1.0).astype(arr.dtype, copy=False)
+
+
+@dataclass
+class ScoreNormalizer:
+    """Min-max normalisation with the calibrated threshold at 0.5, for image scores and pixel maps.
+
+    All fields are raw-score units; ``*_min`` / ``*_max`` come from the validation scores or maps.
+    """
+
+    image_threshold: float
+    image_min: float
+    image_max: float
+    pixel_threshold: float
+    pixel_min: float
+    pixel_max: float
+
+    @classmethod
+    def fit(
+        cls,
+        scores: Any,
+        image_threshold: float,
+        maps: Any = None,
+        pixel_threshold: float | None = None,
+    ) -> ScoreNormalizer:
+        """From validation ``scores`` ``[N]`` and ``maps`` (any shape) and the calibrated thresholds.
+
+        Without ``maps`` the pixel statistics are the image ones; without ``pixel_threshold`` the
+        image threshold serves for pixels too (meaningful when the image score pools the map).
+        """
+        s = _flat(scores, "validation scores")
+        if s.size == 0:
+            raise DataError("no validation scores to fit the score normaliser; hold out some normal training images")
+        p = s if maps is None else _flat(maps, "validation maps")
+        if p.size == 0:
+            raise DataError("the validation maps are empty; the score normaliser needs at least one map")
+        pixel_threshold = image_threshold if pixel_threshold is None else pixel_threshold
+        return cls(
+            float(image_threshold), float(s.min()), float(s.max()),
+            float(pixel_threshold), float(p.min()), float(p.max()),
+        )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"score normaliser '{f.name}' must be a finite number, got {value!r}")
+            setattr(self, f.name, float(value))
+        for kind in ("image", "pixel"):
+            if getattr(self, f"{kind}_max") < getattr(self, f"{kind}_min"):
+                raise ConfigError(f"score normaliser {kind}_max < {kind}_min; refit it on the validation data")
+
+    def normalize_scores(self, scores: Any) -> Any:
+        """Image scores in [0, 1], the image threshold at exactly 0.5 (same type as the input)."""
+        return _min_max_norm(scores, self.image_threshold, self.image_min, self.image_max)
+
+    def normalize_maps(self, maps: Any) -> Any:
+        """Pixel maps in [0, 1], the pixel threshold at exactly 0.5 (same type and shape as the input)."""
+        return _min_max_norm(maps, self.pixel_threshold, self.pixel_min, self.pixel_max)
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoreNormalizer:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(data, dict) or set(data) != set(names):
+            got = sorted(data) if isinstance(data, dict) else repr(data)
+            raise ConfigError(f"score normaliser needs exactly the keys {', '.join(names)}; got {got}")
+        return cls(**{k: data[k] for k in names})
+
+
+# ---------------------------------------------------------------- decisions and grades
+
+
+def check_cuts(cuts: Sequence[float]) -> list[float]:
+    """Validated grade cut points: 4 increasing values in (0, 1], the first 0.5 (the threshold)."""
+    values = [float(c) for c in cuts]
+    if len(values) != 4:
+        raise ConfigError(f"grade cuts must be 4 increasing values in (0, 1] starting at 0.5, got {values}")
+    if values[0] != 0.5:
+        raise ConfigError(
+            f"grade cuts must start at 0.5 (the calibrated threshold) so that grade 0 = normal agrees "
+            f"with the pass/fail decision, got {values}"
+        )
+    if any(b <= a for a, b in zip(values, values[1:])) or values[-1] > 1.0:
+        raise ConfigError(f"grade cuts must be strictly increasing and at most 1, got {values}")
+    return values
+
+
+@dataclass
+class GradeConfig:
+    """Cut points on the normalised score: grade k = number of cuts <= score.
+
+    Grade 0 (normal) is below cuts[0] = 0.5; 1 minor, 2 moderate, 3 major, 4 severe (>= cuts[3]).
+    """
+
+    cuts: list[float] = field(default_factory=lambda: list(DEFAULT_CUTS))
+
+    def __post_init__(self) -> None:
+        self.cuts = check_cuts(self.cuts)
+
+
+def _check_no_nan(x: Any, what: str) -> None:
+    if isinstance(x, torch.Tensor):
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()) and torch.isnan(x).any():
+            raise DataError(f"{what} contain NaN; check the model outputs")
+    elif np.isnan(np.asarray(x, dtype=np.float64)).any():
+        raise DataError(f"{what} contain NaN; check the model outputs")
+
+
+def grade(normalized_scores: Any, cuts: GradeConfig | Sequence[float] | None = None) -> Any:
+    """Grades 0..4 (int64, same shape; torch in -> torch out) of normalised scores; names in ``GRADE_NAMES``."""
+    values = GradeConfig().cuts if cuts is None else cuts.cuts if isinstance(cuts, GradeConfig) else check_cuts(cuts)
+    _check_no_nan(normalized_scores, "normalised scores")
+    if isinstance(normalized_scores, torch.Tensor):
+        return sum((normalized_scores >= c).long() for c in values)
+    return np.searchsorted(np.asarray(values), np.asarray(normalized_scores), side="right").astype(np.int64)
+
+
+def decide(normalized: Any) -> Any:
+    """Anomalous (True) where the normalised score is >= 0.5, i.e. the raw score >= the threshold."""
+    _check_no_nan(normalized, "normalised scores")
+    if isinstance(normalized, torch.Tensor):
+        return normalized >= 0.5
+    return np.asarray(normalized) >= 0.5
+
+
+def pixel_mask(normalized_maps: Any) -> Any:
+    """Predicted defect mask (bool, same shape) of normalised maps: pixel >= 0.5."""
+    return decide(normalized_maps)

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-wafer clean
+.PHONY: demo test install bench-wafer bench-anomaly clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PYTHON)': set PYTHON=/path/to/python3.11"; exit 1; }
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench-wafer: $(STAMP)
 	$(PY) benchmarks/wafer_wm811k.py
+
+# needs anomalib in its own environment: see the docstring of benchmarks/anomaly_magnetic_tile.py
+bench-anomaly: $(STAMP)
+	$(PY) benchmarks/anomaly_magnetic_tile.py
 
 clean:
 	rm -rf $(VENV) outputs

@@ -12,11 +12,13 @@ from rich.markup import escape
 
 from fabml import __version__
 from fabml.errors import FabmlError
+from fabml.anomaly.cli import app as anomaly_app
 from fabml.wafer.cli import app as wafer_app
 
 app = typer.Typer(help=f"fabml {__version__}: deep learning for fabs.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 app.add_typer(wafer_app, name="wafer")
+app.add_typer(anomaly_app, name="anomaly")
 
 
 @app.command()

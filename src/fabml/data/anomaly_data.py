@@ -40,7 +40,8 @@ DEFAULT_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 NORMAL_NAMES = ("good", "free", "normal", "ok")
 LAYOUTS = ("auto", "folders", "per_type")
 _IMAGE_SUBDIRS = ("imgs", "images")
-_MASK_SUBDIRS = ("masks", "mask", "ground_truth", "gt")
+MASK_FOLDER_NAMES = ("masks", "mask", "ground_truth", "gt")
+_MASK_SUBDIRS = MASK_FOLDER_NAMES
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _SPLIT_FORMAT = "fabml-anomaly-split"
 

@@ -1,0 +1,173 @@
+"""``fabml anomaly ...``: argument parsing and printing only; the work is in :mod:`fabml.anomaly.pipeline`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fabml.anomaly.config import AnomalyConfig
+from fabml.config import apply_overrides, from_dict, load_config
+from fabml.errors import ConfigError
+
+app = typer.Typer(help="Visual anomaly detection: fit on good images, score, threshold, grade, export.",
+                  no_args_is_help=True)
+console = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/anomaly_*.yaml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set model.coreset_ratio=0.05")]
+RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `fabml anomaly fit`.")]
+DataOpt = Annotated[Optional[str], typer.Option(help="Data root: MT_<type>/ folders, or use --set data.normal_dir=...")]
+SizeOpt = Annotated[Optional[int], typer.Option(help="Square image size (sets data.image_size).")]
+
+
+def _config(config: Path | None, overrides: list[str] | None, model: str | None, data: str | None,
+            image_size: int | None) -> AnomalyConfig:
+    extra = list(overrides or [])
+    if data is not None:
+        extra.insert(0, f"data.root={data}")
+    if image_size is not None:
+        extra.insert(0, f"data.image_size=[{image_size},{image_size}]")
+    cfg = load_config(AnomalyConfig, config, extra)
+    if model is not None:
+        # settings written for another model (in a config file) do not carry over to --model
+        named = cfg.model.get("name")
+        cfg.model = {**cfg.model, "name": model} if named in (None, "", model) else {"name": model}
+    return cfg
+
+
+@app.command()
+def fit(
+    model: Annotated[str, typer.Option(help="patchcore | padim | stfpm | fastflow | draem | efficient_ad | autoencoder")],
+    data: DataOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/anomaly/MODEL).")] = None,
+    image_size: SizeOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed gradient-model run exactly.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run's checkpoints and start over.")] = False,
+) -> None:
+    """Fit MODEL on the normal training images, calibrate the threshold on held-out normals, save the run."""
+    from fabml.anomaly.pipeline import fit as fit_run
+
+    cfg = _config(config, set_, model, data, image_size)
+    run_dir = out or Path("runs/anomaly") / model
+    report = fit_run(cfg, run_dir, resume=resume, fresh=fresh)
+    console.print(f"split: {report.split}")
+    for line in report.messages:
+        console.print(line)
+    console.print(f"fitted {report.model} in {report.fit_seconds:.1f} s (calibration {report.calibration_seconds:.1f} s, "
+                  f"peak memory {report.peak_rss_mb:,.0f} MB) -> {run_dir}/model.pt")
+
+
+@app.command()
+def predict(
+    run: RunOpt,
+    inputs: Annotated[list[str], typer.Argument(help="Image files and/or folders of images.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/predictions).")] = None,
+    save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write normalised maps (maps.npz).")] = False,
+    overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlays.png.")] = True,
+) -> None:
+    """Score images: normalised score (threshold 0.5), pass/fail, 5-level grade, defect area; writes predictions.csv."""
+    from fabml.anomaly.pipeline import predict as predict_run
+
+    out = out or run / "predictions"
+    result = predict_run(run, inputs, out, overlays=overlays, save_maps=save_maps)
+    table = Table("image", "score", "decision", "grade")
+    for _, row in result.table.head(20).iterrows():
+        table.add_row(Path(row["path"]).name, f"{row['score']:.3f}", "FAIL" if row["anomalous"] else "pass",
+                      f"{row['grade']} {row['grade_name']}")
+    console.print(table)
+    n_fail = int(result.table["anomalous"].sum())
+    console.print(f"{len(result.table)} images, {n_fail} anomalous; {result.infer_ms_per_image:.1f} ms/image -> "
+                  f"{out}/predictions.csv")
+
+
+@app.command()
+def evaluate(
+    run: RunOpt,
+    data: Annotated[Optional[str], typer.Option(help="Labelled data root to test on (default: the run's test split).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/evaluation).")] = None,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write overlay, ROC, histogram, grade PNGs.")] = True,
+) -> None:
+    """Image AUROC, pixel AUROC, AUPRO, F1-max, F1 at the calibrated threshold, per defect type."""
+    from fabml.anomaly.pipeline import evaluate as evaluate_run
+
+    report = evaluate_run(run, out, data, figures=figures)
+    console.print(_metrics_table(report.metrics))
+    if report.per_type:
+        table = Table("type", "n", "image AUROC", "flagged at threshold")
+        for kind, row in report.per_type.items():
+            table.add_row(kind, str(row.get("count", "")), _fmt(row.get("image_auroc")),
+                          _fmt(row.get("recall_at_threshold", row.get("false_positive_rate"))))
+        console.print(table)
+    for note in report.metrics.get("notes", []):
+        console.print(f"note: {note}")
+    console.print(f"-> {report.out_dir}")
+
+
+@app.command()
+def export(
+    run: RunOpt,
+    out: Annotated[Optional[Path], typer.Option(help="ONNX file (default RUN/model.onnx).")] = None,
+    samples: Annotated[int, typer.Option(help="Images used for the torch/ONNX parity check.")] = 4,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed torch/ONNX difference.")] = 1e-4,
+) -> None:
+    """Write one ONNX file (resize, scaling, model, scoring, normalisation inside) and check its parity."""
+    from fabml.anomaly.pipeline import export as export_run
+
+    report = export_run(run, out, samples, tolerance)
+    console.print(f"wrote {report.path}: max |ONNX - torch| score {report.max_score_diff:.2e}, "
+                  f"map {report.max_map_diff:.2e} on {report.n_images} images")
+
+
+@app.command()
+def compare(
+    models: Annotated[str, typer.Option(help="Comma-separated model names.")] = "patchcore,padim,stfpm,fastflow,draem,efficient_ad,autoencoder",
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder for the runs and the table.")] = Path("runs/anomaly-compare"),
+    image_size: SizeOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fit several models on the same split; one table of metrics, fit time, ms/image, size and peak memory.
+
+    Per-model settings go in the config file under ``per_model: {NAME: {model: {...}, train: {...}}}``.
+    """
+    from fabml.anomaly.compare import COLUMNS, compare as compare_runs
+
+    raw = yaml.safe_load(config.read_text()) if config is not None else {}
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {config} must hold a mapping of settings")
+    per_model: dict[str, Any] = dict((raw or {}).pop("per_model", {}) or {})
+    base_data = apply_overrides(raw or {}, set_ or [])
+    if data is not None:
+        base_data.setdefault("data", {})["root"] = data
+    if image_size is not None:
+        base_data.setdefault("data", {})["image_size"] = [image_size, image_size]
+    base = from_dict(AnomalyConfig, base_data)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    rows = compare_runs(base, {name: per_model.get(name, {}) for name in names}, out)
+    table = Table("model", *COLUMNS)
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["model"], f"failed: {row['error']}")
+        else:
+            table.add_row(row["model"], *[_fmt(row.get(key)) for key in COLUMNS])
+    console.print(table)
+    console.print(f"-> {out}/compare.md")
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table("metric", "value")
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold", "infer_ms_per_image", "n_images"):
+        table.add_row(key, _fmt(metrics.get(key)))
+    return table

@@ -1,0 +1,93 @@
+"""Fit several models on one split and put their metrics and costs in one table.
+
+Each model is fitted and evaluated in its own spawned process, so its peak memory
+(VmHWM) is its own and one model's failure does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import traceback
+from pathlib import Path
+from typing import Any
+
+from fabml.anomaly.config import AnomalyConfig
+from fabml.config import from_dict, to_dict
+
+COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold", "fit_seconds",
+           "infer_ms_per_image", "model_mb", "peak_rss_mb")
+
+
+def _fit_and_evaluate(cfg_dict: dict[str, Any], run_dir: str, queue: Any) -> None:
+    """Child process: fit, evaluate, send one row (or the error line) back."""
+    try:
+        from fabml.anomaly.pipeline import evaluate, fit
+        from fabml.engine.hardware import peak_rss_mb
+
+        cfg = from_dict(AnomalyConfig, cfg_dict)
+        report = fit(cfg, run_dir, fresh=True)
+        fit_rss = peak_rss_mb()
+        evaluation = evaluate(run_dir)
+        metrics = evaluation.metrics
+        row = {key: metrics.get(key) for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")}
+        row.update(
+            fit_seconds=report.fit_seconds,
+            calibration_seconds=report.calibration_seconds,
+            infer_ms_per_image=evaluation.infer_ms_per_image,
+            model_mb=(Path(run_dir) / "model.pt").stat().st_size / 2**20,
+            peak_rss_mb=peak_rss_mb(),
+            fit_peak_rss_mb=fit_rss,
+            threshold=report.messages[0] if report.messages else "",
+            notes=metrics.get("notes", []),
+            per_type=evaluation.per_type,
+        )
+        queue.put(row)
+    except Exception as err:  # report any failure as one line for the table; the other models go on
+        queue.put({"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+
+
+def run_in_child(cfg: AnomalyConfig, run_dir: Path) -> dict[str, Any]:
+    """Fit + evaluate ``cfg`` in a spawned process and return its row."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_fit_and_evaluate, args=(to_dict(cfg), str(run_dir), queue))
+    process.start()
+    row = queue.get()
+    process.join()
+    return row
+
+
+def compare(base: AnomalyConfig, models: dict[str, dict[str, Any]], out_dir: str | Path) -> list[dict[str, Any]]:
+    """Fit each model of ``models`` (name -> {"model": {...}, "train": {...}} overrides) on ``base``'s split.
+
+    Writes ``out_dir/<name>/`` runs, ``compare.json`` and ``compare.md``; returns the rows.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, overrides in models.items():
+        data = to_dict(base)
+        data["model"] = {"name": name, **overrides.get("model", {})}
+        data["train"] = {**data.get("train", {}), **overrides.get("train", {})}
+        cfg = from_dict(AnomalyConfig, data)
+        row = {"model": name, **run_in_child(cfg, out_dir / name)}
+        rows.append(row)
+        (out_dir / "compare.json").write_text(json.dumps(rows, indent=2, default=str))
+    (out_dir / "compare.md").write_text(compare_markdown(rows))
+    return rows
+
+
+def compare_markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison as one markdown table (failed models show their error)."""
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | failed: {row['error']} |" + " |" * (len(COLUMNS) - 1))
+            continue
+        cells = []
+        for key in COLUMNS:
+            value = row.get(key)
+            cells.append("n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value))
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

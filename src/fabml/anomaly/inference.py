@@ -1,0 +1,71 @@
+"""Scoring loops: a fitted model over a data loader, raw outputs gathered on the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from rich.progress import track
+from torch import nn
+
+from fabml.engine.logging import console
+from fabml.errors import TrainingError
+
+
+@dataclass
+class ScoredSet:
+    """Raw model outputs for a set of images, in loader order.
+
+    scores: ``[N]`` raw image scores; maps: ``[N, H, W]`` float32 raw pixel scores (or None when
+    not kept); labels: ``[N]`` 0/1; masks: ``[N, H, W]`` uint8 {0,1}; indices: ``[N]`` dataset indices.
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray | None
+    labels: np.ndarray
+    masks: np.ndarray
+    indices: np.ndarray
+
+
+def track_batches(loader: Iterable, description: str, total: int | None = None) -> Iterable:
+    """``loader`` wrapped in a transient rich progress bar when stderr is a terminal."""
+    return track(loader, description=description, total=total, transient=True, disable=not console.is_terminal)
+
+
+@torch.no_grad()
+def score_batches(
+    model: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    keep_maps: bool = True,
+    description: str = "scoring",
+) -> ScoredSet:
+    """Run ``model`` (eval mode) over every batch; NaN outputs raise a one-line TrainingError."""
+    model.eval()
+    scores, maps, labels, masks, indices = [], [], [], [], []
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for batch in track_batches(loader, description, total):
+        out = model(batch["image"].to(device))
+        score = out.pred_score.float().cpu()
+        if not torch.isfinite(score).all():
+            raise TrainingError(
+                f"{type(model).__name__} produced non-finite anomaly scores; the fit diverged: refit with a lower "
+                "train.lr or check the training images"
+            )
+        scores.append(score.numpy())
+        if keep_maps:
+            maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
+        labels.append(batch["label"].numpy())
+        masks.append(batch["mask"][:, 0].numpy().astype(np.uint8))
+        indices.append(batch["index"].numpy())
+    if not scores:
+        raise TrainingError("nothing to score: the image set is empty")
+    return ScoredSet(
+        scores=np.concatenate(scores),
+        maps=np.concatenate(maps) if keep_maps else None,
+        labels=np.concatenate(labels),
+        masks=np.concatenate(masks),
+        indices=np.concatenate(indices),
+    )

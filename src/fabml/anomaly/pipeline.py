@@ -1,0 +1,280 @@
+"""fit / predict / evaluate as plain functions the CLI, the benchmark and the tests call."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from fabml.anomaly.calibration import calibrate
+from fabml.anomaly.config import AnomalyConfig
+from fabml.anomaly.inference import ScoredSet, score_batches
+from fabml.anomaly.method import create_anomaly_method
+from fabml.anomaly.models import create_anomaly_model
+from fabml.anomaly.report import write_evaluation, write_predictions
+from fabml.anomaly.runs import FittedModel, load_fitted, save_fitted
+from fabml.anomaly.threshold import GRADE_NAMES, grade
+from fabml.config import from_dict, save_config
+from fabml.data.anomaly_data import (
+    AnomalyImageDataset,
+    MASK_FOLDER_NAMES,
+    ImageRecord,
+    detect_channels,
+    discover_records,
+    make_split,
+    read_split,
+    write_split,
+)
+from fabml.metrics.anomaly import anomaly_metrics, per_type_metrics
+from fabml.engine.hardware import peak_rss_mb, resolve_device
+from fabml.engine.trainer import TrainConfig, Trainer, seed_everything
+from fabml.errors import ConfigError, DataError
+
+SPLIT_FILE = "split.json"
+
+
+@dataclass
+class FitReport:
+    """What ``fit`` did: timings, sizes and the calibration lines to print."""
+
+    run_dir: Path
+    model: str
+    split: str
+    fit_seconds: float
+    calibration_seconds: float
+    peak_rss_mb: float
+    messages: list[str] = field(default_factory=list)
+    train_stats: dict[str, float] = field(default_factory=dict)
+
+
+def model_settings(cfg: AnomalyConfig, image_size: tuple[int, int], channels: int) -> tuple[str, dict[str, Any]]:
+    """The model name and its full settings (``image_size``/``in_chans`` from the data)."""
+    settings = dict(cfg.model)
+    name = str(settings.pop("name", "") or "")
+    if not name:
+        raise ConfigError("model.name is not set; choose a model, e.g. --model patchcore")
+    for key in ("image_size", "in_chans"):
+        if key in settings:
+            raise ConfigError(f"model.{key} comes from the data settings; set data.image_size / data.channels instead")
+    settings.update(image_size=list(image_size), in_chans=channels)
+    return name, settings
+
+
+def loader(records: list[ImageRecord], cfg: AnomalyConfig, size: tuple[int, int], channels: int) -> DataLoader:
+    """An in-order loader over ``records`` for feature extraction, calibration and scoring."""
+    dataset = AnomalyImageDataset(records, size, channels)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+
+
+def train_config(method_defaults: dict[str, Any], overrides: dict[str, Any], cfg: AnomalyConfig) -> TrainConfig:
+    """TrainConfig defaults <- the model's published settings <- the user's ``train`` section."""
+    data = {"device": cfg.device, "seed": cfg.seed, "num_workers": cfg.num_workers, "drop_last": False}
+    data.update(method_defaults)
+    data.update(overrides)
+    return from_dict(TrainConfig, data, where="train")
+
+
+def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bool = False) -> FitReport:
+    """Fit ``cfg.model`` on the normal training images, calibrate on held-out normals, save ``model.pt``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = make_split(cfg.data)
+    size = (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
+    channels = cfg.data.channels or detect_channels(split.train)
+    name, settings = model_settings(cfg, size, channels)
+    seed_everything(cfg.seed)
+    model = create_anomaly_model(name, **settings)
+    method = create_anomaly_method(name, model)
+    save_config(cfg, run_dir / "config.yaml")
+    write_split(split, run_dir / SPLIT_FILE)
+    device = resolve_device(cfg.device)
+
+    start = time.perf_counter()
+    stats: dict[str, float] = {}
+    if method.memory_bank:
+        method.to(device)
+        stats = dict(method.fit(loader(split.train, cfg, size, channels)))
+    else:
+        train_cfg = train_config(method.default_train, cfg.train, cfg)
+        dataset = AnomalyImageDataset(split.train, size, channels, cache=True)
+        result = Trainer(method, train_cfg, run_dir, dataset).fit(resume=resume, fresh=fresh)
+        stats = {"epochs": float(result.epochs_completed), "steps": float(result.global_step)}
+        if result.history:
+            stats["final_loss"] = float(result.history[-1].get("loss", float("nan")))
+        method.to(device)
+    val_loader = loader(split.val, cfg, size, channels)
+    stats.update(method.finalize(val_loader))
+    fit_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model.eval()
+    calibration = calibrate(model, val_loader, cfg.calibration, device)
+    calibration_seconds = time.perf_counter() - start
+    fitted = FittedModel(name, model, calibration.normalizer, cfg.grades, cfg, settings, calibration.info)
+    save_fitted(run_dir, fitted)
+    report = FitReport(
+        run_dir=run_dir, model=name, split=split.summary(), fit_seconds=fit_seconds,
+        calibration_seconds=calibration_seconds, peak_rss_mb=peak_rss_mb(),
+        messages=calibration.messages, train_stats={k: float(v) for k, v in stats.items()},
+    )
+    (run_dir / "fit.json").write_text(json.dumps({**report.__dict__, "run_dir": str(run_dir)}, indent=2, default=str))
+    return report
+
+
+@dataclass
+class Predictions:
+    """Normalised outputs for a set of images (threshold at 0.5), plus the raw ones."""
+
+    table: pd.DataFrame  # path, defect_type, label, raw_score, score, anomalous, grade, grade_name
+    scored: ScoredSet
+    maps: np.ndarray | None  # [N, H, W] normalised maps in [0, 1]
+    infer_ms_per_image: float
+
+
+def run_predictions(fitted: FittedModel, records: list[ImageRecord], batch_size: int, device: torch.device,
+                    keep_maps: bool = True) -> Predictions:
+    """Score ``records`` with ``fitted``; times the loop after a one-batch warm-up."""
+    size, channels = fitted.image_size, fitted.channels
+    dataset = AnomalyImageDataset(records, size, channels)
+    data = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with torch.no_grad():  # warm-up: first-call allocations and kernel selection are not inference time
+        fitted.model(next(iter(data))["image"][:1].to(device))
+    start = time.perf_counter()
+    scored = score_batches(fitted.model, data, device, keep_maps=keep_maps, description="predicting")
+    ms = 1000.0 * (time.perf_counter() - start) / max(1, len(records))
+    norm = np.asarray(fitted.normalizer.normalize_scores(scored.scores))
+    maps = np.asarray(fitted.normalizer.normalize_maps(scored.maps)) if keep_maps else None
+    grades = np.asarray(grade(norm, fitted.grades.cuts))
+    table = pd.DataFrame({
+        "path": [records[i].path for i in scored.indices],
+        "defect_type": [records[i].defect_type for i in scored.indices],
+        "label": scored.labels,
+        "raw_score": scored.scores,
+        "score": norm,
+        "anomalous": norm >= 0.5,
+        "grade": grades,
+        "grade_name": [GRADE_NAMES[g] for g in grades],
+    })
+    if maps is not None:
+        table["defect_area_fraction"] = (maps >= 0.5).reshape(len(maps), -1).mean(axis=1)
+    return Predictions(table, scored, maps, ms)
+
+
+def evaluation_records(run_dir: Path, fitted: FittedModel, data: str | None) -> list[ImageRecord]:
+    """The run's own test split, or every image under ``data`` (a data root in the run's layout)."""
+    if data is None:
+        return read_split(run_dir / SPLIT_FILE).test
+    data_cfg = from_dict(type(fitted.cfg.data), {**_plain(fitted.cfg.data), "root": str(data)}, where="data")
+    records = discover_records(data_cfg)
+    if not records:
+        raise DataError(f"no images found under {data}")
+    return records
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    from fabml.config import to_dict
+
+    return to_dict(cfg)
+
+
+def image_records(inputs: list[str], extensions: list[str]) -> list[ImageRecord]:
+    """Records (label 0, type "unknown") for image files and folders of images given on the command line.
+
+    Folders are searched recursively, skipping mask folders (masks, mask, ground_truth, gt) and
+    ``*_mask`` files.
+    """
+    suffixes = {e.lower().lstrip(".") for e in extensions}
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower().lstrip(".") in suffixes and not p.stem.lower().endswith("_mask")
+                and not any(part.lower() in MASK_FOLDER_NAMES for part in p.relative_to(path).parts[:-1])
+            )
+            if not found:
+                raise DataError(f"no images ({', '.join(sorted(suffixes))}) in folder {path}")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DataError(f"image or folder not found: {path}")
+    return [ImageRecord(str(p), 0, "unknown", None) for p in paths]
+
+
+def predict(run_dir: str | Path, inputs: list[str], out_dir: str | Path, overlays: bool = True,
+            save_maps: bool = False) -> Predictions:
+    """Score images with a fitted run; writes predictions.csv (+ overlays.png, maps.npz)."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    device = resolve_device("auto")
+    fitted = load_fitted(run_dir, device)
+    records = image_records(inputs, fitted.cfg.data.extensions)
+    result = run_predictions(fitted, records, fitted.cfg.batch_size, device)
+    write_predictions(out_dir, fitted, records, result, overlays=overlays, save_maps=save_maps)
+    return result
+
+
+@dataclass
+class EvalReport:
+    """Metrics of a fitted run on labelled test images."""
+
+    metrics: dict[str, Any]
+    per_type: dict[str, dict[str, Any]]
+    infer_ms_per_image: float
+    out_dir: Path
+    predictions: Predictions
+
+
+def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, data: str | None = None,
+             figures: bool = True) -> EvalReport:
+    """Metrics (image/pixel AUROC, AUPRO, F1) on the run's test split or on ``data``; writes files and figures."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "evaluation"
+    device = resolve_device("auto")
+    fitted = load_fitted(run_dir, device)
+    records = evaluation_records(run_dir, fitted, data)
+    result = run_predictions(fitted, records, fitted.cfg.batch_size, device)
+    scored = result.scored
+    has_masks = any(r.mask_path for r in records)
+    metrics = anomaly_metrics(
+        scored.labels, scored.scores,
+        masks=scored.masks if has_masks else None, maps=scored.maps if has_masks else None,
+        threshold=fitted.normalizer.image_threshold,
+    )
+    types = list(result.table["defect_type"])
+    per_type = per_type_metrics(
+        types, scored.labels, scored.scores,
+        masks=scored.masks if has_masks else None, maps=scored.maps if has_masks else None,
+        normal_type=_normal_type(records), threshold=fitted.normalizer.image_threshold,
+    )
+    metrics["infer_ms_per_image"] = result.infer_ms_per_image
+    metrics["n_images"] = len(records)
+    metrics["n_anomalous"] = int(scored.labels.sum())
+    write_evaluation(out_dir, fitted, records, result, metrics, per_type, figures=figures)
+    return EvalReport(metrics, per_type, result.infer_ms_per_image, out_dir, result)
+
+
+def _normal_type(records: list[ImageRecord]) -> str | None:
+    normal = {r.defect_type for r in records if r.label == 0}
+    return next(iter(normal)) if len(normal) == 1 else None
+
+
+def export(run_dir: str | Path, out: str | Path | None = None, n_samples: int = 4, tolerance: float = 1e-4):
+    """Export the run to ONNX (pre-processing, scoring, normalisation inside) and check parity on sample images."""
+    from fabml.anomaly.export import export_onnx
+
+    run_dir = Path(run_dir)
+    fitted = load_fitted(run_dir, "cpu")
+    split = read_split(run_dir / SPLIT_FILE)
+    records = (split.test + split.val)[: max(1, n_samples)]
+    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels)
+    samples = torch.stack([dataset[i]["image"] for i in range(len(records))]) * 255.0
+    return export_onnx(fitted, Path(out) if out else run_dir / "model.onnx", samples, tolerance)

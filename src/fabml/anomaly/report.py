@@ -1,0 +1,107 @@
+"""Files a prediction or evaluation leaves behind: CSV, JSON, a markdown table and PNG figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fabml.anomaly.runs import FittedModel
+from fabml.data.anomaly_data import AnomalyImageDataset, ImageRecord
+from fabml.viz.anomaly import plot_grade_counts, plot_overlays, plot_roc_curves, plot_score_histograms
+
+if TYPE_CHECKING:
+    from fabml.anomaly.pipeline import Predictions
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")
+
+
+def pick_overlay_rows(table: Any, limit: int = 16) -> list[int]:
+    """Row positions worth a look: per type the highest-scoring image, then misses and false alarms."""
+    rows: list[int] = []
+    for _, group in table.groupby("defect_type", sort=True):
+        rows.append(int(group["score"].idxmax()))
+    wrong = table[(table["anomalous"].astype(int) != table["label"].astype(int))]
+    rows += [int(i) for i in wrong.sort_values("score", ascending=False).index if int(i) not in rows]
+    rows += [int(i) for i in table.sort_values("score", ascending=False).index if int(i) not in rows]
+    return rows[:limit]
+
+
+def overlay_figure(path: Path, fitted: FittedModel, records: list[ImageRecord], result: "Predictions",
+                   limit: int = 16) -> Path | None:
+    """Image | map | predicted mask | true mask for the rows :func:`pick_overlay_rows` chooses."""
+    if result.maps is None or not len(result.table):
+        return None
+    rows = pick_overlay_rows(result.table.reset_index(drop=True), limit)
+    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels)
+    order = result.scored.indices
+    items = [dataset[int(order[r])] for r in rows]
+    images = np.stack([item["image"].numpy() for item in items])
+    true = np.stack([item["mask"][0].numpy() for item in items])
+    has_true = any(r.mask_path for r in records)
+    table = result.table
+    titles = [
+        f"{table.loc[r, 'defect_type']} score {table.loc[r, 'score']:.2f} grade {table.loc[r, 'grade']}" for r in rows
+    ]
+    maps = result.maps[rows]
+    return plot_overlays(images, maps, maps >= 0.5, true if has_true else None, titles, path, max_images=limit)
+
+
+def write_predictions(out_dir: Path, fitted: FittedModel, records: list[ImageRecord], result: "Predictions",
+                      overlays: bool = True, save_maps: bool = False) -> Path:
+    """predictions.csv (+ overlays.png, + maps.npz of normalised maps as float16)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(out_dir / "predictions.csv", index=False)
+    if overlays:
+        overlay_figure(out_dir / "overlays.png", fitted, records, result)
+    if save_maps and result.maps is not None:
+        np.savez_compressed(out_dir / "maps.npz", maps=result.maps.astype(np.float16),
+                            paths=np.asarray(result.table["path"]))
+    return out_dir / "predictions.csv"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def metrics_markdown(name: str, metrics: dict[str, Any], per_type: dict[str, dict[str, Any]]) -> str:
+    """One summary table and one per-type table, as markdown."""
+    lines = [f"# Anomaly evaluation — {name}", "", "| metric | value |", "|---|---|"]
+    for key in (*METRIC_KEYS, "infer_ms_per_image", "n_images", "n_anomalous"):
+        lines.append(f"| {key} | {_fmt(metrics.get(key))} |")
+    for note in metrics.get("notes", []):
+        lines.append(f"\nNote: {note}")
+    if per_type:
+        keys = sorted({k for row in per_type.values() for k in row})
+        lines += ["", "| type | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for kind, row in per_type.items():
+            lines.append(f"| {kind} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(out_dir: Path, fitted: FittedModel, records: list[ImageRecord], result: "Predictions",
+                     metrics: dict[str, Any], per_type: dict[str, dict[str, Any]], figures: bool = True) -> Path:
+    """metrics.json, metrics.md, predictions.csv and (optionally) overlays, ROC, histogram and grade figures."""
+    write_predictions(out_dir, fitted, records, result, overlays=figures)
+    (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "per_type": per_type}, indent=2, default=float))
+    (out_dir / "metrics.md").write_text(metrics_markdown(fitted.name, metrics, per_type))
+    if figures:
+        table = result.table
+        types = list(table["defect_type"])
+        labels = table["label"].to_numpy()
+        curves = {"all defects": (labels, table["raw_score"].to_numpy())}
+        normal = labels == 0
+        for kind in sorted(set(t for t, lab in zip(types, labels) if lab == 1)):
+            keep = normal | (np.asarray(types) == kind)
+            curves[kind] = (labels[keep], table["raw_score"].to_numpy()[keep])
+        if normal.any() and (~normal).any():
+            plot_roc_curves(curves, out_dir / "roc.png", f"{fitted.name}: image ROC by defect type")
+        plot_score_histograms(table["score"].to_numpy(), types, 0.5, out_dir / "score_histogram.png")
+        plot_grade_counts(table["grade"].to_numpy(), types, out_dir / "grades.png")
+    return out_dir

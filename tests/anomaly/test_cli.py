@@ -1,0 +1,86 @@
+"""``fabml anomaly fit | evaluate | predict | export | compare`` through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fabml.cli import app, main
+
+TINY_PADIM = ["--set", "model.backbone=resnet18", "--set", "model.layers=[1,2]", "--set", "model.pretrained=false",
+              "--set", "model.n_features=16", "--set", "data.train_fraction=0.75", "--set", "data.val_fraction=0.25",
+              "--set", "device=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_fit_evaluate_predict_export(inspection_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    out = _invoke(["anomaly", "fit", "--model", "padim", "--data", str(inspection_root), "--out", str(run),
+                   "--image-size", "32", *TINY_PADIM])
+    assert "threshold" in out and (run / "model.pt").is_file()
+    out = _invoke(["anomaly", "evaluate", "--run", str(run), "--no-figures"])
+    assert "image_auroc" in out
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["image_auroc"] <= 1.0
+    out = _invoke(["anomaly", "predict", "--run", str(run), str(inspection_root / "Spot"), "--no-overlays"])
+    assert "6 images" in out and (run / "predictions" / "predictions.csv").is_file()
+    pytest.importorskip("onnxruntime")
+    out = _invoke(["anomaly", "export", "--run", str(run), "--samples", "2"])
+    assert "max |ONNX - torch|" in out and (run / "model.onnx").is_file()
+
+
+def test_compare_puts_models_in_one_table(inspection_root: Path, tmp_path: Path) -> None:
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        "data: {image_size: [32, 32], train_fraction: 0.75, val_fraction: 0.25}\n"
+        "device: cpu\n"
+        "per_model:\n"
+        "  padim: {model: {backbone: resnet18, layers: [1, 2], pretrained: false, n_features: 16}}\n"
+        "  autoencoder: {model: {channels: [8, 16]}, train: {epochs: 1, batch_size: 4}}\n"
+    )
+    _invoke(["anomaly", "compare", "--models", "padim,autoencoder", "--data", str(inspection_root),
+             "--config", str(config), "--out", str(tmp_path / "cmp")])
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["model"] for r in rows] == ["padim", "autoencoder"]
+    for row in rows:
+        assert "error" not in row, row.get("traceback")
+        assert 0.0 <= row["image_auroc"] <= 1.0 and row["peak_rss_mb"] > 0 and row["fit_seconds"] > 0
+    assert "| padim |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def _run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["fabml", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_bad_inputs_exit_2_with_one_line(monkeypatch, capsys, tmp_path: Path, inspection_root: Path) -> None:
+    (tmp_path / "data" / "Good").mkdir(parents=True)
+    code, err = _run_main(monkeypatch, capsys, ["anomaly", "fit", "--model", "padim", "--data", str(tmp_path / "data"),
+                                                "--out", str(tmp_path / "r"), *TINY_PADIM])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, err = _run_main(monkeypatch, capsys, ["anomaly", "evaluate", "--run", str(tmp_path / "none")])
+    assert code == 2 and "no fitted model" in err
+    code, err = _run_main(monkeypatch, capsys, ["anomaly", "fit", "--model", "patchcore", "--data",
+                                                str(inspection_root), "--out", str(tmp_path / "r2"),
+                                                "--set", "model.weights=/no/such.pth"])
+    assert code == 2 and "/no/such.pth" in err and "model.weights" in err and len(err.strip().splitlines()) == 1

@@ -4,8 +4,9 @@ Gradient models (STFPM, FastFlow, DRAEM, EfficientAD, autoencoder) implement
 ``training_step(batch) -> {"loss": ...}`` and are driven by the shared
 :class:`~fabml.engine.trainer.Trainer`. Memory-bank models (PatchCore, PaDiM) set
 ``memory_bank = True`` and implement ``fit(loader)`` instead. Every method may implement
-``finalize(loader)``, run once after training on a loader of normal training images
-(EfficientAD computes its map-normalisation quantiles there).
+``prepare(loader)`` (before gradient training, on the training images) and
+``finalize(loader)``, run once after training on the held-out normal images (EfficientAD
+computes its map-normalisation quantiles there).
 
 A batch is a dict: ``image`` ``[B, C, H, W]`` float in [0, 1], ``mask`` ``[B, 1, H, W]``
 float {0, 1}, ``label`` ``[B]`` int64 (0 normal, 1 anomalous), ``index`` ``[B]`` int64.
@@ -60,6 +61,14 @@ class AnomalyMethod(Method):
     def fit(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         """Memory-bank models: build the model's statistics from every batch of ``loader``."""
         raise TrainingError(f"{type(self.model).__name__} trains by gradient steps under the Trainer, not fit(loader)")
+
+    def prepare(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Before gradient training (not on resume): statistics or a teacher the loss needs (default: nothing).
+
+        EfficientAD computes its teacher's channel statistics here (and distils the teacher when no
+        teacher file is given). Everything it sets must live in ``state_dict`` so a resumed run has it.
+        """
+        return {}
 
     @torch.no_grad()
     def finalize(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:

@@ -104,7 +104,10 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
     else:
         train_cfg = train_config(method.default_train, cfg.train, cfg)
         dataset = AnomalyImageDataset(split.train, size, channels, cache=True)
-        result = Trainer(method, train_cfg, run_dir, dataset).fit(resume=resume, fresh=fresh)
+        trainer = Trainer(method, train_cfg, run_dir, dataset)
+        if not (resume and trainer.checkpoints.has_checkpoint()):  # a resumed run restores what prepare set
+            stats.update(method.prepare(loader(split.train, cfg, size, channels)))
+        result = trainer.fit(resume=resume, fresh=fresh)
         stats = {"epochs": float(result.epochs_completed), "steps": float(result.global_step)}
         if result.history:
             stats["final_loss"] = float(result.history[-1].get("loss", float("nan")))

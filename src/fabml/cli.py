@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fabml import __version__
-from fabml.errors import FabmlError
+from fabml.errors import ConfigError, FabmlError
 from fabml.anomaly.cli import app as anomaly_app
 from fabml.wafer.cli import app as wafer_app
 
@@ -23,14 +23,23 @@ app.add_typer(anomaly_app, name="anomaly")
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo run.")] = Path("outputs/demo"),
-    maps: Annotated[int, typer.Option(help="Synthetic maps to train on.")] = 3000,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    out: Annotated[Path, typer.Option(help="Folder for the demo runs.")] = Path("outputs/demo"),
+    job: Annotated[str, typer.Option(help="wafer | anomaly | all")] = "all",
+    maps: Annotated[int, typer.Option(help="Synthetic wafer maps to train on.")] = 3000,
+    epochs: Annotated[int, typer.Option(help="Wafer training epochs.")] = 10,
 ) -> None:
-    """Run the whole wafer job on generated maps: train, embed, cluster, search, evaluate, report."""
-    from fabml.wafer.demo import run_demo
+    """Run the jobs on generated data: wafer (train, embed, cluster, search, evaluate, report) and anomaly
+    (fit PatchCore, evaluate, predict, export ONNX)."""
+    if job not in ("wafer", "anomaly", "all"):
+        raise ConfigError(f"--job {job!r} is unknown; choose wafer, anomaly or all")
+    if job in ("wafer", "all"):
+        from fabml.wafer.demo import run_demo
 
-    run_demo(out, n_maps=maps, epochs=epochs, console=Console())
+        run_demo(out / "wafer" if job == "all" else out, n_maps=maps, epochs=epochs, console=Console())
+    if job in ("anomaly", "all"):
+        from fabml.anomaly.demo import run_anomaly_demo
+
+        run_anomaly_demo(out / "anomaly" if job == "all" else out, console=Console())
 
 
 @app.command()

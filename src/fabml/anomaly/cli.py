@@ -53,10 +53,13 @@ def fit(
 ) -> None:
     """Fit MODEL on the normal training images, calibrate the threshold on held-out normals, save the run."""
     from fabml.anomaly.pipeline import fit as fit_run
+    from fabml.engine.distributed import is_main_process
 
     cfg = _config(config, set_, model, data, image_size)
     run_dir = out or Path("runs/anomaly") / model
     report = fit_run(cfg, run_dir, resume=resume, fresh=fresh)
+    if not is_main_process():
+        return
     console.print(f"split: {report.split}")
     for line in report.messages:
         console.print(line)

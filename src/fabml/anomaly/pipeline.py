@@ -33,6 +33,7 @@ from fabml.data.anomaly_data import (
     write_split,
 )
 from fabml.metrics.anomaly import anomaly_metrics, per_type_metrics
+from fabml.engine.distributed import is_main_process
 from fabml.engine.hardware import peak_rss_mb, resolve_device
 from fabml.engine.trainer import TrainConfig, Trainer, seed_everything
 from fabml.errors import ConfigError, DataError
@@ -108,6 +109,8 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
         if not (resume and trainer.checkpoints.has_checkpoint()):  # a resumed run restores what prepare set
             stats.update(method.prepare(loader(split.train, cfg, size, channels)))
         result = trainer.fit(resume=resume, fresh=fresh)
+        if not is_main_process():  # under torchrun: rank 0 calibrates and writes the run
+            return FitReport(run_dir, name, split.summary(), time.perf_counter() - start, 0.0, peak_rss_mb())
         stats = {"epochs": float(result.epochs_completed), "steps": float(result.global_step)}
         if result.history:
             stats["final_loss"] = float(result.history[-1].get("loss", float("nan")))

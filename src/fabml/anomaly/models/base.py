@@ -12,13 +12,14 @@ whatever the model's loss needs (documented on each model).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError, DataError
 
 POOLINGS = ("max", "mean", "topk_mean", "percentile", "centre_weighted")
@@ -50,6 +51,38 @@ class PoolingConfig:
     topk_percent: float = 1.0
     percentile: float = 99.0
     centre_sigma: float = 0.5
+
+
+@dataclass
+class BackboneModelConfig:
+    """The fields every backbone-based model config starts with (see :class:`~fabml.backbones.FeatureExtractor`).
+
+    image_size: (H, W) the model takes; in_chans: 1 or 3; layers: timm ``out_indices``;
+    weights / weights_dir: where pretrained weights come from (never downloaded);
+    channel_mode: how 1-channel images meet a 3-channel backbone (``repeat`` | ``fold``).
+    """
+
+    image_size: tuple[int, int] = (256, 256)
+    in_chans: int = 3
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    backbone: str = "tf_efficientnet_lite0"
+    layers: list[int] = field(default_factory=lambda: [1, 2, 3])
+    pretrained: bool = True
+    weights: str | None = None
+    weights_dir: str | None = None
+    channel_mode: str = "repeat"
+
+
+def backbone_extractor(config: BackboneModelConfig, trainable: bool = False) -> FeatureExtractor:
+    """The config's feature extractor: pretrained (as configured), frozen and in eval mode; or, with
+    ``trainable``, randomly initialised with gradients on (e.g. the STFPM student)."""
+    pretrained = config.pretrained and not trainable
+    extractor = FeatureExtractor(
+        config.backbone, config.layers, in_chans=config.in_chans, pretrained=pretrained,
+        weights=config.weights if pretrained else None, weights_dir=config.weights_dir if pretrained else None,
+        channel_mode=config.channel_mode,
+    )
+    return extractor.requires_grad_(True) if trainable else extractor.requires_grad_(False).eval()
 
 
 def check_pooling(cfg: PoolingConfig) -> None:

@@ -12,7 +12,7 @@ anomalous). anomalib returns ``-mean_k p_k``: the same ordering, shifted by 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -22,14 +22,13 @@ from FrEIA.modules import AllInOneBlock
 from torch import nn
 from torch.nn import functional as F
 
-from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, PoolingConfig
+from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, BackboneModelConfig, backbone_extractor
 from fabml.anomaly.models.registry import ANOMALY_MODELS
-from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError
 
 
 @dataclass
-class FastflowConfig:
+class FastflowConfig(BackboneModelConfig):
     """Settings of :class:`Fastflow` (anomalib's defaults for the flow).
 
     layers: timm ``out_indices``; for ``tf_efficientnet_lite0`` 1, 2, 3 = strides 4, 8, 16
@@ -38,15 +37,6 @@ class FastflowConfig:
     channels. clamp: soft clamp ``alpha`` of the log-scale, ``alpha * tanh(s)``.
     """
 
-    image_size: tuple[int, int] = (256, 256)
-    in_chans: int = 3
-    pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    backbone: str = "tf_efficientnet_lite0"
-    layers: list[int] = field(default_factory=lambda: [1, 2, 3])
-    pretrained: bool = True
-    weights: str | None = None
-    weights_dir: str | None = None
-    channel_mode: str = "repeat"
     flow_steps: int = 8
     conv3x3_only: bool = False
     hidden_ratio: float = 1.0
@@ -118,17 +108,7 @@ class Fastflow(AnomalyModel):
         super().__init__(config.image_size, config.in_chans, config.pooling)
         check_config(config)
         self.config = config
-        self.feature_extractor = FeatureExtractor(
-            config.backbone,
-            config.layers,
-            in_chans=config.in_chans,
-            pretrained=config.pretrained,
-            weights=config.weights,
-            weights_dir=config.weights_dir,
-            channel_mode=config.channel_mode,
-        )
-        self.feature_extractor.requires_grad_(False)
-        self.feature_extractor.eval()
+        self.feature_extractor = backbone_extractor(config)
         # the exact feature sizes (padding conventions differ between backbones) from one probe
         with torch.no_grad():
             probe = self.feature_extractor(torch.zeros(1, config.in_chans, *self.image_size))

@@ -14,21 +14,20 @@ The statistics are fitted by :class:`fabml.anomaly.methods.padim.PadimMethod`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, GaussianBlur, PoolingConfig
+from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, BackboneModelConfig, GaussianBlur, backbone_extractor
 from fabml.anomaly.models.feature_utils import concat_feature_maps, require_fitted, resize_buffers_for_load
 from fabml.anomaly.models.registry import ANOMALY_MODELS
-from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError, TrainingError
 
 
 @dataclass
-class PadimConfig:
+class PadimConfig(BackboneModelConfig):
     """Settings of :class:`Padim`.
 
     backbone / layers: timm model and ``out_indices`` (default ``tf_efficientnet_lite0``
@@ -38,15 +37,6 @@ class PadimConfig:
     eps: added to the covariance diagonal (> 0).
     """
 
-    image_size: tuple[int, int] = (256, 256)
-    in_chans: int = 3
-    pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    backbone: str = "tf_efficientnet_lite0"
-    layers: list[int] = field(default_factory=lambda: [1, 2, 3])
-    pretrained: bool = True
-    weights: str | None = None
-    weights_dir: str | None = None
-    channel_mode: str = "repeat"
     n_features: int = 100
     blur_sigma: float = 4.0
     eps: float = 0.01
@@ -87,16 +77,7 @@ class Padim(AnomalyModel):
         if config.blur_sigma < 0:
             raise ConfigError(f"model.blur_sigma={config.blur_sigma} must be >= 0 (0 = no blur)")
         self.config = config
-        self.feature_extractor = FeatureExtractor(
-            config.backbone,
-            config.layers,
-            in_chans=config.in_chans,
-            pretrained=config.pretrained,
-            weights=config.weights,
-            weights_dir=config.weights_dir,
-            channel_mode=config.channel_mode,
-        )
-        self.feature_extractor.requires_grad_(False).eval()
+        self.feature_extractor = backbone_extractor(config)
         total = int(sum(self.feature_extractor.channels))
         if not 0 < config.n_features <= total:
             raise ConfigError(

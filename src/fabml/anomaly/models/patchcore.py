@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, GaussianBlur, PoolingConfig
+from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, BackboneModelConfig, GaussianBlur, backbone_extractor
 from fabml.anomaly.models.feature_utils import (
     concat_feature_maps,
     flatten_patches,
@@ -36,12 +36,11 @@ from fabml.anomaly.models.feature_utils import (
     resize_buffers_for_load,
 )
 from fabml.anomaly.models.registry import ANOMALY_MODELS
-from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError
 
 
 @dataclass
-class PatchCoreConfig:
+class PatchCoreConfig(BackboneModelConfig):
     """Settings of :class:`PatchCore`.
 
     backbone / layers: timm model and ``out_indices`` (default ``tf_efficientnet_lite0`` [2, 3]
@@ -55,15 +54,7 @@ class PatchCoreConfig:
     ``fit`` (bounds fit memory; see the method). seed: coreset start point and projection.
     """
 
-    image_size: tuple[int, int] = (256, 256)
-    in_chans: int = 3
-    pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    backbone: str = "tf_efficientnet_lite0"
     layers: list[int] = field(default_factory=lambda: [2, 3])
-    pretrained: bool = True
-    weights: str | None = None
-    weights_dir: str | None = None
-    channel_mode: str = "repeat"
     coreset_ratio: float = 0.1
     projection_dim: int = 128
     num_neighbors: int = 9
@@ -151,16 +142,7 @@ class PatchCore(AnomalyModel):
         super().__init__(config.image_size, config.in_chans, config.pooling)
         check_patchcore_config(config)
         self.config = config
-        self.feature_extractor = FeatureExtractor(
-            config.backbone,
-            config.layers,
-            in_chans=config.in_chans,
-            pretrained=config.pretrained,
-            weights=config.weights,
-            weights_dir=config.weights_dir,
-            channel_mode=config.channel_mode,
-        )
-        self.feature_extractor.requires_grad_(False).eval()
+        self.feature_extractor = backbone_extractor(config)
         self.embedding_dim = int(sum(self.feature_extractor.channels))
         self.blur: nn.Module = GaussianBlur(config.blur_sigma) if config.blur_sigma > 0 else nn.Identity()
         self.memory_bank: torch.Tensor

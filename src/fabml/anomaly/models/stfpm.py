@@ -12,19 +12,18 @@ Each ``map_k`` lies in [0, 2] (half the squared distance of two unit vectors).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, PoolingConfig
+from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, BackboneModelConfig, backbone_extractor
 from fabml.anomaly.models.registry import ANOMALY_MODELS
-from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError
 
 
 @dataclass
-class StfpmConfig:
+class StfpmConfig(BackboneModelConfig):
     """Settings of :class:`Stfpm`.
 
     backbone / layers: timm model and its ``out_indices`` for teacher and student
@@ -33,15 +32,6 @@ class StfpmConfig:
     the teacher only; the student always starts from random weights.
     """
 
-    image_size: tuple[int, int] = (256, 256)
-    in_chans: int = 3
-    pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    backbone: str = "tf_efficientnet_lite0"
-    layers: list[int] = field(default_factory=lambda: [1, 2, 3])
-    pretrained: bool = True
-    weights: str | None = None
-    weights_dir: str | None = None
-    channel_mode: str = "repeat"
 
 
 def layer_distance_map(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -66,24 +56,8 @@ class Stfpm(AnomalyModel):
         if not config.layers:
             raise ConfigError("model.layers is empty; STFPM needs at least one backbone layer (e.g. [1, 2, 3])")
         self.config = config
-        self.teacher = FeatureExtractor(
-            config.backbone,
-            config.layers,
-            in_chans=config.in_chans,
-            pretrained=config.pretrained,
-            weights=config.weights,
-            weights_dir=config.weights_dir,
-            channel_mode=config.channel_mode,
-        )
-        self.teacher.requires_grad_(False)
-        self.student = FeatureExtractor(
-            config.backbone,
-            config.layers,
-            in_chans=config.in_chans,
-            pretrained=False,
-            channel_mode=config.channel_mode,
-        )
-        self.student.requires_grad_(True)
+        self.teacher = backbone_extractor(config)
+        self.student = backbone_extractor(config, trainable=True)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "Stfpm":

@@ -117,11 +117,6 @@ class Fastflow(AnomalyModel):
         self.flows = nn.ModuleList(build_flow(shape, config) for shape in shapes)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Fastflow":
-        """Set the flows' mode; the frozen backbone stays in eval mode."""
-        super().train(mode)
-        self.feature_extractor.eval()
-        return self
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | AnomalyOutput:
         """``images`` ``[B, C, H, W]`` in [0, 1] -> train: (z per layer, log-det per layer); eval: output."""

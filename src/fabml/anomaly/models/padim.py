@@ -94,11 +94,6 @@ class Padim(AnomalyModel):
         self.register_buffer("inv_covariance", torch.empty(0, config.n_features, config.n_features))
         self.blur: nn.Module = GaussianBlur(config.blur_sigma) if config.blur_sigma > 0 else nn.Identity()
 
-    def train(self, mode: bool = True) -> Padim:
-        """Switch mode; the backbone always stays in eval mode (its statistics are frozen)."""
-        super().train(mode)
-        self.feature_extractor.eval()
-        return self
 
     @property
     def fitted(self) -> bool:

@@ -149,11 +149,6 @@ class PatchCore(AnomalyModel):
         self.register_buffer("memory_bank", torch.empty(0, self.embedding_dim))
         self.bank_rows = 0  # M as a Python int: the traced graph's loop length
 
-    def train(self, mode: bool = True) -> PatchCore:
-        """Switch mode; the backbone always stays in eval mode (its statistics are frozen)."""
-        super().train(mode)
-        self.feature_extractor.eval()
-        return self
 
     @property
     def fitted(self) -> bool:

@@ -60,11 +60,6 @@ class Stfpm(AnomalyModel):
         self.student = backbone_extractor(config, trainable=True)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Stfpm":
-        """Set the student's mode; the teacher stays in eval mode (frozen batch-norm statistics)."""
-        super().train(mode)
-        self.teacher.eval()
-        return self
 
     def forward(
         self, images: torch.Tensor

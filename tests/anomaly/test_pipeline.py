@@ -145,3 +145,18 @@ def test_image_records_skip_masks_beside_images(tmp_path: Path) -> None:
     assert found == ["a.jpg", "b.png"]
     with pytest.raises(DataError, match="not found"):
         image_records([str(tmp_path / "nope")], ["png"])
+
+
+def test_real_defect_folder_sets_the_image_threshold(inspection_root: Path, tmp_path: Path) -> None:
+    """calibration.defect_dir: real defective images (kept out of the test set) give an F1-max threshold."""
+    import shutil
+
+    defects = tmp_path / "calibration_defects"
+    defects.mkdir()
+    for image in sorted((inspection_root / "Spot").glob("*.png"))[:3]:
+        shutil.copy(image, defects / image.name)
+    cfg = _cfg(inspection_root, PADIM)
+    cfg.calibration.defect_dir = str(defects)
+    report = fit(cfg, tmp_path / "run")
+    assert "3 defective" in report.messages[0] and "F1-max" in report.messages[0]
+    assert load_fitted(tmp_path / "run").calibration["n_defective"] == 3

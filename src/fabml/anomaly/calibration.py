@@ -49,16 +49,25 @@ class _SyntheticBatches:
             yield {**batch, "image": images, "mask": masks, "label": labels.long()}
 
 
-def calibrate(model: AnomalyModel, val_loader: DataLoader, cfg: CalibrationConfig, device: torch.device) -> Calibration:
-    """Score the held-out normals (and their synthetic-anomaly copies) and fit the normaliser."""
+def calibrate(model: AnomalyModel, val_loader: DataLoader, cfg: CalibrationConfig, device: torch.device,
+              defect_loader: DataLoader | None = None) -> Calibration:
+    """Score the held-out normals (and their synthetic-anomaly copies) and fit the normaliser.
+
+    ``defect_loader`` (real defective images kept out of the test set, ``calibration.defect_dir``)
+    replaces the synthetic anomalies for the image threshold; the pixel threshold still uses the
+    synthetic masks (or the quantile), since those images come without masks.
+    """
     normal = score_batches(model, val_loader, device, description="calibrating on held-out normals")
     synthetic: ScoredSet | None = None
     if cfg.synthetic and cfg.method != "quantile":
         synthetic = score_batches(model, _SyntheticBatches(val_loader, cfg), device, description="synthetic anomalies")
-    anomalous_scores = synthetic.scores if synthetic is not None else None
-    image = calibrate_threshold(
-        normal.scores, anomalous_scores, method=cfg.method, quantile=cfg.quantile, source="synthetic",
-    )
+    defects = score_batches(model, defect_loader, device, description="defective images") if defect_loader else None
+    if defects is not None and cfg.method != "quantile":
+        image = calibrate_threshold(normal.scores, defects.scores, method=cfg.method, quantile=cfg.quantile,
+                                    source="defective")
+    else:
+        image = calibrate_threshold(normal.scores, synthetic.scores if synthetic is not None else None,
+                                    method=cfg.method, quantile=cfg.quantile, source="synthetic")
     pixel = calibrate_pixel_threshold(
         normal.maps,
         synthetic.maps if synthetic is not None else None,
@@ -66,8 +75,9 @@ def calibrate(model: AnomalyModel, val_loader: DataLoader, cfg: CalibrationConfi
         quantile=cfg.pixel_quantile,
         source="synthetic",
     )
-    all_scores = np.concatenate([normal.scores] + ([synthetic.scores] if synthetic is not None else []))
-    all_maps = [normal.maps] + ([synthetic.maps] if synthetic is not None else [])
+    extra = [scored for scored in (synthetic, defects) if scored is not None]
+    all_scores = np.concatenate([normal.scores] + [scored.scores for scored in extra])
+    all_maps = [normal.maps] + [scored.maps for scored in extra]
     normalizer = ScoreNormalizer(
         image_threshold=float(image.value),
         image_min=float(all_scores.min()),
@@ -83,6 +93,7 @@ def calibrate(model: AnomalyModel, val_loader: DataLoader, cfg: CalibrationConfi
         "pixel_method": pixel.method,
         "n_normal": int(len(normal.scores)),
         "n_synthetic": int(len(synthetic.scores)) if synthetic is not None else 0,
+        "n_defective": int(len(defects.scores)) if defects is not None else 0,
         "normal_score_mean": float(normal.scores.mean()),
         "synthetic_score_mean": float(synthetic.scores.mean()) if synthetic is not None else None,
     }

@@ -20,8 +20,9 @@ from fabml.data.anomaly_data import AnomalyDataConfig
 class CalibrationConfig:
     """How the image and pixel thresholds are set from held-out normal training images.
 
-    method: ``auto`` (F1-max against synthetic anomalies when ``synthetic`` is on, else the
-    ``quantile`` of normal scores) | ``f1`` | ``quantile``.
+    method: ``auto`` (F1-max against real defective images from ``defect_dir`` when given, else
+    against synthetic anomalies when ``synthetic`` is on, else the ``quantile`` of normal scores)
+    | ``f1`` | ``quantile``.
     """
 
     method: str = "auto"
@@ -29,6 +30,7 @@ class CalibrationConfig:
     pixel_quantile: float = 0.999  # pixel scores, quantile fallback
     synthetic: bool = True  # paste Perlin-noise anomalies onto the held-out normals to calibrate
     synthetic_texture: str = "images"  # images | noise
+    defect_dir: str = ""  # optional folder of real defective images, not in the test set: F1-max image threshold
     seed: int = 0
 
 

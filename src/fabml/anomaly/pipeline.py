@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,12 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
 
     start = time.perf_counter()
     model.eval()
-    calibration = calibrate(model, val_loader, cfg.calibration, device)
+    defect_loader = None
+    if cfg.calibration.defect_dir:
+        defects = [replace(r, label=1, defect_type="defect") for r in
+                   image_records([cfg.calibration.defect_dir], cfg.data.extensions)]
+        defect_loader = loader(defects, cfg, size, channels)
+    calibration = calibrate(model, val_loader, cfg.calibration, device, defect_loader)
     calibration_seconds = time.perf_counter() - start
     fitted = FittedModel(name, model, calibration.normalizer, cfg.grades, cfg, settings, calibration.info)
     save_fitted(run_dir, fitted)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import queue as queue_module
 import traceback
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,15 @@ def run_in_child(cfg: AnomalyConfig, run_dir: Path) -> dict[str, Any]:
     queue = context.Queue()
     process = context.Process(target=_fit_and_evaluate, args=(to_dict(cfg), str(run_dir), queue))
     process.start()
-    row = queue.get()
+    while True:
+        try:
+            row = queue.get(timeout=5.0)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():  # killed (e.g. out of memory) before it could report
+                row = {"error": f"the fit process exited with code {process.exitcode} before reporting "
+                                "(killed, or out of memory?)"}
+                break
     process.join()
     return row
 

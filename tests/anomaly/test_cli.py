@@ -47,6 +47,7 @@ def test_fit_evaluate_predict_export(inspection_root: Path, tmp_path: Path) -> N
     assert "max |ONNX - torch|" in out and (run / "model.onnx").is_file()
 
 
+@pytest.mark.timeout(900)  # two child processes, each importing torch: ~25 s on 2 idle cores, far more on busy ones
 def test_compare_puts_models_in_one_table(inspection_root: Path, tmp_path: Path) -> None:
     config = tmp_path / "compare.yaml"
     config.write_text(

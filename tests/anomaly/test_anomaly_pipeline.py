@@ -16,12 +16,6 @@ from fabml.anomaly.runs import load_fitted
 from fabml.config import from_dict
 from fabml.errors import ConfigError, DataError
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-exact resume comparisons, and no oversubscription on shared cores
-    yield
-    torch.set_num_threads(threads)
 
 
 PADIM = {"name": "padim", "backbone": "resnet18", "layers": [1, 2], "pretrained": False, "n_features": 32}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -22,13 +21,6 @@ from fabml.engine.trainer import Trainer, TrainConfig
 from fabml.errors import ConfigError, DataError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny tensors: a second thread only contends on the shared CPU cores
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def tiny(in_chans: int = 1, size: int = 32, **kw: object) -> Autoencoder:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from fabml.cli import app, main
@@ -17,12 +16,6 @@ TINY_PADIM = ["--set", "model.backbone=resnet18", "--set", "model.layers=[1,2]",
               "--set", "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _invoke(args: list[str]) -> str:

@@ -4,7 +4,6 @@ one-shot fit, a synthetic defect, state-dict round trip, ONNX, errors."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -22,13 +21,6 @@ from fabml.errors import ConfigError, DataError, TrainingError
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny tensors: a second thread only contends on the shared CPU cores
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def make_model(in_chans: int = 1, **kw: object) -> Padim:

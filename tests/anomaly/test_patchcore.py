@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -30,13 +29,6 @@ from fabml.errors import ConfigError, DataError, TrainingError
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny tensors: a second thread only contends on the shared CPU cores
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def make_model(in_chans: int = 1, **kw: object) -> PatchCore:

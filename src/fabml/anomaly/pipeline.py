@@ -182,17 +182,11 @@ def evaluation_records(run_dir: Path, fitted: FittedModel, data: str | None) -> 
     """The run's own test split, or every image under ``data`` (a data root in the run's layout)."""
     if data is None:
         return read_split(run_dir / SPLIT_FILE).test
-    data_cfg = from_dict(type(fitted.cfg.data), {**_plain(fitted.cfg.data), "root": str(data)}, where="data")
+    data_cfg = replace(fitted.cfg.data, root=str(data))
     records = discover_records(data_cfg)
     if not records:
         raise DataError(f"no images found under {data}")
     return records
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    from fabml.config import to_dict
-
-    return to_dict(cfg)
 
 
 def image_records(inputs: list[str], extensions: list[str]) -> list[ImageRecord]:

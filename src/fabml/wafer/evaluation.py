@@ -13,6 +13,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from fabml.console import table_lines
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.metrics.clustering import cluster_quality
@@ -21,6 +22,33 @@ from fabml.metrics.retrieval import best_d4_iou, d4_orbit_db, label_relevance, r
 from fabml.wafer.clusters import ClusterConfig, ClusterModel
 from fabml.wafer.config import EvalConfig
 from fabml.wafer.embedding import EmbedFn, embed_d4_orbits, embed_tensors
+
+SUMMARY_KEYS = (
+    "knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map", "defect_mrr", "silhouette",
+    "silhouette_embedding_space", "n_clusters", "noise_ratio", "nmi", "ari", "d4_mean_cosine",
+    "d4_same_cluster_rate", "shape_match@5", "shape_match_label_chance",
+)
+"""The headline figures of a labelled evaluation, in table order."""
+
+UNLABELLED_KEYS = (
+    "d4_orbit_precision@5", "d4_orbit_recall@10", "d4_orbit_mrr", "d4_orbit_map", "iou_precision@5", "iou_map",
+    "iou_queries_without_relevant", "silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine", "d4_same_cluster_rate",
+)
+"""The headline figures of an evaluation without labels (five of them are shared with :data:`SUMMARY_KEYS`)."""
+
+
+def metric_keys(results: dict[str, dict], keys: tuple[str, ...] | None = None) -> list[str]:
+    """The metric names to tabulate, in order and each once: ``keys`` (default :data:`SUMMARY_KEYS` then
+    :data:`UNLABELLED_KEYS`, which share five names) that at least one method of ``results`` has."""
+    keys = keys or SUMMARY_KEYS + UNLABELLED_KEYS
+    return [k for k in dict.fromkeys(keys) if any(k in res for res in results.values())]
+
+
+def metrics_markdown(results: dict[str, dict], keys: tuple[str, ...] | None = None) -> str:
+    """A markdown table: one row per metric of :func:`metric_keys`, one column per method (cells: 3 decimals)."""
+    names = list(results)
+    rows = [[key, *(results[n].get(key) for n in names)] for key in metric_keys(results, keys)]
+    return "\n".join(table_lines(["metric", *names], rows)) + "\n"
 
 
 def shape_shortcut(

@@ -26,6 +26,7 @@ from fabml.viz import plot_cluster_gallery, plot_search_results, plot_trend
 from fabml.wafer.clusters import ClusterModel
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import d4_averaged, encoder_embed_fn, embed_tensors
+from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metrics_markdown  # noqa: F401  (public here too)
 from fabml.wafer.runs import build_method, load_trained, meta_frame, read_embeddings, reload_maps, write_embeddings
 from fabml.wafer.trend import cluster_trend
 
@@ -208,17 +209,6 @@ def search(run_dir: Path, query: str, k: int = 10, figure: Path | None = None) -
     return table.reset_index(drop=True), figure
 
 
-SUMMARY_KEYS = (
-    "knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map", "defect_mrr", "silhouette",
-    "silhouette_embedding_space", "n_clusters", "noise_ratio", "nmi", "ari", "d4_mean_cosine",
-    "d4_same_cluster_rate", "shape_match@5", "shape_match_label_chance",
-)
-UNLABELLED_KEYS = (
-    "d4_orbit_precision@5", "d4_orbit_recall@10", "d4_orbit_mrr", "d4_orbit_map", "iou_precision@5", "iou_map",
-    "iou_queries_without_relevant", "silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine", "d4_same_cluster_rate",
-)
-
-
 def evaluate(
     run_dir: Path, reference: str | list[str] | None, test: str | list[str], baseline: bool = True,
     tta_d4: bool = False, checkpoint: str = "best",
@@ -270,25 +260,6 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def metrics_markdown(results: dict[str, dict], keys: tuple[str, ...] | None = None) -> str:
-    """A markdown table: one row per metric (the summary keys present), one column per method."""
-    names = list(results)
-    keys = keys or tuple(k for k in SUMMARY_KEYS + UNLABELLED_KEYS if any(k in results[n] for n in names))
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for key in keys:
-        if any(key in results[n] for n in names):
-            lines.append(f"| {key} | " + " | ".join(_fmt(results[n].get(key)) for n in names) + " |")
-    return "\n".join(lines) + "\n"
 
 
 AUGMENT_OPS = ("d4", "crop", "rotate", "die_noise", "erase")

@@ -34,11 +34,10 @@ def project_2d(emb: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np
 def _table_from_json(path: Path) -> list[dict] | None:
     if not path.is_file():
         return None
-    from fabml.wafer.pipeline import SUMMARY_KEYS, UNLABELLED_KEYS
+    from fabml.wafer.evaluation import metric_keys
 
     results = json.loads(path.read_text())
-    return [{"metric": key, **{name: res.get(key) for name, res in results.items()}}
-            for key in SUMMARY_KEYS + UNLABELLED_KEYS if any(key in res for res in results.values())]
+    return [{"metric": key, **{name: res.get(key) for name, res in results.items()}} for key in metric_keys(results)]
 
 
 def report(run_dir: Path, max_points: int = 5000, projection: str = "auto") -> Path:

@@ -9,17 +9,23 @@ Both are built so that what a command prints never depends on the terminal or on
 - ``markup=False``, ``highlight=False``, ``emoji=False``: square brackets in a path
   (``runs/[my_run]``) and colons in a file name print as they are;
 - tables are plain aligned markdown (:func:`table_lines`), so no column is ever cut to ``85.5…``
-  and a table pasted into a report or read by a script stays a table.
+  and a table pasted into a report or read by a script stays a table;
+- progress bars (:func:`track`, :func:`progress`) draw on :data:`err` only when stderr is a terminal;
+  redirected to a file they print nothing (no blank lines, no escape codes).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn
 from rich.text import Text
 
-__all__ = ["out", "err", "fmt", "table_lines", "print_table", "print_error"]
+__all__ = ["out", "err", "fmt", "table_lines", "print_table", "print_error", "progress", "track"]
+
+T = TypeVar("T")
 
 
 def _console(stderr: bool) -> Console:
@@ -79,3 +85,29 @@ def print_error(message: str) -> None:
     text.append(message)
     err.print(text)
 
+
+
+def progress(*columns: ProgressColumn) -> Progress | None:
+    """A transient rich :class:`~rich.progress.Progress` on :data:`err`, or ``None`` when stderr is not a terminal.
+
+    Without ``columns``: description, bar, ``done/total``, elapsed, remaining. A caller that gets
+    ``None`` draws nothing, so output redirected to a file holds no bar remnants (a transient rich bar
+    on a non-terminal still writes an empty line when it stops).
+    """
+    if not err.is_terminal:
+        return None
+    columns = columns or (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=err, transient=True)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate ``items`` with a transient progress bar on a terminal (see :func:`progress`); silently otherwise."""
+    bar = progress()
+    if bar is None:
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with bar:
+        yield from bar.track(items, total=total, description=description)

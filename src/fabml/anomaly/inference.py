@@ -7,10 +7,9 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from rich.progress import track
 from torch import nn
 
-from fabml.engine.logging import console
+from fabml.console import track
 from fabml.errors import TrainingError
 
 
@@ -30,8 +29,8 @@ class ScoredSet:
 
 
 def track_batches(loader: Iterable, description: str, total: int | None = None) -> Iterable:
-    """``loader`` wrapped in a transient rich progress bar when stderr is a terminal."""
-    return track(loader, description=description, total=total, transient=True, disable=not console.is_terminal)
+    """``loader`` with a transient progress bar on a terminal; silent (no blank lines) when stderr is a file."""
+    return track(loader, description, total)
 
 
 @torch.no_grad()

@@ -1,4 +1,8 @@
-"""Per-epoch metrics to ``metrics.csv`` (and optionally TensorBoard); rich progress bars."""
+"""Per-epoch metrics to ``metrics.csv`` (and optionally TensorBoard); the trainer's progress bar.
+
+The trainer prints through :data:`console`, which is :data:`fabml.console.err` (stderr: no wrapping,
+no markup parsing), so a command's results on stdout stay clean.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,13 @@ import csv
 from pathlib import Path
 from typing import Any, Mapping
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fabml.console import err as console
+from fabml.console import progress
 from fabml.errors import ConfigError
 
-console = Console(stderr=True, soft_wrap=True)
-"""Where training prints (stderr, so a command's results on stdout stay clean)."""
+__all__ = ["MetricsLogger", "EpochProgress", "progress_bar", "console"]
 
 
 class MetricsLogger:
@@ -120,27 +124,26 @@ class EpochProgress:
     """A rich progress bar over one epoch's batches showing loss, lr and samples/s.
 
     Use as a context manager; with ``enabled=False`` (or when stderr is not a terminal,
-    e.g. a log file) every call is a no-op. The bar is transient: the trainer prints a
-    one-line summary per epoch instead.
+    e.g. a log file) every call is a no-op and nothing is printed, not even an empty line.
+    The bar is transient: the trainer prints a one-line summary per epoch instead.
     """
 
     def __init__(self, total: int, description: str, enabled: bool = True) -> None:
-        self.enabled = enabled and console.is_terminal
         self._progress: Progress | None = None
         self._task = None
-        if self.enabled:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+        if enabled:
+            self._progress = progress(
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("lr {task.fields[lr]}"),
-                TextColumn("{task.fields[speed]} samples/s"),
+                TextColumn("loss {task.fields[loss]}", markup=False),
+                TextColumn("lr {task.fields[lr]}", markup=False),
+                TextColumn("{task.fields[speed]} samples/s", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=console,
-                transient=True,
             )
+        self.enabled = self._progress is not None
+        if self._progress is not None:
             self._task = self._progress.add_task(description, total=total, loss="-", lr="-", speed="-")
 
     def __enter__(self) -> "EpochProgress":

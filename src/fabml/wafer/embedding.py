@@ -41,10 +41,10 @@ def embed_tensors(embed: EmbedFn, tensors: torch.Tensor, batch_size: int = 512, 
     """Embed ``tensors [N,2,S,S]`` (uint8 or float) in batches; returns float32 ``[N,D]``."""
     chunks = []
     starts = range(0, len(tensors), batch_size)
-    if progress:
-        from rich.progress import track
+    if progress:  # a bar on a terminal only; nothing at all when stderr goes to a file
+        from fabml.console import track
 
-        starts = track(starts, description="embedding", total=len(starts), transient=True)
+        starts = track(starts, "embedding", len(starts))
     for start in starts:
         chunks.append(embed(tensors[start : start + batch_size].float()).numpy())
     return np.concatenate(chunks).astype(np.float32)

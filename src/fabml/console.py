@@ -56,17 +56,22 @@ def table_lines(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: i
     """A markdown table with padded columns, as lines; cells go through :func:`fmt` (never truncated).
 
     Rows shorter than ``headers`` are padded with empty cells; longer rows keep their extra cells
-    (a failure message, say) under an empty header.
+    (a failure message, say) under an empty header. A ``|`` in a cell is escaped (``\\|``) and a line
+    break becomes a space, so every row stays one table line.
     """
     width = max([len(headers)] + [len(r) for r in rows])
-    head = list(headers) + [""] * (width - len(headers))
-    body = [[fmt(c, digits) for c in r] + [""] * (width - len(r)) for r in rows]
+    head = [_cell(h) for h in headers] + [""] * (width - len(headers))
+    body = [[_cell(fmt(c, digits)) for c in r] + [""] * (width - len(r)) for r in rows]
     sizes = [max(3, len(head[i]), *(len(r[i]) for r in body)) for i in range(width)]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(s) for c, s in zip(cells, sizes)) + " |"
 
     return [line(head), "|" + "|".join("-" * (s + 2) for s in sizes) + "|"] + [line(r) for r in body]
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).splitlines()).replace("|", "\\|")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,

@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
-import yaml
-from rich.console import Console
-from rich.table import Table
 
-from fabml.anomaly.config import AnomalyConfig
-from fabml.config import apply_overrides, from_dict, load_config
-from fabml.errors import ConfigError
+from fabml.anomaly.config import anomaly_config, compare_configs, parse_models
+from fabml.console import print_table
+from fabml.console import out as console
 
 app = typer.Typer(help="Visual anomaly detection: fit on good images, score, threshold, grade, export.",
                   no_args_is_help=True)
-console = Console()
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/anomaly_*.yaml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set model.coreset_ratio=0.05")]
 RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `fabml anomaly fit`.")]
 DataOpt = Annotated[Optional[str], typer.Option(help="Data root: MT_<type>/ folders, or use --set data.normal_dir=...")]
 SizeOpt = Annotated[Optional[int], typer.Option(help="Square image size (sets data.image_size).")]
-
-
-def _config(config: Path | None, overrides: list[str] | None, model: str | None, data: str | None,
-            image_size: int | None) -> AnomalyConfig:
-    extra = list(overrides or [])
-    if data is not None:
-        extra.insert(0, f"data.root={data}")
-    if image_size is not None:
-        extra.insert(0, f"data.image_size=[{image_size},{image_size}]")
-    cfg = load_config(AnomalyConfig, config, extra)
-    if model is not None:
-        # settings written for another model (in a config file) do not carry over to --model
-        named = cfg.model.get("name")
-        cfg.model = {**cfg.model, "name": model} if named in (None, "", model) else {"name": model}
-    return cfg
 
 
 @app.command()
@@ -55,7 +36,7 @@ def fit(
     from fabml.anomaly.pipeline import fit as fit_run
     from fabml.engine.distributed import is_main_process
 
-    cfg = _config(config, set_, model, data, image_size)
+    cfg = anomaly_config(config, set_, model, data, image_size)
     run_dir = out or Path("runs/anomaly") / model
     report = fit_run(cfg, run_dir, resume=resume, fresh=fresh)
     if not is_main_process():
@@ -64,7 +45,7 @@ def fit(
     for line in report.messages:
         console.print(line)
     console.print(f"fitted {report.model} in {report.fit_seconds:.1f} s (calibration {report.calibration_seconds:.1f} s, "
-                  f"peak memory {report.peak_rss_mb:,.0f} MB) -> {run_dir}/model.pt")
+                  f"peak memory {report.peak_rss_mb:,.0f} MB) -> {run_dir / 'model.pt'}")
 
 
 @app.command()
@@ -80,14 +61,14 @@ def predict(
 
     out = out or run / "predictions"
     result = predict_run(run, inputs, out, overlays=overlays, save_maps=save_maps)
-    table = Table("image", "score", "decision", "grade")
-    for _, row in result.table.head(20).iterrows():
-        table.add_row(Path(row["path"]).name, f"{row['score']:.3f}", "FAIL" if row["anomalous"] else "pass",
-                      f"{row['grade']} {row['grade_name']}")
-    console.print(table)
+    print_table(["image", "score", "decision", "grade"],
+                [[Path(row["path"]).name, row["score"], "FAIL" if row["anomalous"] else "pass",
+                  f"{row['grade']} {row['grade_name']}"] for _, row in result.table.head(20).iterrows()])
+    if len(result.table) > 20:
+        console.print(f"(first 20 of {len(result.table)} images; all in predictions.csv)")
     n_fail = int(result.table["anomalous"].sum())
     console.print(f"{len(result.table)} images, {n_fail} anomalous; {result.infer_ms_per_image:.1f} ms/image -> "
-                  f"{out}/predictions.csv")
+                  f"{out / 'predictions.csv'}")
 
 
 @app.command()
@@ -101,13 +82,13 @@ def evaluate(
     from fabml.anomaly.pipeline import evaluate as evaluate_run
 
     report = evaluate_run(run, out, data, figures=figures)
-    console.print(_metrics_table(report.metrics))
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold", "infer_ms_per_image", "n_images")
+    print_table(["metric", "value"], [[key, report.metrics.get(key)] for key in keys])
     if report.per_type:
-        table = Table("type", "n", "image AUROC", "flagged at threshold")
-        for kind, row in report.per_type.items():
-            table.add_row(kind, str(row.get("count", "")), _fmt(row.get("image_auroc")),
-                          _fmt(row.get("recall_at_threshold", row.get("false_positive_rate"))))
-        console.print(table)
+        print_table(["type", "n", "image AUROC", "flagged at threshold"],
+                    [[kind, row.get("count", ""), row.get("image_auroc"),
+                      row.get("recall_at_threshold", row.get("false_positive_rate"))]
+                     for kind, row in report.per_type.items()])
     for note in report.metrics.get("notes", []):
         console.print(f"note: {note}")
     console.print(f"-> {report.out_dir}")
@@ -120,12 +101,13 @@ def export(
     samples: Annotated[int, typer.Option(help="Images used for the torch/ONNX parity check.")] = 4,
     tolerance: Annotated[float, typer.Option(help="Largest allowed torch/ONNX difference.")] = 1e-4,
 ) -> None:
-    """Write one ONNX file (resize, scaling, model, scoring, normalisation inside) and check its parity."""
+    """Write one ONNX file (resize, scaling, model, scoring, normalisation inside) and check its parity (NAME.parity.json)."""
     from fabml.anomaly.pipeline import export as export_run
 
     report = export_run(run, out, samples, tolerance)
-    console.print(f"wrote {report.path}: max |ONNX - torch| score {report.max_score_diff:.2e}, "
-                  f"map {report.max_map_diff:.2e} on {report.n_images} images")
+    console.print(f"wrote {report.path}")
+    console.print(f"max |ONNX - torch|: score {report.max_score_diff:.2e}, map {report.max_map_diff:.2e} "
+                  f"on {report.n_images} images -> {report.parity}")
 
 
 @app.command()
@@ -141,36 +123,9 @@ def compare(
 
     Per-model settings go in the config file under ``per_model: {NAME: {model: {...}, train: {...}}}``.
     """
-    from fabml.anomaly.compare import COLUMNS, compare as compare_runs
+    from fabml.anomaly.compare import COLUMNS, compare as compare_runs, compare_rows
 
-    raw = yaml.safe_load(config.read_text()) if config is not None else {}
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"config file {config} must hold a mapping of settings")
-    per_model: dict[str, Any] = dict((raw or {}).pop("per_model", {}) or {})
-    base_data = apply_overrides(raw or {}, set_ or [])
-    if data is not None:
-        base_data.setdefault("data", {})["root"] = data
-    if image_size is not None:
-        base_data.setdefault("data", {})["image_size"] = [image_size, image_size]
-    base = from_dict(AnomalyConfig, base_data)
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    rows = compare_runs(base, {name: per_model.get(name, {}) for name in names}, out)
-    table = Table("model", *COLUMNS)
-    for row in rows:
-        if "error" in row:
-            table.add_row(row["model"], f"failed: {row['error']}")
-        else:
-            table.add_row(row["model"], *[_fmt(row.get(key)) for key in COLUMNS])
-    console.print(table)
-    console.print(f"-> {out}/compare.md")
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _metrics_table(metrics: dict[str, Any]) -> Table:
-    table = Table("metric", "value")
-    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold", "infer_ms_per_image", "n_images"):
-        table.add_row(key, _fmt(metrics.get(key)))
-    return table
+    base, per_model = compare_configs(parse_models(models), config, set_, data, image_size)
+    rows = compare_runs(base, per_model, out)
+    print_table(["model", *COLUMNS], compare_rows(rows))
+    console.print(f"-> {out / 'compare.md'}")

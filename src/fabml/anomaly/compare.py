@@ -15,6 +15,7 @@ from typing import Any
 
 from fabml.anomaly.config import AnomalyConfig
 from fabml.config import from_dict, to_dict
+from fabml.console import table_lines
 
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold", "fit_seconds",
            "infer_ms_per_image", "model_mb", "peak_rss_mb")
@@ -88,15 +89,12 @@ def compare(base: AnomalyConfig, models: dict[str, dict[str, Any]], out_dir: str
 
 
 def compare_markdown(rows: list[dict[str, Any]]) -> str:
-    """The comparison as one markdown table (failed models show their error)."""
-    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['model']} | failed: {row['error']} |" + " |" * (len(COLUMNS) - 1))
-            continue
-        cells = []
-        for key in COLUMNS:
-            value = row.get(key)
-            cells.append("n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value))
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The comparison as one markdown table of :data:`COLUMNS` (3 decimals, never truncated); a failed
+    model's row holds ``failed: <error>``."""
+    return "\n".join(table_lines(["model", *COLUMNS], compare_rows(rows))) + "\n"
+
+
+def compare_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """The table rows of :func:`compare_markdown`: ``[model, *COLUMNS values]`` or ``[model, "failed: ..."]``."""
+    return [[row["model"], f"failed: {row['error']}"] if "error" in row else [row["model"], *(row.get(k) for k in COLUMNS)]
+            for row in rows]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fabml.console import out as results_console
 from fabml.anomaly.config import AnomalyConfig
 from fabml.config import from_dict
 from fabml.data.synthetic_inspection import make_inspection_set
@@ -17,12 +18,12 @@ def run_anomaly_demo(out: Path, console: Console | None = None) -> dict[str, Pat
     (pretrained EfficientNet-Lite0, bundled), evaluate on held-out images, predict a folder, export ONNX."""
     from fabml.anomaly.pipeline import evaluate, export, fit, predict
 
-    console = console or Console()
+    console = console or results_console
     out = Path(out)
     start = time.perf_counter()
     data = make_inspection_set(out / "data", n_normal=120, n_defect=20, size=128, seed=0,
                                defect_types=("Spot", "Scratch"))
-    console.rule("fabml demo: anomaly detection on generated panel images")
+    console.print("== fabml demo: anomaly detection on generated panel images ==")
     cfg = from_dict(AnomalyConfig, {"model": {"name": "patchcore"}, "data": {"root": str(data), "image_size": [128, 128]}})
     report = fit(cfg, out / "run", fresh=True)
     console.print(f"split: {report.split}")

@@ -4,11 +4,13 @@ The graph takes ``image``: float32 ``[B, C, H, W]`` with raw pixel values in [0,
 height and width (resized inside to the fitted size, bilinear), and returns
 ``score`` ``[B]`` (normalised: threshold = 0.5), ``anomaly_map`` ``[B, 1, h, w]`` (normalised,
 at the fitted size) and ``raw_score`` ``[B]``. The export is checked against the torch model on
-sample images; a difference above ``tolerance`` is an error.
+sample images; a difference above ``tolerance`` is an error. The check's figures are written beside
+the model as ``<name>.parity.json`` (see :func:`parity_path`).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +52,25 @@ class DeployModel(nn.Module):
 
 @dataclass
 class ExportReport:
+    """What :func:`export_onnx` wrote and how closely ONNX Runtime matched torch.
+
+    max_score_diff: max over the sample images of ``|score_onnx - score_torch|`` (normalised score, unitless);
+    max_map_diff: the same for the normalised anomaly map (max over pixels too); parity: the JSON file
+    holding these figures.
+    """
+
     path: Path
     max_score_diff: float
     max_map_diff: float
     n_images: int
+    tolerance: float = 1e-4
+    parity: Path | None = None
+
+
+def parity_path(onnx_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.parity.json``: the torch/ONNX parity report written beside the model."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(f"{onnx_path.stem}.parity.json")
 
 
 def export_onnx(fitted: FittedModel, path: str | Path, samples: torch.Tensor, tolerance: float = 1e-4) -> ExportReport:
@@ -92,4 +109,9 @@ def export_onnx(fitted: FittedModel, path: str | Path, samples: torch.Tensor, to
             f"map difference {map_diff:.2e} > {tolerance:g}); the file was not written"
         )
     tmp.replace(path)
-    return ExportReport(path, score_diff, map_diff, int(len(samples)))
+    report = ExportReport(path, score_diff, map_diff, int(len(samples)), float(tolerance), parity_path(path))
+    report.parity.write_text(json.dumps({
+        "onnx": str(path), "model": fitted.name, "opset": OPSET, "n_images": report.n_images,
+        "max_score_diff": score_diff, "max_map_diff": map_diff, "tolerance": report.tolerance,
+    }, indent=2))
+    return report

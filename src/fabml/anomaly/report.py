@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fabml.anomaly.runs import FittedModel
+from fabml.console import table_lines
 from fabml.data.anomaly_data import AnomalyImageDataset, ImageRecord
 from fabml.viz.anomaly import plot_grade_counts, plot_overlays, plot_roc_curves, plot_score_histograms
 
@@ -62,26 +63,17 @@ def write_predictions(out_dir: Path, fitted: FittedModel, records: list[ImageRec
     return out_dir / "predictions.csv"
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
 def metrics_markdown(name: str, metrics: dict[str, Any], per_type: dict[str, dict[str, Any]]) -> str:
-    """One summary table and one per-type table, as markdown."""
-    lines = [f"# Anomaly evaluation — {name}", "", "| metric | value |", "|---|---|"]
-    for key in (*METRIC_KEYS, "infer_ms_per_image", "n_images", "n_anomalous"):
-        lines.append(f"| {key} | {_fmt(metrics.get(key))} |")
+    """One summary table and one per-type table, as markdown (cells: 4 decimals, never truncated)."""
+    keys = (*METRIC_KEYS, "infer_ms_per_image", "n_images", "n_anomalous")
+    lines = [f"# Anomaly evaluation — {name}", ""]
+    lines += table_lines(["metric", "value"], [[key, metrics.get(key)] for key in keys], digits=4)
     for note in metrics.get("notes", []):
         lines.append(f"\nNote: {note}")
     if per_type:
-        keys = sorted({k for row in per_type.values() for k in row})
-        lines += ["", "| type | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        for kind, row in per_type.items():
-            lines.append(f"| {kind} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+        columns = sorted({k for row in per_type.values() for k in row})
+        lines += [""] + table_lines(["type", *columns], [[kind, *(row.get(k) for k in columns)]
+                                                        for kind, row in per_type.items()], digits=4)
     return "\n".join(lines) + "\n"
 
 

@@ -6,38 +6,23 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from fabml.config import load_config
-from fabml.wafer.config import WaferConfig
+from fabml.console import out as console
+from fabml.console import print_table
+from fabml.engine.distributed import is_main_process
+from fabml.wafer.config import wafer_config
 
 app = typer.Typer(help="Wafer-map patterns: BYOL embeddings, pattern families, similar maps, novelty, trend.",
                   no_args_is_help=True)
-console = Console()
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (see configs/wafer_*.yaml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a setting: --set train.epochs=5")]
 RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run folder written by `fabml wafer train`.")]
 
 
-def _config(config: Path | None, overrides: list[str] | None, select_on_val: bool = False) -> WaferConfig:
-    """The resolved config; with validation maps the best checkpoint is the one with the best kNN macro accuracy."""
-    cfg = load_config(WaferConfig, config, overrides or [])
-    if select_on_val:
-        cfg.train.monitor, cfg.train.monitor_mode = "val_knn_macro_acc", "max"
-    return cfg
-
-
 def _split(source: str) -> str | list[str]:
     """``a.pkl,b.pkl`` -> a list of sources."""
     return source.split(",") if "," in source else source
-
-
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command()
@@ -53,9 +38,9 @@ def train(
     """Train the BYOL wafer encoder (labels, if any, are not used). Runs under torchrun for DDP."""
     from fabml.wafer.pipeline import train as run_train
 
-    cfg = _config(config, set_, select_on_val=bool(val))
+    cfg = wafer_config(config, set_, select_on_val=bool(val))
     result = run_train(cfg, _split(data), out, resume=resume, fresh=fresh, val_data=_split(val) if val else None)
-    if _is_main():
+    if is_main_process():
         console.print(f"trained {result.epochs_completed} epochs in {result.seconds:.0f} s "
                       f"({result.stopped_reason}); best {cfg.train.monitor} = {result.best_metric}")
         console.print(f"run folder: {out}")
@@ -80,13 +65,11 @@ def cluster(run: RunOpt, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Group the embedded maps into pattern families (HDBSCAN); writes clusters.csv, a gallery and a trend."""
     from fabml.wafer.pipeline import cluster as run_cluster
 
-    cfg = load_config(WaferConfig, config or Path(run) / "config.yaml", set_ or [])
+    cfg = wafer_config(config or Path(run) / "config.yaml", set_)
     result = run_cluster(run, cfg)
     sizes = result.table["cluster"].value_counts().sort_index()
-    table = Table("cluster", "maps", title=f"{int(result.labels.max()) + 1} families")
-    for cid, n in sizes.items():
-        table.add_row("noise" if cid < 0 else str(cid), str(n))
-    console.print(table)
+    print_table(["cluster", "maps"], [["noise" if cid < 0 else cid, n] for cid, n in sizes.items()],
+                title=f"{int(result.labels.max()) + 1} families")
     console.print(f"clusters.csv, gallery.png in {result.folder}")
 
 
@@ -101,7 +84,9 @@ def assign(
 
     table = run_assign(run, _split(data), out)
     console.print(f"{int(table['is_novel'].sum())} of {len(table)} maps flagged novel")
-    console.print(table.head(20).to_string(index=False))
+    print_table([str(c) for c in table.columns], list(table.head(20).itertuples(index=False)))
+    if len(table) > 20:
+        console.print(f"(first 20 of {len(table)} rows; all in the CSV)")
 
 
 @app.command()
@@ -115,10 +100,7 @@ def search(
     from fabml.wafer.pipeline import search as run_search
 
     table, fig = run_search(run, query, k, figure)
-    out = Table(*[str(c) for c in table.columns])
-    for row in table.itertuples(index=False):
-        out.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-    console.print(out)
+    print_table([str(c) for c in table.columns], list(table.itertuples(index=False)), digits=4)
     console.print(f"figure: {fig}")
 
 
@@ -132,10 +114,11 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt")] = "best",
 ) -> None:
     """kNN macro accuracy, retrieval, clustering and D4 invariance; writes RUN/eval/."""
-    from fabml.wafer.pipeline import evaluate as run_evaluate, metrics_markdown
+    from fabml.wafer.evaluation import metrics_markdown
+    from fabml.wafer.pipeline import evaluate as run_evaluate
 
     results = run_evaluate(run, _split(reference) if reference else None, _split(test), baseline=baseline, tta_d4=tta_d4, checkpoint=checkpoint)
-    console.print(metrics_markdown(results))
+    console.print(metrics_markdown(results).rstrip("\n"))
     console.print(f"all figures: {Path(run) / 'eval' / 'metrics.json'}")
 
 
@@ -151,12 +134,13 @@ def ablation(
     set_: SetOpt = None,
 ) -> None:
     """Augmentation ablation: D4 alone / D4+crop / D4+crop+noise / everything, same settings otherwise."""
-    from fabml.wafer.pipeline import ablation as run_ablation, metrics_markdown
+    from fabml.wafer.evaluation import metrics_markdown
+    from fabml.wafer.pipeline import ablation as run_ablation
 
-    cfg = _config(config, set_, select_on_val=bool(val))
+    cfg = wafer_config(config, set_, select_on_val=bool(val))
     results = run_ablation(cfg, _split(data), _split(reference), _split(test), out, tuple(presets.split(",")),
                            val_data=_split(val) if val else None)
-    console.print(metrics_markdown(results))
+    console.print(metrics_markdown(results).rstrip("\n"))
     console.print(f"table: {out / 'ablation.md'}")
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
+from fabml.config import load_config
 from fabml.data.wafer_dataset import WaferDataConfig
 from fabml.engine.trainer import TrainConfig
 from fabml.index import IndexConfig
@@ -39,3 +42,17 @@ class WaferConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+VAL_MONITOR = "val_knn_macro_acc"
+"""The per-epoch figure that picks the best checkpoint when validation maps are given (higher is better)."""
+
+
+def wafer_config(config: str | Path | None = None, overrides: Sequence[str] | None = None,
+                 select_on_val: bool = False) -> WaferConfig:
+    """Defaults <- YAML ``config`` <- ``overrides``; with ``select_on_val`` (``--val`` maps given) the best
+    checkpoint is the one with the best validation kNN macro accuracy (``train.monitor``)."""
+    cfg = load_config(WaferConfig, config, overrides or [])
+    if select_on_val:
+        cfg.train.monitor, cfg.train.monitor_mode = VAL_MONITOR, "max"
+    return cfg

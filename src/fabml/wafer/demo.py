@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fabml.console import out as results_console
 from fabml.config import load_config
 from fabml.wafer.config import WaferConfig
 
@@ -26,13 +27,13 @@ def run_demo(out: Path, n_maps: int = 3000, epochs: int = 10, console: Console |
     from fabml.wafer.pipeline import cluster, embed, evaluate, search, train
     from fabml.wafer.report import report
 
-    console = console or Console()
+    console = console or results_console
     out = Path(out)
     start = time.perf_counter()
     cfg = load_config(WaferConfig, None, DEMO_OVERRIDES + [f"train.epochs={epochs}"])
     data = f"synthetic:{n_maps}:0"
     test = f"synthetic:{max(n_maps // 5, 200)}:1"
-    console.rule("fabml demo: wafer-map patterns on generated maps")
+    console.print("== fabml demo: wafer-map patterns on generated maps ==")
     console.print(f"training BYOL ({cfg.model.preset} encoder, {cfg.data.size}x{cfg.data.size}) on {n_maps} maps, {epochs} epochs")
     train(cfg, data, out, fresh=True)
     embed(out, data)

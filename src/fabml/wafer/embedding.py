@@ -60,10 +60,12 @@ class PCABaseline:
     """Baseline embedding: PCA of the resized failed-die maps (no learning beyond PCA).
 
     ``fit`` on reference tensors ``[N,2,S,S]``; the result is an :data:`EmbedFn` like the encoder's,
-    so the baseline goes through exactly the same evaluation.
+    so the baseline goes through exactly the same evaluation. The embedding has ``min(dim, N, S*S)``
+    dimensions (PCA has no more components than maps or pixels).
     """
 
     def __init__(self, dim: int = 128, seed: int = 0) -> None:
+        self.dim = dim
         self.pca = PCA(n_components=dim, random_state=seed, svd_solver="randomized")
 
     @staticmethod
@@ -71,7 +73,9 @@ class PCABaseline:
         return x[:, 0].reshape(len(x), -1).float().numpy()
 
     def fit(self, tensors: torch.Tensor) -> PCABaseline:
-        self.pca.fit(self._flat(tensors))
+        flat = self._flat(tensors)
+        self.pca.set_params(n_components=min(self.dim, *flat.shape))
+        self.pca.fit(flat)
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from fabml.errors import ConfigError
 
 
-class WarmupCosineRestarts(LRScheduler):
-    """Linear warm-up + cosine annealing with warm restarts, stepped once per optimizer step.
+class CosineRestarts:
+    """Linear warm-up + cosine annealing with warm restarts as a pure function of the step count.
 
     Cycle ``i`` lasts ``T_i = T_0 * T_mult**i`` steps and peaks at ``eta_max * gamma**i``.
     At position ``t`` (0-based) inside cycle ``i`` the learning rate is::
@@ -19,22 +19,19 @@ class WarmupCosineRestarts(LRScheduler):
         t <  T_up:  eta_min + (eta_max_i - eta_min) * t / T_up
         t >= T_up:  eta_min + (eta_max_i - eta_min) * (1 + cos(pi * (t - T_up) / (T_i - T_up))) / 2
 
-    (the "CosineAnnealingWarmUpRestarts" recipe, with the warm-up counted inside each
-    cycle). A param group with an ``"lr_scale"`` entry gets that multiple of the value.
-    The rate is a closed-form function of ``last_epoch`` (= optimizer steps taken), so
-    ``state_dict``/``load_state_dict`` restore it exactly.
+    (the "CosineAnnealingWarmUpRestarts" recipe, with the warm-up counted inside each cycle).
+    It holds no state: the trainer rebuilds it from the config on every start and resume, so
+    the rate at a step depends only on the current settings and the step count.
     """
 
     def __init__(
         self,
-        optimizer: Optimizer,
         T_0: int,
         T_mult: int = 1,
         eta_max: float = 1e-4,
         T_up: int = 0,
         gamma: float = 1.0,
         eta_min: float = 0.0,
-        last_epoch: int = -1,
     ) -> None:
         if T_0 < 1:
             raise ConfigError(f"schedule cycle length T_0={T_0} steps must be >= 1")
@@ -52,7 +49,6 @@ class WarmupCosineRestarts(LRScheduler):
         self.T_up = int(T_up)
         self.gamma = float(gamma)
         self.eta_min = float(eta_min)
-        super().__init__(optimizer, last_epoch)
 
     def cycle_position(self, step: int) -> tuple[int, int, int]:
         """``(cycle index i, position t in the cycle, cycle length T_i)`` after ``step`` steps."""
@@ -66,13 +62,71 @@ class WarmupCosineRestarts(LRScheduler):
         return cycle, t, length
 
     def lr_at(self, step: int) -> float:
-        """Learning rate (before ``lr_scale``) after ``step`` optimizer steps."""
+        """Learning rate in force for the optimizer step that follows ``step`` completed steps."""
         cycle, t, length = self.cycle_position(max(step, 0))
         peak = self.eta_max * self.gamma**cycle
         if t < self.T_up:
             return self.eta_min + (peak - self.eta_min) * t / self.T_up
         frac = (t - self.T_up) / (length - self.T_up)
         return self.eta_min + (peak - self.eta_min) * (1 + math.cos(math.pi * frac)) / 2
+
+
+class ConstantLR:
+    """The same learning rate at every step (``lr_at(step) = lr``)."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = float(lr)
+
+    def lr_at(self, step: int) -> float:
+        return self.lr
+
+
+def apply_lr(optimizer: Optimizer, lr: float) -> None:
+    """Set every param group's rate to ``lr * group.get("lr_scale", 1.0)``.
+
+    ``lr_scale`` is how a method gives one group (say, a pretrained backbone) a fixed
+    fraction of the schedule; see :meth:`fabml.engine.method.Method.param_groups`.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+class WarmupCosineRestarts(LRScheduler):
+    """:class:`CosineRestarts` as a ``torch.optim`` scheduler, stepped once per optimizer step.
+
+    A param group with an ``"lr_scale"`` entry gets that multiple of the value. The rate is
+    a closed-form function of ``last_epoch`` (= optimizer steps taken), so
+    ``state_dict``/``load_state_dict`` restore it exactly, cycle settings included. The
+    trainer does not use this class (a resumed run there follows the *current* settings,
+    see :class:`fabml.engine.trainer.Trainer`); it is for code that drives its own loop.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        T_0: int,
+        T_mult: int = 1,
+        eta_max: float = 1e-4,
+        T_up: int = 0,
+        gamma: float = 1.0,
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        curve = CosineRestarts(T_0, T_mult, eta_max, T_up, gamma, eta_min)
+        self.T_0, self.T_mult, self.eta_max = curve.T_0, curve.T_mult, curve.eta_max
+        self.T_up, self.gamma, self.eta_min = curve.T_up, curve.gamma, curve.eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def _curve(self) -> CosineRestarts:
+        return CosineRestarts(self.T_0, self.T_mult, self.eta_max, self.T_up, self.gamma, self.eta_min)
+
+    def cycle_position(self, step: int) -> tuple[int, int, int]:
+        """``(cycle index i, position t in the cycle, cycle length T_i)`` after ``step`` steps."""
+        return self._curve().cycle_position(step)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate (before ``lr_scale``) after ``step`` optimizer steps."""
+        return self._curve().lr_at(step)
 
     def get_lr(self) -> list[float]:
         lr = self.lr_at(self.last_epoch)

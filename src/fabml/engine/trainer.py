@@ -41,61 +41,33 @@ from fabml.engine.hardware import (
 )
 from fabml.engine.logging import MetricsLogger, console, progress_bar
 from fabml.engine.method import Method
-from fabml.engine.schedules import WarmupCosineRestarts
+from fabml.engine.param_groups import check_groups
+from fabml.engine.schedules import apply_lr
+from fabml.engine.stages import StagePlan, StageSpan, trainable_names
+from fabml.engine.train_config import (  # noqa: F401  (TrainConfig and its checks are public here too)
+    OPERATIONAL_KEYS,
+    OPTIMIZERS,
+    RESUMABLE_CHANGES,
+    SCHEDULERS,
+    StageConfig,
+    TrainConfig,
+    check_config,
+    config_changes,
+)
+from fabml.engine.train_state import LoopState, load_training_state, make_checkpoint
 from fabml.errors import ConfigError, TrainingError
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
 # Epoch-row columns that measure the machine, not the training: they differ between identical runs.
 MEASURED_KEYS = ("samples_per_s", "epoch_seconds", "peak_rss_mb")
-SCHEDULERS = ("cosine_restarts", "constant")
-# Settings that may change between a run and its resume without a warning.
-_RESUMABLE_CHANGES = {"epochs", "max_minutes", "max_steps", "early_stop_patience", "tensorboard", "log_every", "num_workers"}
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the training loop (the ``train:`` section of every job's config).
-
-    ``batch_size`` is GLOBAL per micro-step: each of ``world_size`` ranks loads
-    ``batch_size // world_size`` samples; one optimizer step sees
-    ``batch_size * grad_accum_steps`` samples. Schedule lengths are given in epochs and
-    converted to optimizer steps.
-    """
-
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    optimizer: str = "adamw"  # adamw | adam | sgd
-    momentum: float = 0.9  # sgd only
-    grad_accum_steps: int = 1
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    channels_last: str | bool = "auto"
-    num_workers: int = -1  # -1 = auto
-    scheduler: str = "cosine_restarts"  # cosine_restarts | constant
-    t0_epochs: float = 0.0  # first cosine cycle length; 0 = one cycle over the whole run
-    t_mult: int = 1
-    eta_max: float | None = None  # peak lr; None = lr
-    warmup_epochs: float = 0.0  # linear warm-up at the start of each cycle (T_up)
-    gamma: float = 1.0  # peak lr multiplier per restart
-    eta_min: float = 0.0
-    early_stop_patience: int = 0  # epochs without improvement; 0 = off
-    monitor: str = "loss"
-    monitor_mode: str = "min"  # min | max
-    seed: int = 0
-    tensorboard: bool = False
-    max_minutes: float = 0.0  # stop after the epoch that passes this budget; 0 = none
-    max_steps: int = 0  # stop after this many optimizer steps; 0 = none
-    log_every: int = 10  # optimizer steps between per-step TensorBoard scalars
-    sync_batchnorm: bool = False
-    drop_last: bool = True
 
 
 @dataclass
 class TrainResult:
-    """What :meth:`Trainer.fit` returns; the method itself is trained in place."""
+    """What :meth:`Trainer.fit` returns; the method itself is trained in place.
+
+    ``epochs_completed`` counts finished epochs only. ``history`` has one row per finished
+    epoch, plus a last row for the unfinished epoch when ``max_steps`` stopped the run inside it.
+    """
 
     history: list[dict[str, float]]
     best_metric: float | None
@@ -105,6 +77,8 @@ class TrainResult:
     stopped_reason: str  # completed | early_stopping | time_budget | max_steps
     seconds: float
     checkpoint_dir: Path = field(default_factory=Path)
+    batches_into_epoch: int = 0  # > 0: max_steps stopped the run this many batches into epoch epochs_completed + 1
+    stage: str = "train"  # the stage active at the end
 
 
 def seed_everything(seed: int) -> None:
@@ -154,6 +128,34 @@ class Trainer:
     precision, moves the method there and builds the data loader, so
     :attr:`total_steps`, :attr:`steps_per_epoch` and :attr:`hardware` are known
     before :meth:`fit`.
+
+    What the loop offers a method (see :class:`~fabml.engine.method.Method` for the hooks):
+
+    - **Parameter groups** from ``method.param_groups()``, each with an ``lr_scale`` (its rate is
+      ``schedule(step) * lr_scale``) and its own ``weight_decay``
+      (:func:`~fabml.engine.param_groups.decay_groups` puts biases and norm weights in a
+      no-decay group).
+    - **Freezing** by ``method.frozen_prefixes(epoch)``: the named parts get ``requires_grad=False``
+      for that epoch and no optimizer update; every group parameter is in the optimizer from the
+      start, so a resume across the unfreeze epoch is exact.
+    - **Stages** (``train.stages``): a sequence of stages, each with its own epochs, peak lr,
+      schedule and trainable part; ``method.set_stage`` is told the active one, checkpoints
+      record it and ``metrics.csv`` gets a ``stage`` column. The best-checkpoint and
+      early-stopping bookkeeping restarts with each stage (losses of different stages do not
+      compare); early stopping ends the run.
+    - **Work without gradients** after each epoch: ``method.no_grad_work(epoch)`` on the main
+      process, in eval mode under ``torch.no_grad()``, logged with the epoch row.
+    - **Resume** (``fit(resume=True)``, or ``train.auto_resume`` when the settings are
+      unchanged). The learning-rate schedule is a function of the *current* config and the step
+      count, rebuilt on every start: a run resumed with a changed ``epochs`` or ``max_steps``
+      continues on the schedule of the new length at its current step (the cosine is defined
+      over the new total steps, so the rate moves from the old curve to the new one at that step
+      and never jumps back to the warm-up or the peak), and ``method.on_step_end`` /
+      ``on_fit_start`` receive the same new total (BYOL's tau follows it). With settings unchanged
+      a resumed run is bit-identical to an uninterrupted one, also when ``max_steps`` stopped it
+      inside an epoch: that checkpoint records the batch position and the epoch's running sums,
+      and the resumed run replays the epoch's seeded loader order, skips the batches already
+      trained and restores the random state of the moment it stopped.
     """
 
     def __init__(
@@ -164,12 +166,16 @@ class Trainer:
         train_dataset: Dataset,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         validate: Callable[[Method], Mapping[str, float]] | None = None,
+        job_config: Mapping[str, Any] | None = None,
     ) -> None:
-        _check_config(cfg)
+        """``job_config``: the job's whole config as a dict (e.g. ``to_dict(cfg)``); saved in every
+        checkpoint and compared by ``train.auto_resume`` (its ``train`` entry is compared as ``cfg``)."""
+        check_config(cfg)
         self.method = method
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.validate = validate
+        self.job_config = dict(job_config) if job_config is not None else None
         self.dist = dist_utils.init_distributed()
         self.is_main = self.dist.rank == 0
         if cfg.batch_size % self.dist.world_size:
@@ -222,8 +228,9 @@ class Trainer:
                 f"{self.per_rank_batch_size} per rank: lower train.batch_size or set train.drop_last=false"
             )
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum_steps)
-        total = cfg.epochs * self.steps_per_epoch
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+        self.plan = StagePlan(cfg, self.steps_per_epoch)
+        self.total_epochs = self.plan.total_epochs
+        self.total_steps = self.plan.total_steps
         self.hardware = HardwareInfo(
             device=str(self.device),
             device_name=device_name(self.device),
@@ -238,19 +245,61 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, cfg.monitor_mode)
         self.global_step = 0
         self._model: nn.Module | None = None
+        self._latest: dict[str, Any] | None = None  # latest.pt, read once per fit
+
+    # --------------------------------------------------------------- resume
+    def will_resume(self, resume: bool = False, fresh: bool = False) -> bool:
+        """Whether :meth:`fit` with these flags continues the run dir's checkpoint.
+
+        Raises :class:`ConfigError` for both flags, or for a checkpoint without either flag
+        unless ``train.auto_resume`` is on and the checkpoint was written with the same
+        settings (then True); with other settings the error names each changed setting.
+        """
+        if resume and fresh:
+            raise ConfigError("pass either --resume or --fresh, not both")
+        if resume or fresh or not self.checkpoints.has_checkpoint():
+            return resume
+        if self.cfg.auto_resume and self.checkpoints.latest_path.is_file():
+            changed = self._changed_settings(self._load_latest(), ignore=OPERATIONAL_KEYS)
+            if not changed:
+                return True
+            raise ConfigError(
+                f"train.auto_resume: the checkpoint in {self.run_dir} was written with other settings "
+                f"({'; '.join(changed)}); pass --resume to continue it with the new settings or --fresh to start over"
+            )
+        raise ConfigError(
+            f"run dir {self.run_dir} already has a checkpoint: pass --resume to continue or --fresh to start over"
+        )
+
+    def _load_latest(self) -> dict[str, Any]:
+        if self._latest is None:
+            self._latest = self.checkpoints.load_latest(map_location="cpu")
+        return self._latest
+
+    def _changed_settings(self, ckpt: Mapping[str, Any], ignore: frozenset[str]) -> list[str]:
+        """Dotted settings that differ between the checkpoint and now (train section and job config)."""
+        old_train = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in ignore}
+        new_train = {k: v for k, v in to_dict(self.cfg).items() if k not in ignore}
+        changed = config_changes(old_train, new_train, "train.")
+        old_job, new_job = ckpt.get("job_config"), self.job_config
+        if old_job is not None and new_job is not None:
+            changed += config_changes(
+                {k: v for k, v in old_job.items() if k != "train"}, {k: v for k, v in new_job.items() if k != "train"}
+            )
+        return changed
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False, fresh: bool = False) -> TrainResult:
-        """Train until ``cfg.epochs`` (or an early stop); ``resume`` continues from ``latest.pt``,
-        ``fresh`` deletes the run dir's checkpoints, metrics and TensorBoard logs first."""
+        """Train through every stage (``cfg.epochs`` without stages) or until a stop rule fires.
+
+        ``resume`` continues from ``latest.pt`` (see the class docstring for what changes of
+        settings mean); ``fresh`` deletes the run dir's checkpoints, metrics and TensorBoard logs
+        first. With neither, an existing checkpoint is an error unless ``train.auto_resume``.
+        """
         cfg = self.cfg
         started = time.monotonic()
-        if resume and fresh:
-            raise ConfigError("pass either --resume or --fresh, not both")
-        if self.checkpoints.has_checkpoint() and not (resume or fresh):
-            raise ConfigError(
-                f"run dir {self.run_dir} already has a checkpoint: pass --resume to continue or --fresh to start over"
-            )
+        self._latest, self._model = None, None
+        resume = self.will_resume(resume, fresh)
         if fresh and self.is_main:
             self.checkpoints.clear()
             (self.run_dir / "metrics.csv").unlink(missing_ok=True)
@@ -259,65 +308,85 @@ class Trainer:
 
         seed_everything(cfg.seed + self.dist.rank)
         self.optimizer = self._build_optimizer()
-        self.scheduler = self._build_scheduler()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        start_epoch, best, best_epoch, bad_epochs, history = 0, None, None, 0, []
+        loop, rng_at_stop, resumed = LoopState(), None, False
         if resume and self.checkpoints.latest_path.is_file():
-            start_epoch, best, best_epoch, bad_epochs, history = self._restore()
+            loop, rng_at_stop = self._restore()
+            resumed = True
         elif resume and self.is_main:
             console.print(f"no checkpoint in {self.checkpoints.dir}; starting from scratch")
+        self._latest = None
+        self.global_step = loop.global_step
+        self.method.on_fit_start(self.global_step, self.total_steps)
 
-        model = self._wrap()
         logger = MetricsLogger(
-            self.run_dir,
-            cfg.tensorboard,
-            enabled=self.is_main,
-            purge_step=self.global_step + 1 if start_epoch else None,
+            self.run_dir, cfg.tensorboard, enabled=self.is_main, purge_step=self.global_step + 1 if resumed else None
         )
-        # On resume: drop rows a crash left after the checkpoint; on a new run: drop stale rows.
-        logger.rewrite(history)
+        # On resume: drop rows a crash (or a mid-epoch stop) left after the checkpoint; on a new run: stale rows.
+        logger.rewrite(loop.history)
         if self.is_main:
-            self._write_run_info(start_epoch)
+            self._write_run_info(loop, resumed)
             console.print(self.hardware.describe(), highlight=False)
-            if start_epoch:
-                console.print(f"resumed {self.run_dir} after epoch {start_epoch} (step {self.global_step})")
+            if self.plan.staged:
+                plan = ", ".join(f"{s.stage.name} {s.stage.epochs} epochs" for s in self.plan.spans)
+                console.print(f"stages: {plan} (train.epochs is not used)", highlight=False)
+            if resumed:
+                where = f"{loop.batch} batches into epoch {loop.epoch + 1}" if loop.batch else f"after epoch {loop.epoch}"
+                console.print(f"resumed {self.run_dir} {where} (step {self.global_step})", highlight=False)
 
         stopped = "completed"
         if cfg.max_steps and self.global_step >= cfg.max_steps:
             stopped = "max_steps"
-        elif cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
+        elif cfg.early_stop_patience and loop.bad_epochs >= cfg.early_stop_patience:
             stopped = "early_stopping"  # a resumed run that had already stopped early
-        epoch = start_epoch
+        history, tail_rows = loop.history, []
+        span = self.plan.span_at(loop.epoch)
+        trainable: frozenset[int] | None = None
         try:
-            while epoch < cfg.epochs and stopped == "completed":
-                row, hit_max_steps = self._train_epoch(model, epoch, logger)
+            while loop.epoch < self.total_epochs and stopped == "completed":
+                epoch = loop.epoch
+                span = self._enter_stage(span, loop, first=trainable is None)
+                trainable = self._apply_freezing(epoch, span, trainable)
+                row, batches = self._train_epoch(self._wrap(), epoch, logger, span, loop, rng_at_stop)
+                rng_at_stop = None
+                if self.plan.staged:
+                    row["stage"] = span.stage.name
+                if batches < self.batches_per_epoch:  # max_steps inside the epoch: save the position
+                    loop.batch, loop.global_step = batches, self.global_step
+                    rng_states = dist_utils.all_gather_object(capture_rng_state())
+                    if self.is_main:
+                        self.checkpoints.save(self._checkpoint(loop, span, rng_states), False)
+                        logger.log(row, step=self.global_step)
+                        self._print_epoch(row, loop.best, loop.best_epoch, partial=batches)
+                    tail_rows, stopped = [row], "max_steps"
+                    break
                 dist_utils.broadcast_buffers(self.method)
                 row.update({k: float(v) for k, v in self.method.on_epoch_end(epoch).items()})
-                row.update(self._run_validation())
+                row.update(self._main_no_grad(lambda: self.method.no_grad_work(epoch)))
+                row.update(self._main_no_grad(lambda: self.validate(self.method) if self.validate else {}))
                 if cfg.monitor not in row:
                     raise ConfigError(
                         f"train.monitor='{cfg.monitor}' is not a logged metric; available: {', '.join(row)}"
                     )
                 value = float(row[cfg.monitor])
-                if self.checkpoints.is_better(value, best):
-                    best, best_epoch, bad_epochs, is_best = value, epoch + 1, 0, True
+                is_best = self.checkpoints.is_better(value, loop.best)
+                if is_best:
+                    loop.best, loop.best_epoch, loop.bad_epochs = value, epoch + 1, 0
                 else:
-                    bad_epochs, is_best = bad_epochs + 1, False
+                    loop.bad_epochs += 1
                 history.append(row)
+                loop.epoch, loop.batch, loop.partial, loop.global_step = epoch + 1, 0, None, self.global_step
                 rng_states = dist_utils.all_gather_object(capture_rng_state())
                 if self.is_main:
-                    self.checkpoints.save(
-                        self._state(epoch + 1, best, best_epoch, bad_epochs, history, rng_states), is_best
-                    )
+                    self.checkpoints.save(self._checkpoint(loop, span, rng_states), is_best)
                     logger.log(row, step=self.global_step)
-                    self._print_epoch(row, best, best_epoch)
-                epoch += 1
+                    self._print_epoch(row, loop.best, loop.best_epoch)
                 reason = None
-                if epoch >= cfg.epochs:
+                if loop.epoch >= self.total_epochs:
                     pass  # the last epoch ran: the run is complete, whatever the clock or patience says
-                elif cfg.early_stop_patience and bad_epochs >= cfg.early_stop_patience:
+                elif cfg.early_stop_patience and loop.bad_epochs >= cfg.early_stop_patience:
                     reason = "early_stopping"
-                elif hit_max_steps:
+                elif cfg.max_steps and self.global_step >= cfg.max_steps:
                     reason = "max_steps"
                 elif cfg.max_minutes and (time.monotonic() - started) / 60 >= cfg.max_minutes:
                     reason = "time_budget"
@@ -325,41 +394,108 @@ class Trainer:
                 stopped = dist_utils.broadcast_object(reason) or "completed"
         finally:
             logger.close()
+            self._unfreeze_all()
         dist_utils.barrier()
         if self.is_main and stopped != "completed":
-            console.print(f"stopped after epoch {epoch}: {stopped.replace('_', ' ')}")
+            where = f"{loop.batch} batches into epoch {loop.epoch + 1}" if loop.batch else f"after epoch {loop.epoch}"
+            console.print(f"stopped {where}: {stopped.replace('_', ' ')}", highlight=False)
         return TrainResult(
-            history=history,
-            best_metric=best,
-            best_epoch=best_epoch,
-            epochs_completed=epoch,
+            history=history + tail_rows,
+            best_metric=loop.best,
+            best_epoch=loop.best_epoch,
+            epochs_completed=loop.epoch,
             global_step=self.global_step,
             stopped_reason=stopped,
             seconds=time.monotonic() - started,
             checkpoint_dir=self.checkpoints.dir,
+            batches_into_epoch=loop.batch,
+            stage=span.stage.name,
         )
 
+    # --------------------------------------------------- stages and freezing
+    def _enter_stage(self, previous: StageSpan, loop: LoopState, first: bool) -> StageSpan:
+        """The stage of epoch ``loop.epoch``; at a stage's first batch: reset the optimizer's moments
+        (``reset_optimizer``) and the best/patience bookkeeping. Tells the method when the stage changes."""
+        span = self.plan.span_at(loop.epoch)
+        if span.index == previous.index and not first:
+            return span
+        if loop.epoch == span.first_epoch and loop.batch == 0 and span.index > 0:
+            if span.stage.reset_optimizer:
+                self.optimizer.state.clear()
+            loop.best, loop.best_epoch, loop.bad_epochs = None, None, 0
+        self.method.set_stage(span.stage)
+        if self.is_main and self.plan.staged:
+            console.print(
+                f"stage {span.index + 1}/{len(self.plan.spans)} '{span.stage.name}': epochs "
+                f"{span.first_epoch + 1}-{span.end_epoch}", highlight=False,
+            )
+        return span
+
+    def _apply_freezing(self, epoch: int, span: StageSpan, previous: frozenset[int] | None) -> frozenset[int]:
+        """Set ``requires_grad`` of the optimizer's parameters for ``epoch``; rebuild DDP when the set changes."""
+        names = list(self._param_names)
+        train = trainable_names(names, span.stage, set(self.method.frozen_prefixes(epoch)), self._all_names)
+        if not train:
+            raise TrainingError(
+                f"nothing trains in epoch {epoch + 1} (stage '{span.stage.name}'): its trainable part and "
+                "the method's frozen prefixes leave no parameter of the optimizer"
+            )
+        ids = frozenset(id(param) for name, param in zip(names, self._params) if name in train)
+        for param in self._params:
+            param.requires_grad_(id(param) in ids)
+        if previous is not None and ids != previous:
+            self._model = None  # DDP registers the parameters that need gradients when it is built
+        return ids
+
+    def _unfreeze_all(self) -> None:
+        """After fit: the optimizer's parameters need gradients again, as the method built them."""
+        for param in getattr(self, "_params", []):
+            param.requires_grad_(True)
+
     # ---------------------------------------------------------------- epoch
-    def _train_epoch(self, model: nn.Module, epoch: int, logger: MetricsLogger) -> tuple[dict[str, float], bool]:
-        """One pass over the loader; returns (epoch row of rank-averaged means, max_steps reached)."""
+    def _train_epoch(
+        self,
+        model: nn.Module,
+        epoch: int,
+        logger: MetricsLogger,
+        span: StageSpan,
+        loop: LoopState,
+        rng_at_stop: dict[str, Any] | None,
+    ) -> tuple[dict[str, float], int]:
+        """One pass over the loader; returns (epoch row of rank-averaged means, batches trained).
+
+        When ``loop.batch`` > 0 (a resume inside the epoch) the loader is replayed in the same
+        seeded order, the first ``loop.batch`` batches are loaded and dropped (so worker random
+        streams advance as before), the random state of the stop is restored and the epoch's
+        running sums continue from ``loop.partial``. Fewer batches than ``batches_per_epoch``
+        come back when ``max_steps`` is reached inside the epoch.
+        """
         cfg = self.cfg
         self.method.train()
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
         self._generator.manual_seed(_epoch_seed(cfg.seed, epoch, self.dist.rank))
         is_ddp = isinstance(model, DistributedDataParallel)
-        accum, n_batches = cfg.grad_accum_steps, self.batches_per_epoch
-        sums: dict[str, torch.Tensor] = {}
-        n_seen, samples, hit_max_steps = 0, 0, False
-        lr = self.optimizer.param_groups[0]["lr"]
+        accum, n_batches, skip = cfg.grad_accum_steps, self.batches_per_epoch, loop.batch
+        partial = loop.partial or {}
+        sums: dict[str, torch.Tensor] = {k: torch.as_tensor(v).to(self.device) for k, v in (partial.get("sums") or {}).items()}
+        n_seen, samples = int(partial.get("n_seen", 0)), int(partial.get("samples", 0))
+        skipped_samples, batches = samples, skip
+        lr = self.plan.lr_at(epoch, self.global_step)
         autocast = torch.autocast(
             self.device.type,
             dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
             enabled=self.precision != "fp32",
         )
         t0 = time.perf_counter()
-        with progress_bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.is_main) as bar:
+        title = f"epoch {epoch + 1}/{self.total_epochs}"
+        with progress_bar(n_batches, title, enabled=self.is_main) as bar:
             for i, batch in enumerate(self.loader):
+                if i < skip:
+                    bar.update(1)
+                    if i == skip - 1 and rng_at_stop is not None:
+                        restore_rng_state(rng_at_stop)
+                    continue
                 group_start = i - i % accum
                 group_size = min(accum, n_batches - group_start)
                 last_in_group = i - group_start == group_size - 1
@@ -378,56 +514,56 @@ class Trainer:
                     value = torch.as_tensor(value, device=self.device).detach().float()
                     sums[key] = sums[key] + value if key in sums else value
                 n_seen += 1
-                speed = samples * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
+                batches = i + 1
+                speed = (samples - skipped_samples) * self.dist.world_size / max(time.perf_counter() - t0, 1e-9)
                 if not last_in_group:
                     bar.update(1, loss=loss_value, samples_per_s=speed)
                     continue
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = self.plan.lr_at(epoch, self.global_step)
+                apply_lr(self.optimizer, lr)
                 grad_norm = self._optimizer_step()
                 if grad_norm is not None:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * group_size
+                    sums["grad_norm"] = sums["grad_norm"] + grad_norm * group_size if "grad_norm" in sums else grad_norm * group_size
                 self.global_step += 1
                 self.method.on_step_end(self.global_step, self.total_steps)
                 if cfg.log_every and self.global_step % cfg.log_every == 0:
                     logger.log_step({"loss": loss_value, "lr": lr}, self.global_step)
                 bar.update(1, loss=loss_value, lr=lr, samples_per_s=speed)
                 if cfg.max_steps and self.global_step >= cfg.max_steps:
-                    hit_max_steps = True
                     break
         seconds = time.perf_counter() - t0
+        if batches < n_batches:
+            loop.partial = {"sums": {k: v.detach().cpu() for k, v in sums.items()}, "n_seen": n_seen, "samples": samples}
         keys = list(sums)
         means = dist_utils.all_reduce_mean(torch.stack([sums[k] for k in keys]).to(self.device) / n_seen)
-        row: dict[str, float] = {"epoch": epoch + 1, "step": self.global_step, "lr": lr}
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.global_step, "lr": lr}
         row.update({k: float(v) for k, v in zip(keys, means.tolist())})
-        row["samples_per_s"] = samples * self.dist.world_size / max(seconds, 1e-9)
+        row["samples_per_s"] = (samples - skipped_samples) * self.dist.world_size / max(seconds, 1e-9)
         row["epoch_seconds"] = seconds
         row["peak_rss_mb"] = max(dist_utils.all_gather_object(peak_rss_mb()))  # the largest rank
-        return row, hit_max_steps
+        return row, batches
 
     def _optimizer_step(self) -> torch.Tensor | None:
-        """Clip (after unscaling), step optimizer, scaler and schedule; returns the pre-clip grad norm."""
+        """Clip (after unscaling), step optimizer and scaler; returns the pre-clip grad norm."""
         grad_norm = None
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).detach().float()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip).detach().float()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None:
-            self.scheduler.step()
         return grad_norm
 
-    def _run_validation(self) -> dict[str, float]:
-        """``validate(method)`` on rank 0 in eval mode without grad; its result reaches every rank."""
-        if self.validate is None:
-            return {}
+    def _main_no_grad(self, fn: Callable[[], Mapping[str, float]]) -> dict[str, float]:
+        """``fn()`` on rank 0 in eval mode without grad; its scalars reach every rank."""
         values: dict[str, float] | None = None
         if self.is_main:
             self.method.eval()
-            with torch.no_grad():
-                values = {k: float(v) for k, v in self.validate(self.method).items()}
-            self.method.train()
+            try:
+                with torch.no_grad():
+                    values = {k: float(v) for k, v in fn().items()}
+            finally:
+                self.method.train()
         return dist_utils.broadcast_object(values) or {}
 
     def _nan_error(self, value: float, epoch: int, step: int) -> TrainingError:
@@ -441,31 +577,22 @@ class Trainer:
 
     # ---------------------------------------------------------------- setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        params = self.method.trainable_parameters()
-        if not params:
+        """The optimizer over ``method.param_groups()``; a group without ``weight_decay`` gets the config's."""
+        groups = check_groups(self.method.param_groups(), self.method)
+        if not groups:
             raise TrainingError(f"{type(self.method).__name__} has no trainable parameters")
         cfg = self.cfg
+        for group in groups:
+            group.setdefault("weight_decay", cfg.weight_decay)
+        names = {id(p): n for n, p in self.method.named_parameters()}
+        self._params = [p for group in groups for p in group["params"]]
+        self._param_names = [names[id(p)] for p in self._params]
+        self._all_names = list(names.values())
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-    def _build_scheduler(self) -> WarmupCosineRestarts | None:
-        cfg = self.cfg
-        if cfg.scheduler == "constant":
-            return None
-        spe = self.steps_per_epoch
-        t_0 = self.total_steps if cfg.t0_epochs <= 0 else max(1, round(cfg.t0_epochs * spe))
-        return WarmupCosineRestarts(
-            self.optimizer,
-            T_0=t_0,
-            T_mult=cfg.t_mult,
-            eta_max=cfg.lr if cfg.eta_max is None else cfg.eta_max,
-            T_up=round(cfg.warmup_epochs * spe),
-            gamma=cfg.gamma,
-            eta_min=cfg.eta_min,
-        )
+            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def _wrap(self) -> nn.Module:
         """The module the loop calls: the method itself, or a DDP wrapper around it."""
@@ -481,72 +608,48 @@ class Trainer:
         return self._model
 
     # ----------------------------------------------------------- checkpoint
-    def _state(
-        self,
-        epoch: int,
-        best: float | None,
-        best_epoch: int | None,
-        bad_epochs: int,
-        history: list[dict[str, float]],
-        rng_states: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        return {
-            "format": 1,
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": rng_states,
-            "epoch": epoch,
-            "global_step": self.global_step,
-            "best_metric": best,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "history": history,
-            "config": to_dict(self.cfg),
-            "world_size": self.dist.world_size,
-        }
+    def _checkpoint(self, loop: LoopState, span: StageSpan, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
+        return make_checkpoint(
+            self.method, self.optimizer, self.scaler, loop, span.stage.name, rng_states, to_dict(self.cfg),
+            self.job_config, self.dist.world_size,
+        )
 
-    def _restore(self) -> tuple[int, float | None, int | None, int, list[dict[str, float]]]:
-        """Load ``latest.pt`` into method, optimizer, schedule, scaler and RNGs; returns loop state."""
-        ckpt = self.checkpoints.load_latest(map_location="cpu")
-        self.method.load_state_dict(ckpt["method"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler.is_enabled() and ckpt.get("scaler") is not None:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.global_step = int(ckpt["global_step"])
+    def _restore(self) -> tuple[LoopState, dict[str, Any] | None]:
+        """Load ``latest.pt`` into method, optimizer, scaler and RNGs; returns the loop state and,
+        for a checkpoint written inside an epoch, the random state to restore after the replayed batches."""
+        ckpt = self._load_latest()
+        loop = load_training_state(ckpt, self.method, self.optimizer, self.scaler)
         rng = ckpt.get("rng") or []
+        rng_at_stop = None
         if len(rng) == self.dist.world_size:
             restore_rng_state(rng[self.dist.rank])
+            rng_at_stop = rng[self.dist.rank] if loop.batch else None
         else:
-            seed_everything(_epoch_seed(self.cfg.seed, int(ckpt["epoch"]), self.dist.rank))
+            seed_everything(_epoch_seed(self.cfg.seed, loop.epoch, self.dist.rank))
             if self.is_main:
                 console.print(
                     f"warning: checkpoint written with world size {len(rng)}, resuming with "
-                    f"{self.dist.world_size}; random streams differ from an uninterrupted run"
+                    f"{self.dist.world_size}; random streams differ from an uninterrupted run", highlight=False,
                 )
+        if loop.batch >= self.batches_per_epoch:
+            raise TrainingError(
+                f"the checkpoint stopped {loop.batch} batches into an epoch, but an epoch now has "
+                f"{self.batches_per_epoch} batches: resume with the batch size and data it was written with, or --fresh"
+            )
         if self.is_main:
-            old = ckpt.get("config") or {}
-            changed = [
-                f"{k} {old[k]!r} -> {v!r}"
-                for k, v in to_dict(self.cfg).items()
-                if k in old and old[k] != v and k not in _RESUMABLE_CHANGES
-            ]
+            changed = self._changed_settings(ckpt, ignore=RESUMABLE_CHANGES)
             if changed:
-                console.print(f"warning: resuming with changed settings: {'; '.join(changed)}")
-        best = ckpt.get("best_metric")
-        return (
-            int(ckpt["epoch"]),
-            None if best is None else float(best),
-            ckpt.get("best_epoch"),
-            int(ckpt.get("bad_epochs", 0)),
-            list(ckpt.get("history") or []),
-        )
+                console.print(f"warning: resuming with changed settings: {'; '.join(changed)}", highlight=False)
+            old = ckpt.get("config") or {}
+            if any(k in old and old[k] != v for k, v in to_dict(self.cfg).items() if k in ("epochs", "max_steps", "stages")):
+                console.print(
+                    f"the run's length changed: the learning rate continues on the schedule of the new length "
+                    f"({self.total_steps} steps) from step {loop.global_step}", highlight=False,
+                )
+        return loop, rng_at_stop
 
     # -------------------------------------------------------------- reports
-    def _write_run_info(self, start_epoch: int) -> None:
+    def _write_run_info(self, loop: LoopState, resumed: bool) -> None:
         """``run.json``: what is needed to repeat the run; a resume appends to ``resumes``."""
         path = self.run_dir / "run.json"
         start = {
@@ -556,9 +659,11 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
         info: dict[str, Any]
-        if start_epoch and path.is_file():
+        if resumed and path.is_file():
             info = json.loads(path.read_text(encoding="utf-8"))
-            info.setdefault("resumes", []).append({**start, "from_epoch": start_epoch})
+            info.setdefault("resumes", []).append(
+                {**start, "from_epoch": loop.epoch, "from_batch": loop.batch, "from_step": loop.global_step}
+            )
         else:
             info = {
                 "seed": self.cfg.seed,
@@ -574,9 +679,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2), encoding="utf-8")
 
-    def _print_epoch(self, row: Mapping[str, float], best: float | None, best_epoch: int | None) -> None:
-        parts = [f"epoch {int(row['epoch'])}/{self.cfg.epochs}", f"loss {row['loss']:.4g}", f"lr {row['lr']:.2e}"]
-        if self.cfg.monitor != "loss":
+    def _print_epoch(
+        self, row: Mapping[str, Any], best: float | None, best_epoch: int | None, partial: int = 0
+    ) -> None:
+        title = f"epoch {int(row['epoch'])}/{self.total_epochs}"
+        if partial:
+            title += f" (stopped after {partial}/{self.batches_per_epoch} batches)"
+        parts = [title, f"loss {row['loss']:.4g}", f"lr {row['lr']:.2e}"]
+        if "stage" in row:
+            parts.insert(1, f"stage {row['stage']}")
+        if self.cfg.monitor != "loss" and self.cfg.monitor in row:
             parts.append(f"{self.cfg.monitor} {row[self.cfg.monitor]:.4g}")
         if best is not None:
             parts.append(f"best {best:.4g} (epoch {best_epoch})")
@@ -584,20 +696,3 @@ class Trainer:
         parts.append(f"{row['epoch_seconds']:.1f} s")
         console.print(" | ".join(parts), highlight=False)
 
-
-def _check_config(cfg: TrainConfig) -> None:
-    """Reject settings the loop cannot honour, naming the setting."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer '{cfg.optimizer}' is unknown; choose one of: {', '.join(OPTIMIZERS)}")
-    if cfg.scheduler not in SCHEDULERS:
-        raise ConfigError(f"train.scheduler '{cfg.scheduler}' is unknown; choose one of: {', '.join(SCHEDULERS)}")
-    if cfg.scheduler == "constant" and cfg.warmup_epochs > 0:
-        raise ConfigError("train.warmup_epochs needs train.scheduler=cosine_restarts")
-    if cfg.monitor_mode not in ("min", "max"):
-        raise ConfigError(f"train.monitor_mode '{cfg.monitor_mode}' must be min or max")
-    for name in ("epochs", "batch_size", "grad_accum_steps"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"train.{name}={getattr(cfg, name)} must be >= 1")
-    for name in ("grad_clip", "max_minutes", "max_steps", "early_stop_patience", "warmup_epochs", "lr"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"train.{name}={getattr(cfg, name)} must be >= 0")

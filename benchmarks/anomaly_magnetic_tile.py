@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from fabml import __version__  # noqa: E402
 from fabml.anomaly.compare import compare  # noqa: E402
 from fabml.anomaly.config import AnomalyConfig  # noqa: E402
-from fabml.backbones import resolve_weights  # noqa: E402
+from fabml.weights import resolve_weights  # noqa: E402
 from fabml.config import from_dict, to_dict  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"

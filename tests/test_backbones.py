@@ -1,4 +1,4 @@
-"""Backbones: shapes, offline weight resolution and key mapping, 1-channel modes, freezing, ONNX."""
+"""Backbones: shapes, offline weight resolution and key mapping (fabml.weights), 1-channel modes, freezing, ONNX."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import torch
 
 import fabml  # noqa: F401  (torchvision shim before timm)
 import timm
-from fabml.backbones import (
-    FeatureExtractor,
-    create_backbone,
+from fabml.backbones import FeatureExtractor, create_backbone
+from fabml.errors import ConfigError, DataError
+from fabml.weights import (
     load_backbone_weights,
+    load_pretrained,
+    load_pretrained_backbone,
     read_state_dict,
     resolve_weights,
 )
-from fabml.errors import ConfigError, DataError
 
 GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,6 +82,7 @@ def test_lite0_package_weights_load_every_tensor_in_order():
     assert all(torch.equal(a, b) for a, b in zip(file_tensors, model_tensors))
 
     pretrained = FeatureExtractor("tf_efficientnet_lite0", [2], pretrained=True)
+    assert [r.path for r in load_pretrained(pretrained)] == [path]
     full = model.state_dict()
     assert all(torch.equal(v, full[k]) for k, v in pretrained.model.state_dict().items())
     random = FeatureExtractor("tf_efficientnet_lite0", [2], pretrained=False)
@@ -94,7 +96,9 @@ def test_lite0_package_weights_load_every_tensor_in_order():
 def test_lite0_pretrained_classifier_recognises_a_real_banana():
     from PIL import Image
 
-    model = create_backbone("tf_efficientnet_lite0", pretrained=True).eval()
+    model = create_backbone("tf_efficientnet_lite0")
+    load_pretrained_backbone(model)  # the architecture comes from the timm model
+    model.eval()
     image = Image.open(GROCERY / "val/Fruit/Banana/Banana_001.jpg").convert("RGB").resize((224, 224))
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
     x = (x - 0.5) / 0.5  # the lite weights take [-1, 1]
@@ -119,7 +123,7 @@ def test_torchvision_style_resnet18_from_weights_folder(tmp_path, monkeypatch, f
         torch.save(state, tmp_path / file_name)
     monkeypatch.setenv("FABML_WEIGHTS_DIR", str(tmp_path))
     fe = FeatureExtractor("resnet18", [1, 2], in_chans=1)
-    assert fe.weights_path == tmp_path / file_name
+    assert load_pretrained(fe)[0].path == tmp_path / file_name
     loaded = fe.model.state_dict()
     assert torch.equal(loaded["conv1.weight"], state["conv1.weight"])
     assert torch.equal(loaded["layer2.1.bn2.running_var"], state["layer2.1.bn2.running_var"])
@@ -135,21 +139,25 @@ def test_torchvision_efficientnet_keys_map_in_order(tmp_path):
     torch.save(tv.state_dict(), tmp_path / "efficientnet_b0_rwightman-7f5810bc.pth")
     assert next(iter(tv.state_dict())) == "features.0.0.weight"
 
-    model = create_backbone("efficientnet_b0", weights_dir=str(tmp_path)).eval()
+    model = create_backbone("efficientnet_b0")
+    load_pretrained_backbone(model, weights_dir=str(tmp_path))
+    model.eval()
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, got = tv(x), model(x)
     assert expected.abs().max() > 1e-2  # a non-trivial function
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
-    fe = FeatureExtractor("efficientnet_b0", [1, 3], weights=str(next(tmp_path.glob("*.pth"))))
+    fe = FeatureExtractor("efficientnet_b0", [1, 3])
+    load_pretrained(fe, weights=str(next(tmp_path.glob("*.pth"))))
     assert torch.equal(fe.model.state_dict()["conv_stem.weight"], tv.state_dict()["features.0.0.weight"])
 
 
 def test_classifier_head_of_other_size_is_skipped_and_first_conv_adapted(tmp_path):
     state = _randomised(timm.create_model("resnet18", pretrained=False).state_dict())
     torch.save(state, tmp_path / "r18.pth")
-    model = create_backbone("resnet18", weights=str(tmp_path / "r18.pth"), num_classes=5, in_chans=1)
+    model = create_backbone("resnet18", num_classes=5, in_chans=1)
+    load_pretrained_backbone(model, "resnet18", weights=str(tmp_path / "r18.pth"))
     assert model.fc.out_features == 5
     torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
     report = load_backbone_weights(model, tmp_path / "r18.pth", "resnet18")
@@ -160,13 +168,14 @@ def test_file_of_another_architecture_is_a_clear_error(tmp_path):
     state = timm.create_model("resnet18", pretrained=False).state_dict()
     torch.save(state, tmp_path / "resnet34-b627a593.pth")
     with pytest.raises(ConfigError, match=r"resnet34-b627a593\.pth does not fit the backbone: model tensor "):
-        FeatureExtractor("resnet34", [1], weights_dir=str(tmp_path))
+        load_pretrained(FeatureExtractor("resnet34", [1]), weights_dir=str(tmp_path))
 
 
 def test_missing_weights_errors_name_file_and_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("FABML_WEIGHTS_DIR", str(tmp_path))
+    extractor = FeatureExtractor("wide_resnet50_2", [1, 2])  # building looks for nothing
     with pytest.raises(ConfigError) as err:
-        FeatureExtractor("wide_resnet50_2", [1, 2])
+        load_pretrained(extractor)
     msg = str(err.value)
     assert "\n" not in msg
     for part in ("'wide_resnet50_2'", "wide_resnet50_2-95faca4d.pth", str(tmp_path), "model.weights_dir",
@@ -199,6 +208,7 @@ def test_resolution_order(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("name", "layers"), [("resnet18", [1, 2]), ("tf_efficientnet_lite0", [1, 3])])
 def test_fold_equals_repeat_for_gray_images(name, layers):
     repeat = FeatureExtractor(name, layers, in_chans=1, pretrained=name != "resnet18", channel_mode="repeat")
+    load_pretrained(repeat)
     fold = FeatureExtractor(name, layers, in_chans=1, pretrained=False, channel_mode="fold")
     fold.load_state_dict(repeat.state_dict())  # checkpoints are interchangeable between modes
     colour = FeatureExtractor(name, layers, in_chans=3, pretrained=False)

@@ -21,6 +21,7 @@ from fabml.anomaly.methods.efficient_ad import (
 from fabml.anomaly.models.efficient_ad import EfficientAdConfig, EfficientAdModel, PatchDescriptionNetwork
 from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError, TrainingError
+from fabml.weights import load_pretrained
 
 SIZE = 64
 TINY = {"image_size": (SIZE, SIZE), "out_channels": 8, "width_scale": 1 / 16}
@@ -157,7 +158,10 @@ def test_teacher_loads_from_a_state_dict_file(tmp_path: Path, sequential_keys: b
     by_path = EfficientAdModel(EfficientAdConfig(**TINY, in_chans=3, teacher_weights=str(path)))
     by_folder = EfficientAdModel(EfficientAdConfig(**TINY, in_chans=3, weights_dir=str(tmp_path)))
     for model in (by_path, by_folder):
-        assert bool(model.teacher_ready) and model.teacher_file == path
+        assert not bool(model.teacher_ready)  # building reads nothing
+        report = load_pretrained(model)
+        assert bool(model.teacher_ready) and [r.path for r in report] == [path]
+        assert report[0].mode == ("order" if sequential_keys else "name")
         for key, value in source.state_dict().items():
             assert torch.equal(model.teacher.state_dict()[key], value)
 
@@ -166,6 +170,7 @@ def test_rgb_teacher_folds_into_a_gray_model(tmp_path: Path) -> None:
     path = tmp_path / "teacher.pth"
     rgb = _write_pdn(path, "small", 3, sequential_keys=False)
     gray = EfficientAdModel(EfficientAdConfig(**TINY, in_chans=1, teacher_weights=str(path)))
+    load_pretrained(gray)
     x = images(2, 1)
     with torch.no_grad():
         torch.testing.assert_close(gray.teacher(x), rgb(x.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)
@@ -174,16 +179,16 @@ def test_rgb_teacher_folds_into_a_gray_model(tmp_path: Path) -> None:
 def test_missing_teacher_weights_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pth"
     with pytest.raises(ConfigError, match=r"not found: .*nope\.pth \(setting model\.teacher_weights\)"):
-        EfficientAdModel(EfficientAdConfig(**TINY, teacher_weights=str(missing)))
+        load_pretrained(EfficientAdModel(EfficientAdConfig(**TINY, teacher_weights=str(missing))))
     wrong = tmp_path / "medium.pth"
     _write_pdn(wrong, "medium", 3, sequential_keys=False)
     with pytest.raises(ConfigError, match="model.model_size"):
-        EfficientAdModel(EfficientAdConfig(**TINY, teacher_weights=str(wrong)))
+        load_pretrained(EfficientAdModel(EfficientAdConfig(**TINY, teacher_weights=str(wrong))))
     # no teacher file and no local backbone weights to distil from
     folder = tmp_path / "weights"
     folder.mkdir()
     model = EfficientAdModel(EfficientAdConfig(**TINY, backbone="resnet18", weights_dir=str(folder)))
-    assert not bool(model.teacher_ready)
+    assert load_pretrained(model) == [] and not bool(model.teacher_ready)
     with pytest.raises(ConfigError) as err:
         EfficientAdMethod(model).prepare(loader(images(1, 3)))
     text = str(err.value)

@@ -24,6 +24,7 @@ from fabml.anomaly.models.base import AnomalyModel
 from fabml.engine.method import Method
 from fabml.errors import TrainingError
 from fabml.registry import Registry
+from fabml.weights import load_pretrained
 
 ANOMALY_METHODS: Registry[Any] = Registry("anomaly method")
 
@@ -76,8 +77,18 @@ class AnomalyMethod(Method):
         return {}
 
 
-def create_anomaly_method(name: str, model: AnomalyModel) -> AnomalyMethod:
-    """The method class registered as ``name`` wrapped around ``model``."""
+def create_anomaly_method(name: str, model: AnomalyModel, load_weights: bool = True) -> AnomalyMethod:
+    """The method class registered as ``name`` wrapped around a newly built ``model``, to fit it.
+
+    First the weights step (:func:`fabml.weights.load_pretrained`) puts the pretrained weights
+    the model's config asks for (backbones, EfficientAD's teacher file) into ``model``; a missing
+    file is a one-line ConfigError naming it and the setting. ``load_weights=False`` skips that
+    step (the weights come from elsewhere, e.g. a checkpoint). A fitted model is reloaded with
+    :func:`fabml.anomaly.runs.load_fitted`, which never comes here.
+    """
     for module in METHOD_MODULES.values():
         importlib.import_module(module)
-    return ANOMALY_METHODS.get(name)(model)
+    cls = ANOMALY_METHODS.get(name)
+    if load_weights:
+        load_pretrained(model)
+    return cls(model)

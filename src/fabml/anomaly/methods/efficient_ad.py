@@ -2,9 +2,10 @@
 
 Order of work (``fabml.anomaly.pipeline.fit`` calls them in this order):
 
-1. ``prepare(train_loader)``: distil the teacher from a local backbone when no teacher file
-   was found (:func:`distill_teacher`), then store the teacher's per-channel mean and std over
-   the training images (buffers ``teacher_mean`` / ``teacher_std``).
+1. ``prepare(train_loader)``: distil the teacher from a local backbone when the weights step
+   (:func:`fabml.weights.load_pretrained`) found no teacher file (:func:`distill_teacher`),
+   then store the teacher's per-channel mean and std over the training images (buffers
+   ``teacher_mean`` / ``teacher_std``).
 2. ``training_step(batch)`` under the trainer, for an image batch ``I`` (normal images):
 
        d        = (T(I) - S_st(I))^2                       T standardised, S_st = first C student channels
@@ -38,8 +39,9 @@ from torch.nn import functional as F
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
 from fabml.anomaly.methods.draem import StepGenerator
 from fabml.anomaly.models.efficient_ad import EfficientAdModel, PatchDescriptionNetwork, teacher_file_names
-from fabml.backbones import WEIGHTS_DIR_ENV, FeatureExtractor
+from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError, DataError, FabmlError, TrainingError
+from fabml.weights import WEIGHTS_DIR_ENV, load_pretrained_backbone
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -296,9 +298,9 @@ class EfficientAdMethod(AnomalyMethod):
         cfg = self.model.config
         try:
             extractor = FeatureExtractor(
-                cfg.backbone, cfg.layers, self.model.in_chans, pretrained=True,
-                weights=cfg.weights, weights_dir=cfg.weights_dir, channel_mode=cfg.channel_mode,
+                cfg.backbone, cfg.layers, self.model.in_chans, pretrained=True, channel_mode=cfg.channel_mode,
             )
+            load_pretrained_backbone(extractor, weights=cfg.weights, weights_dir=cfg.weights_dir)
         except FabmlError as err:
             folder = cfg.weights_dir or f"${WEIGHTS_DIR_ENV}"
             raise ConfigError(

@@ -55,11 +55,15 @@ class PoolingConfig:
 
 @dataclass
 class BackboneModelConfig:
-    """The fields every backbone-based model config starts with (see :class:`~fabml.backbones.FeatureExtractor`).
+    """The settings common to every anomaly model, defined once (see ``create_anomaly_model``).
 
-    image_size: (H, W) the model takes; in_chans: 1 or 3; layers: timm ``out_indices``;
-    weights / weights_dir: where pretrained weights come from (never downloaded);
+    image_size: (H, W) the model takes; in_chans: 1 or 3; pooling: image score from the map.
+    backbone / layers: timm model and ``out_indices``; pretrained: whether the weights step
+    (:func:`fabml.weights.load_pretrained`) fills the backbone (or EfficientAD's teacher) before
+    fitting; weights / weights_dir: where those weights come from (never downloaded);
     channel_mode: how 1-channel images meet a 3-channel backbone (``repeat`` | ``fold``).
+    Backbone-based configs start with these fields; a model without a pretrained part (DRAEM,
+    the autoencoder) accepts the backbone settings and ignores them.
     """
 
     image_size: tuple[int, int] = (256, 256)
@@ -74,12 +78,11 @@ class BackboneModelConfig:
 
 
 def backbone_extractor(config: BackboneModelConfig, trainable: bool = False) -> FeatureExtractor:
-    """The config's feature extractor: pretrained (as configured), frozen and in eval mode; or, with
-    ``trainable``, randomly initialised with gradients on (e.g. the STFPM student)."""
-    pretrained = config.pretrained and not trainable
+    """The config's feature extractor with random weights: frozen, in eval mode and marked to receive
+    pretrained weights from the weights step (when ``config.pretrained``); or, with ``trainable``,
+    left random with gradients on (e.g. the STFPM student). Reads no file."""
     extractor = FeatureExtractor(
-        config.backbone, config.layers, in_chans=config.in_chans, pretrained=pretrained,
-        weights=config.weights if pretrained else None, weights_dir=config.weights_dir if pretrained else None,
+        config.backbone, config.layers, in_chans=config.in_chans, pretrained=config.pretrained and not trainable,
         channel_mode=config.channel_mode,
     )
     return extractor.requires_grad_(True) if trainable else extractor.requires_grad_(False).eval()

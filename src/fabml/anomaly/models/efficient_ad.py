@@ -21,17 +21,18 @@ that its ``qa`` quantile on held-out normal images goes to 0 and its ``qb`` quan
 PDN) and bilinearly upsampled to the image size. Before ``finalize`` the quantile buffers
 (``qa = 0``, ``qb = 0.1``) make the normalisation the identity.
 
-Teacher weights: ``teacher_weights`` (a state-dict file, e.g. anomalib's
+Teacher weights (the model reads no file; it declares where they come from in
+:meth:`EfficientAdModel.pretrained_files`, and :func:`fabml.weights.load_pretrained` loads them
+before fitting): ``teacher_weights`` (a state-dict file, e.g. anomalib's
 ``pretrained_teacher_small.pth``), else ``pretrained_teacher_<size>.pth`` /
-``teacher_<size>.pth`` in ``weights_dir`` or ``$FABML_WEIGHTS_DIR``; else, with
-``pretrained=True``, the method distils the teacher from the local backbone ``backbone``
-before training (``teacher_ready`` is 0 until then); ``pretrained=False`` keeps a random
-teacher.
+``teacher_<size>.pth`` in ``weights_dir`` or ``$FABML_WEIGHTS_DIR`` (or their
+``efficientad_pretrained_weights/`` subfolder); else, with ``pretrained=True``, the method
+distils the teacher from the local backbone ``backbone`` before training (``teacher_ready`` is
+0 until then); ``pretrained=False`` keeps a random teacher.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,8 @@ from torch.nn import functional as F
 
 from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, PoolingConfig
 from fabml.anomaly.models.registry import ANOMALY_MODELS
-from fabml.backbones import WEIGHTS_DIR_ENV, read_state_dict
 from fabml.errors import ConfigError
+from fabml.weights import LoadReport, PretrainedFile
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -234,12 +235,24 @@ class EfficientAdModel(AnomalyModel):
         self.register_buffer("teacher_ready", torch.tensor(not config.pretrained))
         for name, value in (("qa_st", 0.0), ("qb_st", 0.1), ("qa_ae", 0.0), ("qb_ae", 0.1)):
             self.register_buffer(name, torch.tensor(value))
-        self.teacher_file: Path | None = None
-        if config.pretrained:
-            self.teacher_file = resolve_teacher_file(config)
-            if self.teacher_file is not None:
-                load_teacher(self.teacher, self.teacher_file)
-                self.teacher_ready.fill_(True)
+
+    def pretrained_files(self) -> list[PretrainedFile]:
+        """The teacher's state-dict file for the weights step (nothing when ``pretrained=False``)."""
+        if not self.config.pretrained:
+            return []
+        names = teacher_file_names(self.config.model_size)
+        return [PretrainedFile(
+            what="EfficientAD teacher", setting="model.teacher_weights", file=self.config.teacher_weights,
+            folder=self.config.weights_dir,
+            names=tuple(names) + tuple(f"efficientad_pretrained_weights/{n}" for n in names),
+            load=self.load_teacher_state,
+        )]
+
+    def load_teacher_state(self, state: dict[str, torch.Tensor], path: Path) -> LoadReport:
+        """Put a teacher state dict (read from ``path``) into the teacher; it is then ready."""
+        mode = load_teacher(self.teacher, state, path)
+        self.teacher_ready.fill_(True)
+        return LoadReport(Path(path), mode, len(self.teacher.state_dict()), ())
 
     def train(self, mode: bool = True) -> EfficientAdModel:
         """Switch mode; the frozen teacher always stays in eval mode."""
@@ -281,38 +294,20 @@ class EfficientAdModel(AnomalyModel):
         return F.interpolate(combined, size=self.image_size, mode="bilinear")
 
 
-def resolve_teacher_file(config: EfficientAdConfig) -> Path | None:
-    """The teacher state-dict file: ``teacher_weights``, else a known name in the weights folder, else None."""
-    if config.teacher_weights:
-        path = Path(config.teacher_weights).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"teacher weights file not found: {path} (setting model.teacher_weights)")
-        return path
-    folder = config.weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
-    if not folder:
-        return None
-    names = teacher_file_names(config.model_size)
-    for base in (Path(folder).expanduser(), Path(folder).expanduser() / "efficientad_pretrained_weights"):
-        for name in names:
-            if (base / name).is_file():
-                return base / name
-    return None
-
-
 def teacher_file_names(model_size: str) -> list[str]:
     """File names looked up in the weights folder: anomalib's, then the original repository's."""
     return [f"pretrained_teacher_{model_size}.pth", f"teacher_{model_size}.pth"]
 
 
-def load_teacher(teacher: PatchDescriptionNetwork, path: str | Path) -> None:
-    """Load a PDN state dict from ``path`` into ``teacher``.
+def load_teacher(teacher: PatchDescriptionNetwork, source: dict[str, torch.Tensor], path: str | Path) -> str:
+    """Load the PDN state dict ``source`` (read from ``path``, named in errors) into ``teacher``.
 
     Keys are matched by name (anomalib's ``conv1.weight`` ...) after removing a ``teacher.``
     prefix, else tensor by tensor in order (the original repository's ``0.weight``, ``3.weight``
     ...). A 3-channel file loads into a 1-channel PDN by folding its first convolution (exact
-    without padding: see :func:`fold_rgb_conv`).
+    without padding: see :func:`fold_rgb_conv`). Returns how keys were matched ("name" | "order").
     """
-    source = read_state_dict(path)
+    mode = "name"
     if all(k.startswith("teacher.") for k in source):
         source = {k[len("teacher."):]: v for k, v in source.items()}
     target = teacher.state_dict()
@@ -323,6 +318,7 @@ def load_teacher(teacher: PatchDescriptionNetwork, path: str | Path) -> None:
                 "is the file for the other model.model_size?"
             )
         source = dict(zip(target, source.values()))
+        mode = "order"
     first = source["conv1.weight"]
     if first.shape[1] == 3 and target["conv1.weight"].shape[1] == 1:
         source["conv1.weight"], source["conv1.bias"] = fold_rgb_conv(first, source["conv1.bias"])
@@ -333,6 +329,7 @@ def load_teacher(teacher: PatchDescriptionNetwork, path: str | Path) -> None:
                 f"with these settings needs {list(value.shape)} (check model.model_size and model.out_channels)"
             )
     teacher.load_state_dict(source)
+    return mode
 
 
 def fold_rgb_conv(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,7 +41,9 @@ class BYOLConfig:
 
     proj_hidden / proj_dim: projector encoder_dim -> proj_hidden -> proj_dim (seed: 1024, 256).
     pred_hidden: predictor proj_dim -> pred_hidden -> proj_dim (seed: 1024).
-    tau_start / tau_end: EMA momentum of the target, cosine schedule over all steps (seed: 0.996 -> 0.999).
+    tau_start / tau_end: EMA momentum of the target, cosine schedule over all steps (seed: 0.996 -> 0.999);
+        "all steps" is the trainer's ``total_steps``, the same length its learning-rate schedule
+        uses, so a run resumed with a changed ``train.epochs`` / ``max_steps`` moves both to the new length.
     collapse_std_threshold: warn when the mean per-dimension std of the L2-normalised encoder
         embeddings falls below ``collapse_std_threshold / sqrt(D)`` (embeddings spread over the
         sphere give about ``1 / sqrt(D)``; a collapsed encoder gives 0).
@@ -180,6 +182,10 @@ class BYOLMethod(Method):
         self._cos_sum = self._cos_sum + cos
         self._n_stats += 1
         return {"loss": loss, "emb_std": std, "emb_cos": cos, "tau": torch.tensor(self.tau, device=loss.device)}
+
+    def on_fit_start(self, step: int, total_steps: int) -> None:
+        """``tau`` for the step count a (resumed) run starts from, over the run's current length."""
+        self.tau = cosine_momentum(step, total_steps, self.cfg.tau_start, self.cfg.tau_end)
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:

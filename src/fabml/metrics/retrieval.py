@@ -28,6 +28,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
+from fabml.data.d4 import d4_transform
 from fabml.errors import ConfigError, DataError
 
 RelevanceFn = Callable[[np.ndarray], np.ndarray]
@@ -165,10 +166,8 @@ def d4_orbit_db(maps: torch.Tensor, include_identity: bool = False) -> tuple[tor
     Returns ``(db [Q*m, C,H,W], owner [Q*m] int64)`` with m = 8 (``include_identity``) or 7
     (the identity copy is left out by default: it would be a trivial exact hit at rank 1).
     Item ``q*m + j`` is transform ``k = j`` (or ``j + 1`` without identity) of map q,
-    as :func:`fabml.wafer.augment.d4_transform` numbers them; ``owner`` gives q.
+    as :func:`fabml.data.d4.d4_transform` numbers them; ``owner`` gives q.
     """
-    from fabml.wafer.augment import d4_transform  # lazy: metrics import without the wafer job
-
     if maps.ndim != 4 or maps.shape[-1] != maps.shape[-2]:
         raise DataError(f"D4 orbits need square maps [Q,C,S,S], got shape {list(maps.shape)}")
     ks = range(0 if include_identity else 1, 8)
@@ -211,8 +210,6 @@ def best_d4_iou(q_masks: torch.Tensor, db_masks: torch.Tensor) -> np.ndarray:
     ``q_masks`` [Q,S,S] and ``db_masks`` [N,S,S] are 0/1 float masks of one square size.
     IoU = |A ∩ B| / |A ∪ B|; two maps without any failed die have IoU 1 (identical patterns).
     """
-    from fabml.wafer.augment import d4_transform  # lazy: metrics import without the wafer job
-
     if q_masks.shape[1:] != db_masks.shape[1:] or q_masks.shape[-1] != q_masks.shape[-2]:
         raise DataError(f"IoU needs square masks of one size, got {list(q_masks.shape)} and {list(db_masks.shape)}")
     db = db_masks.reshape(len(db_masks), -1).float()

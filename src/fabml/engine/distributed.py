@@ -1,14 +1,26 @@
-"""torchrun / DDP helpers: NCCL on GPU, gloo on CPU; every helper is a no-op in a single process."""
+"""torchrun / DDP helpers: NCCL on GPU, gloo on CPU; every helper is a no-op in a single process.
+
+This module is the one place that reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and
+imports ``torch.distributed``. A job asks it two questions only: :func:`is_main_process` (may I write files and
+print results?) and :func:`main_process_only` (run this step once, on rank 0, while the other ranks wait).
+"""
 
 from __future__ import annotations
 
 import atexit
 import os
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from fabml.errors import TrainingError
+
+T = TypeVar("T")
+# How long the other ranks wait for a step that runs on rank 0 only (a memory-bank fit of a large set can take hours).
+MAIN_ONLY_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -22,10 +34,11 @@ class DistInfo:
     local_world_size: int = 1
 
 
-def init_distributed() -> DistInfo:
+def init_distributed(timeout: timedelta | None = None) -> DistInfo:
     """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK).
 
     Idempotent. Without those variables (or with WORLD_SIZE=1) nothing is initialised.
+    ``timeout`` bounds every collective of the group (torch's default when None; set at the first call only).
     The group is destroyed at interpreter exit; :func:`cleanup` does it earlier.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,7 +53,8 @@ def init_distributed() -> DistInfo:
             backend = "nccl"
         else:
             backend = "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
+        extra = {"timeout": timeout} if timeout is not None else {}
+        dist.init_process_group(backend=backend, init_method="env://", **extra)
         atexit.register(cleanup)
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), True, local_world_size)
 
@@ -50,7 +64,10 @@ def is_initialized() -> bool:
 
 
 def get_rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
+    """This process's global rank: from the process group once joined, before that from torchrun's ``RANK``."""
+    if is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def get_world_size() -> int:
@@ -58,8 +75,36 @@ def get_world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """True on rank 0 (and in a single process)."""
+    """True on rank 0 (and in a single process), also before the process group is joined.
+
+    Only the main process writes a run's files (config, run.json, the artefact) and prints results.
+    """
     return get_rank() == 0
+
+
+def main_process_only(fn: Callable[[], T], what: str = "this step") -> T | None:
+    """Run ``fn()`` on the main process only; under torchrun the other ranks wait until it has finished.
+
+    In a single process this is ``fn()``. Under torchrun every rank joins the process group (with
+    :data:`MAIN_ONLY_TIMEOUT` when this call creates it), rank 0 runs ``fn`` and then all ranks meet in one
+    broadcast of rank 0's outcome. Returns ``fn``'s result on rank 0 and None on the others; when ``fn`` raises
+    on rank 0 it is re-raised there, and the other ranks raise :class:`TrainingError` naming ``what``.
+    """
+    info = init_distributed(timeout=MAIN_ONLY_TIMEOUT)
+    if not info.is_distributed:
+        return fn()
+    if info.rank == 0:
+        try:
+            result = fn()
+        except BaseException as err:
+            broadcast_object(f"{type(err).__name__}: {err}")
+            raise
+        broadcast_object(None)
+        return result
+    failure = broadcast_object(None)
+    if failure is not None:
+        raise TrainingError(f"rank 0 failed during {what} ({failure}); see rank 0's output")
+    return None
 
 
 def barrier() -> None:

@@ -25,19 +25,35 @@ def _invoke(args: list[str]) -> str:
 
 
 def test_fit_evaluate_predict_export(inspection_root: Path, tmp_path: Path) -> None:
+    """Each command's result is read from the files it writes (never from console text, which a narrow
+    terminal or a path with brackets used to mangle)."""
+    import pandas as pd
+
+    from fabml.anomaly.runs import load_fitted
+
     run = tmp_path / "run"
-    out = _invoke(["anomaly", "fit", "--model", "padim", "--data", str(inspection_root), "--out", str(run),
-                   "--image-size", "32", *TINY_PADIM])
-    assert "threshold" in out and (run / "model.pt").is_file()
-    out = _invoke(["anomaly", "evaluate", "--run", str(run), "--no-figures"])
-    assert "image_auroc" in out
-    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())["metrics"]
-    assert 0.0 <= metrics["image_auroc"] <= 1.0
-    out = _invoke(["anomaly", "predict", "--run", str(run), str(inspection_root / "Spot"), "--no-overlays"])
-    assert "6 images" in out and (run / "predictions" / "predictions.csv").is_file()
+    _invoke(["anomaly", "fit", "--model", "padim", "--data", str(inspection_root), "--out", str(run),
+             "--image-size", "32", *TINY_PADIM])
+    fitted = load_fitted(run)
+    assert fitted.name == "padim" and fitted.image_size == (32, 32)
+    assert fitted.normalizer.image_min <= fitted.normalizer.image_threshold <= fitted.normalizer.image_max
+
+    _invoke(["anomaly", "evaluate", "--run", str(run), "--no-figures"])
+    written = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert 0.0 <= written["metrics"]["image_auroc"] <= 1.0 and 0.0 <= written["metrics"]["aupro"] <= 1.0
+    assert written["per_type"]["Spot"]["count"] > 0
+    assert "| image_auroc " in (run / "evaluation" / "metrics.md").read_text()
+
+    _invoke(["anomaly", "predict", "--run", str(run), str(inspection_root / "Spot"), "--no-overlays"])
+    table = pd.read_csv(run / "predictions" / "predictions.csv")
+    assert len(table) == len(list((inspection_root / "Spot").glob("*.png"))) == 6
+    assert table["score"].between(0.0, 1.0).all() and table["grade"].between(0, 4).all()
+
     pytest.importorskip("onnxruntime")
-    out = _invoke(["anomaly", "export", "--run", str(run), "--samples", "2"])
-    assert "max |ONNX - torch|" in out and (run / "model.onnx").is_file()
+    _invoke(["anomaly", "export", "--run", str(run), "--samples", "2"])
+    parity = json.loads((run / "model.parity.json").read_text())
+    assert (run / "model.onnx").is_file() and parity["onnx"] == str(run / "model.onnx") and parity["n_images"] == 2
+    assert max(parity["max_score_diff"], parity["max_map_diff"]) <= parity["tolerance"] == 1e-4
 
 
 @pytest.mark.timeout(900)  # two child processes, each importing torch: ~25 s on 2 idle cores, far more on busy ones
@@ -57,7 +73,9 @@ def test_compare_puts_models_in_one_table(inspection_root: Path, tmp_path: Path)
     for row in rows:
         assert "error" not in row, row.get("traceback")
         assert 0.0 <= row["image_auroc"] <= 1.0 and row["peak_rss_mb"] > 0 and row["fit_seconds"] > 0
-    assert "| padim |" in (tmp_path / "cmp" / "compare.md").read_text()
+    table = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["padim", "autoencoder"]  # one row per model
+    assert [c.strip() for c in table[0].split("|")[2:-1]][0] == "image_auroc"
 
 
 def _run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:

@@ -19,12 +19,28 @@ from fabml.engine import distributed  # noqa: E402
 from fabml.engine.trainer import Trainer  # noqa: E402
 
 
+class FrozenFirstEpoch(ToyMethod):
+    """The first layer is frozen in epoch 0 and trains from epoch 1 (DDP must be rebuilt then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_layer: list[torch.Tensor] = []
+
+    def frozen_prefixes(self, epoch: int) -> set[str]:
+        return {"net.0"} if epoch < 1 else set()
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        self.first_layer.append(self.net[0].weight.detach().clone())
+        return super().on_epoch_end(epoch)
+
+
 def main() -> None:
     run_base, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     rank = int(os.environ["RANK"])
     torch.set_num_threads(1)
     torch.manual_seed(100 + rank)  # different init per rank: DDP must broadcast rank 0's weights
-    method = ToyMethod()
+    method = FrozenFirstEpoch()
+    init_first = method.net[0].weight.detach().clone()
     validate_calls = []
 
     def validate(m: ToyMethod) -> dict[str, float]:
@@ -44,6 +60,8 @@ def main() -> None:
             "history": result.history,
             "validate_calls": len(validate_calls),
             "best_epoch": result.best_epoch,
+            "init_first": init_first,
+            "first_layer": method.first_layer,
         },
         out_dir / f"rank{rank}.pt",
     )

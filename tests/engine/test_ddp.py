@@ -45,6 +45,12 @@ def test_two_gloo_processes_train_in_lockstep(tmp_path: Path) -> None:
     for key, value in r0["state"].items():
         assert torch.equal(value, r1["state"][key]), key
 
+    # The first layer, frozen in epoch 1, kept rank 0's initial weights; unfrozen in epoch 2 it trained
+    # in lockstep on both ranks (the DDP wrapper was rebuilt for the new set of trainable parameters).
+    assert torch.equal(r0["first_layer"][0], r0["init_first"]) and torch.equal(r1["first_layer"][0], r0["init_first"])
+    assert not torch.equal(r0["first_layer"][1], r0["init_first"])
+    assert torch.equal(r0["first_layer"][1], r1["first_layer"][1])
+
     # Every batch had 8 samples; in each epoch the ranks saw disjoint halves of the data.
     for rank in (r0, r1):
         assert all(len(b) == 8 for b in rank["seen"]) and len(rank["seen"]) == 8

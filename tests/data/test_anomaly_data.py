@@ -1,4 +1,4 @@
-"""Anomaly image folders: discovery (both layouts), the normal-only split, decoding, the dataset."""
+"""Anomaly image folders: discovery (both layouts), the normal-only grouped split, decoding, the dataset."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -23,6 +24,7 @@ from fabml.data.anomaly_data import (
     split_records,
     write_split,
 )
+from fabml.data.splits import groups_from_pattern
 from fabml.errors import ConfigError, DataError
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "magnetic_tile"
@@ -187,15 +189,51 @@ def test_split_errors() -> None:
         split_records(_records(1, 3), 0.7, 0.1, 0)
 
 
-def test_split_json_round_trip(tmp_path: Path) -> None:
+def test_split_csv_round_trip_and_legacy_json(tmp_path: Path) -> None:
     split = split_records(_records(8, 2), 0.7, 0.2, 0)
-    write_split(split, tmp_path / "out" / "split.json")
-    assert read_split(tmp_path / "out" / "split.json") == split
+    write_split(split, tmp_path / "out" / "split.csv")
+    table = pd.read_csv(tmp_path / "out" / "split.csv", keep_default_na=False)
+    assert list(table.columns) == ["item", "part", "group", "stratum", "label", "defect_type", "mask_path"]
+    assert table.loc[table["label"] == 1, "part"].eq("test").all()
+    assert read_split(tmp_path / "out" / "split.csv") == split
+    # a run written before the CSV split: its split.json is still read, also when the CSV name is asked for
+    legacy = {"format": "fabml-anomaly-split", "version": 1, **{
+        part: [{"path": r.path, "label": r.label, "defect_type": r.defect_type, "mask_path": r.mask_path}
+               for r in getattr(split, part)] for part in ("train", "val", "test")}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "split.json").write_text(json.dumps(legacy))
+    assert read_split(tmp_path / "old" / "split.csv") == split
     (tmp_path / "bad.json").write_text(json.dumps({"format": "fabml-anomaly-split", "train": [{"path": "x"}]}))
     with pytest.raises(DataError, match="bad.json: entry list 'train' is malformed"):
         read_split(tmp_path / "bad.json")
-    with pytest.raises(DataError, match="nope.json does not exist"):
-        read_split(tmp_path / "nope.json")
+    with pytest.raises(DataError, match="nope.csv does not exist"):
+        read_split(tmp_path / "nope.csv")
+
+
+def test_split_file_with_a_defect_in_train_is_refused(tmp_path: Path) -> None:
+    split = split_records(_records(8, 2), 0.7, 0.2, 0)
+    write_split(split, tmp_path / "split.csv")
+    table = pd.read_csv(tmp_path / "split.csv", keep_default_na=False)
+    table.loc[table["label"] == 1, "part"] = "train"
+    table.to_csv(tmp_path / "split.csv", index=False)
+    with pytest.raises(DataError, match="defective image is in train or val"):
+        read_split(tmp_path / "split.csv")
+
+
+def test_groups_keep_the_tiles_of_one_photo_together() -> None:
+    # 6 photos of 4 tiles each (photo<k>_tile<j>.png); photo 5's tile 3 is defective
+    records = [ImageRecord(f"/d/photo{k}_tile{j}.png", int(k == 5 and j == 3), "good" if not (k == 5 and j == 3)
+                           else "crack") for k in range(6) for j in range(4)]
+    groups = groups_from_pattern([r.path for r in records], r"^(photo\d+)_")
+    for seed in range(5):
+        split = split_records(records, 0.7, 0.3, seed, groups=groups)
+        part_of = {}
+        for part in ("train", "val", "test"):
+            for r in getattr(split, part):
+                part_of.setdefault(Path(r.path).name.split("_")[0], set()).add(part)
+        assert all(len(parts) == 1 for parts in part_of.values()), part_of
+        assert part_of["photo5"] == {"test"}  # a defective tile takes its whole photo to test
+        assert split.train and split.val
 
 
 def test_load_image_channels_and_errors(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from fabml.engine.hardware import peak_rss_mb, resolve_device
 from fabml.engine.trainer import TrainConfig, Trainer, seed_everything
 from fabml.errors import ConfigError, DataError
 
-SPLIT_FILE = "split.json"
+SPLIT_FILE = "split.csv"
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""The anomaly job's dataset: image records -> normalised image, mask, label and index tensors."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fabml.data.anomaly_discovery import ImageRecord
+from fabml.data.images import check_channels, check_size, decode_image, detect_channels, mask_from_image, open_image
+from fabml.errors import ConfigError, DataError
+
+
+class AnomalyImageDataset(Dataset):
+    """Records -> dict(image ``[C,H,W]`` float32 in [0,1], mask ``[1,H,W]`` float32 {0,1},
+    label int64, index int64).
+
+    Images are stretched to ``image_size`` (H, W) with Pillow's bilinear filter (aspect ratio not
+    kept). The mask is zeros for normal images and images without a mask file. ``channels`` 0
+    detects 1 or 3 from the records. ``cache=True`` keeps each decoded, resized image as uint8
+    after its first use (call :meth:`preload` to fill it in the main process; DataLoader workers
+    each hold their own copy, which only persists with ``persistent_workers=True``).
+    """
+
+    def __init__(
+        self, records: Sequence[ImageRecord], image_size: Sequence[int] = (256, 256), channels: int = 0,
+        cache: bool = False,
+    ) -> None:
+        self.records = list(records)
+        self.image_size = check_size(image_size)
+        check_channels(channels, allow_auto=True)
+        self.channels = channels or detect_channels(self.records)
+        self.cache = cache
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rec = self.records[index]
+        img = open_image(rec.path)
+        image = torch.from_numpy(decode_image(img, self.channels, self.image_size).transpose(2, 0, 1).copy())
+        if rec.label == 0 or not rec.mask_path:
+            return image, None
+        mask_img = open_image(rec.mask_path)
+        (w, h), (mw, mh) = img.size, mask_img.size
+        if abs(w * mh - h * mw) > 0.01 * w * mh:  # aspect ratios differ by more than 1 %
+            raise DataError(f"mask {rec.mask_path} is {mw}x{mh} but its image {rec.path} is {w}x{h}")
+        return image, torch.from_numpy(mask_from_image(mask_img, self.image_size).astype(np.uint8))[None]
+
+    def preload(self) -> None:
+        """Decode every image into the cache now (needs ``cache=True``)."""
+        if not self.cache:
+            raise ConfigError("preload() needs the dataset built with cache=True")
+        for i in range(len(self)):
+            if i not in self._cache:
+                self._cache[i] = self._load(i)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        item = self._cache.get(index) if self.cache else None
+        if item is None:
+            item = self._load(index)
+            if self.cache:
+                self._cache[index] = item
+        image, mask = item
+        h, w = self.image_size
+        return {
+            "image": image.float().div_(255.0),
+            "mask": mask.float() if mask is not None else torch.zeros(1, h, w),
+            "label": torch.tensor(self.records[index].label, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }

@@ -69,3 +69,20 @@ def test_progress_bar_on_a_terminal_and_off(monkeypatch: pytest.MonkeyPatch) -> 
             bar.update(1, loss=0.5, lr=1e-4, samples_per_s=1234.0)
         task = bar._progress.tasks[0]
         assert task.completed == 3 and task.fields == {"loss": "0.5", "lr": "1.00e-04", "speed": "1,234"}
+
+
+def test_trainer_console_is_the_package_stderr_console() -> None:
+    from fabml import console as fc
+
+    assert flog.console is fc.err and flog.console.stderr
+
+
+def test_progress_bar_in_a_file_prints_nothing(capsys: pytest.CaptureFixture) -> None:
+    """stderr redirected to a file: no bar, and no empty line left behind by a transient one."""
+    assert not flog.console.is_terminal
+    with progress_bar(3, "epoch 1/2") as bar:
+        for _ in range(3):
+            bar.update(1, loss=0.5, lr=1e-4, samples_per_s=10.0)
+    assert not bar.enabled and bar._progress is None
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""

@@ -111,3 +111,34 @@ def test_cosine_momentum_endpoints_and_midpoints() -> None:
     assert cosine_momentum(3, 10, start=0.0, end=1.0) == pytest.approx((1 - math.cos(0.3 * math.pi)) / 2)
     with pytest.raises(ConfigError, match="total_steps"):
         cosine_momentum(0, 0)
+
+
+def test_cosine_restarts_is_a_pure_function_matching_the_scheduler() -> None:
+    from fabml.engine.schedules import ConstantLR, CosineRestarts, apply_lr
+
+    kwargs = dict(T_0=5, T_mult=2, eta_max=3e-4, T_up=2, gamma=0.7, eta_min=1e-6)
+    curve = CosineRestarts(**kwargs)
+    assert [curve.lr_at(s) for s in range(30)] == _lrs(WarmupCosineRestarts(_opt(), **kwargs), 30)
+    assert ConstantLR(0.003).lr_at(12345) == 0.003
+    opt = _opt(groups=3)
+    opt.param_groups[1]["lr_scale"] = 0.1
+    opt.param_groups[2]["lr_scale"] = 0.0
+    apply_lr(opt, 2.0)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.0, 0.2, 0.0])
+
+
+def test_stage_plan_lays_out_stages_and_caps_the_last_schedule_at_max_steps() -> None:
+    from fabml.engine.schedules import CosineRestarts
+    from fabml.engine.stages import StagePlan
+    from fabml.engine.train_config import StageConfig, TrainConfig
+
+    stages = [StageConfig("vae", epochs=2, lr=1.0), StageConfig("cond", epochs=3)]
+    plan = StagePlan(TrainConfig(stages=stages, lr=0.5, warmup_epochs=0.5, max_steps=40), steps_per_epoch=10)
+    assert [(s.first_epoch, s.end_epoch, s.first_step, s.steps) for s in plan.spans] == [(0, 2, 0, 20), (2, 5, 20, 20)]
+    assert plan.total_epochs == 5 and plan.total_steps == 40
+    assert plan.span_at(1).stage.name == "vae" and plan.span_at(2).stage.name == "cond"
+    assert plan.lr_at(0, 0) == 0.0 and plan.lr_at(0, 5) == 1.0  # warm-up of 5 steps up to the stage's lr
+    assert plan.lr_at(2, 20) == 0.0 and plan.lr_at(2, 25) == 0.5  # the second stage: its own warm-up, peak train.lr
+    assert plan.lr_at(3, 33) == CosineRestarts(T_0=20, eta_max=0.5, T_up=5).lr_at(13)
+    single = StagePlan(TrainConfig(epochs=3, max_steps=25), steps_per_epoch=10)
+    assert single.total_steps == 25 and single.spans[0].steps == 25 and single.spans[0].stage.name == "train"

@@ -185,6 +185,9 @@ def test_max_steps_and_time_budget(tmp_path: Path) -> None:
     state = load_checkpoint(tmp_path / "steps" / "checkpoints" / "latest.pt")
     assert (state["epoch"], state["batch"], state["global_step"]) == (1, 2, 6)
     assert len(state["history"]) == 1 and len(_csv_rows(tmp_path / "steps")) == 2  # the partial row is shown
+    again = Trainer(_method(), toy_config(epochs=5, max_steps=6), tmp_path / "steps", toy_dataset()).fit(resume=True)
+    assert again.global_step == 6 and again.history == result.history  # nothing to do: nothing lost
+    assert len(_csv_rows(tmp_path / "steps")) == 2
     result = Trainer(_method(), toy_config(epochs=5, max_minutes=1e-9), tmp_path / "time", toy_dataset()).fit()
     assert result.stopped_reason == "time_budget" and result.epochs_completed == 1
 

@@ -211,6 +211,17 @@ def test_resume_inside_a_stage_continues_that_stage_exactly(tmp_path: Path) -> N
     assert [r["stage"] for r in _csv_rows(tmp_path / "b")] == ["first", "second", "second", "all"]
 
 
+def test_stages_come_from_the_train_section_of_a_yaml_config(tmp_path: Path) -> None:
+    from fabml.config import from_dict, load_config, save_config
+    from fabml.engine.trainer import TrainConfig
+
+    data = {"stages": [{"name": "vae", "epochs": 2, "lr": 1e-3, "trainable": ["vae"]}, {"name": "e2e", "epochs": 1}]}
+    cfg = from_dict(TrainConfig, data, where="train")
+    assert [(s.name, s.epochs, s.lr, s.trainable) for s in cfg.stages] == [("vae", 2, 1e-3, ["vae"]), ("e2e", 1, None, [])]
+    path = save_config(cfg, tmp_path / "train.yaml")
+    assert load_config(TrainConfig, path) == cfg
+
+
 def test_stage_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.stages\[1\].epochs=0 must be >= 1"):
         Trainer(ToyMethod(), toy_config(stages=[StageConfig("a"), StageConfig("b", epochs=0)]), tmp_path, toy_dataset())

@@ -319,11 +319,20 @@ class Trainer:
         self.global_step = loop.global_step
         self.method.on_fit_start(self.global_step, self.total_steps)
 
+        stopped = "completed"
+        if cfg.max_steps and self.global_step >= cfg.max_steps:
+            stopped = "max_steps"
+        elif cfg.early_stop_patience and loop.bad_epochs >= cfg.early_stop_patience:
+            stopped = "early_stopping"  # a resumed run that had already stopped early
+        history = loop.history
+        # A run that stops where it starts keeps the row of the epoch its max_steps stop interrupted.
+        tail_rows = [dict(loop.partial["row"])] if stopped != "completed" and loop.partial and "row" in loop.partial else []
+
         logger = MetricsLogger(
             self.run_dir, cfg.tensorboard, enabled=self.is_main, purge_step=self.global_step + 1 if resumed else None
         )
         # On resume: drop rows a crash (or a mid-epoch stop) left after the checkpoint; on a new run: stale rows.
-        logger.rewrite(loop.history)
+        logger.rewrite(history + tail_rows)
         if self.is_main:
             self._write_run_info(loop, resumed)
             console.print(self.hardware.describe(), highlight=False)
@@ -334,12 +343,6 @@ class Trainer:
                 where = f"{loop.batch} batches into epoch {loop.epoch + 1}" if loop.batch else f"after epoch {loop.epoch}"
                 console.print(f"resumed {self.run_dir} {where} (step {self.global_step})", highlight=False)
 
-        stopped = "completed"
-        if cfg.max_steps and self.global_step >= cfg.max_steps:
-            stopped = "max_steps"
-        elif cfg.early_stop_patience and loop.bad_epochs >= cfg.early_stop_patience:
-            stopped = "early_stopping"  # a resumed run that had already stopped early
-        history, tail_rows = loop.history, []
         span = self.plan.span_at(loop.epoch)
         trainable: frozenset[int] | None = None
         try:
@@ -353,6 +356,7 @@ class Trainer:
                     row["stage"] = span.stage.name
                 if batches < self.batches_per_epoch:  # max_steps inside the epoch: save the position
                     loop.batch, loop.global_step = batches, self.global_step
+                    loop.partial = {**(loop.partial or {}), "row": row}
                     rng_states = dist_utils.all_gather_object(capture_rng_state())
                     if self.is_main:
                         self.checkpoints.save(self._checkpoint(loop, span, rng_states), False)

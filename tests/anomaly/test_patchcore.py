@@ -125,23 +125,66 @@ def test_streaming_coreset_size_coverage_and_determinism() -> None:
     assert proj is not None and proj.shape == (24, 8)
     assert random_projection(24, 0, 0) is None and random_projection(24, 24, 0) is None
 
-    def build(seed: int) -> tuple[torch.Tensor, StreamingCoreset]:
-        coreset = StreamingCoreset(0.1, chunk=300, projection=proj, seed=seed)
+    def build(seed: int, oversample: float = 2.0) -> tuple[torch.Tensor, StreamingCoreset]:
+        coreset = StreamingCoreset(0.1, chunk=300, projection=proj, seed=seed, oversample=oversample)
         for part in rows.split(70):  # batches that straddle chunk boundaries
             coreset.add(part)
         return coreset.finish(), coreset
 
     bank, coreset = build(0)
-    assert bank.shape == (math.ceil(0.1 * 1000), 24) and len(coreset.radii) == 4
-    # every row is within the largest chunk radius of a kept row (projected space)
-    assert _radius(rows @ proj, bank @ proj) <= max(coreset.radii) + 1e-4
-    # kept rows are rows of the input
+    assert bank.shape == (math.ceil(0.1 * 1000), 24) and len(coreset.radii) == 4 and coreset.n_chunks == 4
+    # every row is within (its chunk's candidate radius + the global pass's radius) of a bank row
+    assert _radius(rows @ proj, bank @ proj) <= max(coreset.radii) + coreset.radius + 1e-4
+    # kept rows are distinct rows of the input
     assert (bank[:, None] == rows[None]).all(dim=2).any(dim=1).all()
+    assert torch.unique(bank, dim=0).shape[0] == bank.shape[0]
     assert torch.equal(build(0)[0], bank)  # same seed, same bank
     assert not torch.equal(build(1)[0], bank)  # another seed starts elsewhere
     whole = StreamingCoreset(1.0, chunk=300, projection=proj)
     whole.add(rows)
     assert torch.equal(whole.finish(), rows)  # ratio 1.0 keeps everything, in order
+
+
+def test_streaming_coreset_in_one_chunk_is_the_papers_coreset() -> None:
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(700, 24, generator=g)
+    proj = random_projection(24, 8, seed=0)
+    coreset = StreamingCoreset(0.05, chunk=1000, projection=proj, seed=3, oversample=3.0)
+    for part in rows.split(64):
+        coreset.add(part)
+    bank = coreset.finish()
+    # the paper's coreset: greedy k-center over all 700 projected rows from the same random start
+    first = int(torch.randint(700, (1,), generator=torch.Generator().manual_seed(3)))
+    idx, radius = greedy_kcenter(rows @ proj, math.ceil(0.05 * 700), first)
+    assert torch.equal(bank, rows[idx])
+    assert coreset.radius == radius and coreset.n_chunks == 1
+
+
+def test_oversampled_chunks_cover_better_than_fixed_shares() -> None:
+    # two well-separated blobs, streamed one after the other: a fixed share per chunk gives the
+    # tight blob as many centres as the wide one; the global pass moves them where they are needed
+    g = torch.Generator().manual_seed(5)
+    wide, tight = 5.0 * torch.randn(400, 6, generator=g), 0.1 * torch.randn(400, 6, generator=g) + 50.0
+    rows = torch.cat([wide, tight])
+    radii = {}
+    for oversample in (1.0, 4.0):
+        coreset = StreamingCoreset(0.05, chunk=400, projection=None, seed=0, oversample=oversample)
+        coreset.add(rows)
+        bank = coreset.finish()
+        assert bank.shape == (40, 6)
+        radii[oversample] = _radius(rows, bank)
+    assert radii[4.0] < 0.9 * radii[1.0]
+
+
+def test_pruned_greedy_equals_plain_greedy() -> None:
+    g = torch.Generator().manual_seed(6)
+    # clustered points, as patch embeddings are: the cell pruning skips most cells
+    centres = 4.0 * torch.randn(40, 16, generator=g)
+    points = centres[torch.randint(40, (3000,), generator=g)] + torch.randn(3000, 16, generator=g)
+    plain, r_plain = greedy_kcenter(points, 600, first=11, cells=0)
+    pruned, r_pruned = greedy_kcenter(points, 600, first=11, cells=50)
+    assert torch.equal(plain, pruned)
+    assert r_pruned == pytest.approx(r_plain, rel=1e-5)
 
 
 def test_coreset_size_rounding() -> None:
@@ -157,6 +200,37 @@ def test_chunked_nearest_neighbours_equal_unchunked() -> None:
         dist, idx = nearest_neighbours(queries, bank, chunk)
         assert torch.allclose(dist.double(), ref.values, atol=1e-4)
         assert torch.equal(idx, ref.indices)
+
+
+@pytest.mark.parametrize("search", ["exact", "faiss"])
+def test_patch_scores_equal_brute_force_cdist(search: str) -> None:
+    model = make_model(search=search, chunk_size=100).eval()
+    g = torch.Generator().manual_seed(7)
+    bank = 3.0 + torch.randn(250, 152, generator=g)  # off-centre, so centring on the bank mean matters
+    model.set_memory_bank(bank)
+    embedding = 3.0 + torch.randn(3, 152, 9, 9, generator=g)
+    scores, idx = model.patch_scores(embedding)
+    queries = embedding.permute(0, 2, 3, 1).reshape(-1, 152).double()
+    ref = torch.cdist(queries, bank.double()).min(dim=1)
+    assert torch.allclose(scores.reshape(-1).double(), ref.values, rtol=1e-5, atol=1e-4)
+    assert torch.equal(idx.reshape(-1), ref.indices)
+    # the cached centred bank is computed once at set time, not per call
+    assert torch.allclose(model.bank_centred, bank - bank.mean(dim=0, keepdim=True))
+    assert torch.allclose(model.bank_sq_norms[0], model.bank_centred.pow(2).sum(dim=1))
+
+
+def test_faiss_search_equals_exact(fitted: tuple[PatchCore, dict[str, float]]) -> None:
+    model, _ = fitted
+    fast = make_model(search="faiss", reweight=True)
+    fast.load_state_dict(model.state_dict())  # the cache and the Faiss index follow the loaded bank
+    exact = make_model(reweight=True)
+    exact.load_state_dict(model.state_dict())
+    images = torch.cat([normal_images(3, seed=11), with_square(normal_images(2, seed=12))])
+    with torch.no_grad():
+        a, b = exact.eval()(images), fast.eval()(images)
+    assert torch.allclose(a.pred_score, b.pred_score, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5)
+    assert fast.faiss_index().ntotal == model.bank_rows
 
 
 def test_model_output_does_not_depend_on_chunk_size(fitted: tuple[PatchCore, dict[str, float]]) -> None:
@@ -272,3 +346,7 @@ def test_errors() -> None:
         make_model(coreset_ratio=0.0)
     with pytest.raises(ConfigError, match="num_neighbors"):
         make_model(num_neighbors=0)
+    with pytest.raises(ConfigError, match="search"):
+        make_model(search="annoy")
+    with pytest.raises(ConfigError, match="coreset_oversample"):
+        make_model(coreset_oversample=0.5)

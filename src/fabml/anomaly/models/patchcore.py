@@ -17,12 +17,17 @@ bank items ``N_b(m*)`` nearest to ``m*`` (``m*`` included),
     s = (1 - exp||m_test* - m*|| / sum_{m in N_b(m*)} exp||m_test* - m||) * s*.
 
 Distances are computed block by block over the bank (and, outside ONNX export, over the
-queries) so that no ``[queries, M]`` matrix larger than ``chunk_size²`` floats is built.
+queries) so that no ``[queries, M]`` matrix larger than ``chunk_size²`` floats is built. The bank
+mean ``c``, the centred bank ``m - c`` and its squared norms are buffers computed once when the
+bank is set or loaded; each block is one ``addmm`` (``||m - c||² - 2 (q - c)·(m - c)``) followed by
+a running minimum. ``search="faiss"`` scores ``predict`` with a Faiss flat L2 index over the
+centred bank instead (same neighbours; the ONNX graph always keeps the torch computation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -38,6 +43,9 @@ from fabml.anomaly.models.feature_utils import (
 from fabml.anomaly.models.registry import ANOMALY_MODELS
 from fabml.errors import ConfigError
 
+if TYPE_CHECKING:
+    import faiss
+
 
 @dataclass
 class PatchCoreConfig(BackboneModelConfig):
@@ -51,7 +59,11 @@ class PatchCoreConfig(BackboneModelConfig):
     re-weighting. reweight: use the paper's re-weighted image score instead of ``pooling``.
     blur_sigma: Gaussian blur of the map in pixels (0 = none). chunk_size: bank rows (and query
     rows) per distance block. coreset_chunk: training patches per greedy k-center run during
-    ``fit`` (bounds fit memory; see the method). seed: coreset start point and projection.
+    ``fit`` (bounds fit memory; see the method). coreset_oversample: candidates each chunk keeps
+    for the final global greedy pass, as a multiple of its share of the bank (1-4; 1 = each chunk
+    keeps its share). search: ``exact`` (torch, blocks of ``chunk_size``) or ``faiss`` (a Faiss
+    flat L2 index for ``predict``; same nearest neighbours, for large banks). seed: coreset start
+    point and projection.
     """
 
     layers: list[int] = field(default_factory=lambda: [2, 3])
@@ -62,7 +74,12 @@ class PatchCoreConfig(BackboneModelConfig):
     blur_sigma: float = 4.0
     chunk_size: int = 4096
     coreset_chunk: int = 16384
+    coreset_oversample: float = 2.0
+    search: str = "exact"
     seed: int = 0
+
+
+SEARCHES = ("exact", "faiss")
 
 
 def check_patchcore_config(cfg: PatchCoreConfig) -> None:
@@ -79,6 +96,10 @@ def check_patchcore_config(cfg: PatchCoreConfig) -> None:
         raise ConfigError(f"model.blur_sigma={cfg.blur_sigma} must be >= 0 (0 = no blur)")
     if cfg.chunk_size < 1 or cfg.coreset_chunk < 1:
         raise ConfigError(f"model.chunk_size={cfg.chunk_size} and model.coreset_chunk={cfg.coreset_chunk} must be >= 1")
+    if not 1.0 <= cfg.coreset_oversample <= 16.0:
+        raise ConfigError(f"model.coreset_oversample={cfg.coreset_oversample} must be in [1, 16] (2-4 is usual)")
+    if cfg.search not in SEARCHES:
+        raise ConfigError(f"model.search='{cfg.search}' is unknown; choose one of: {', '.join(SEARCHES)}")
 
 
 def squared_distances(
@@ -91,39 +112,70 @@ def squared_distances(
     if queries_sq is None:
         queries_sq = queries.pow(2).sum(dim=1, keepdim=True)
     keys_sq = keys.pow(2).sum(dim=1).unsqueeze(0)
-    return (queries_sq - 2.0 * queries @ keys.t() + keys_sq).clamp_min(0.0)
+    return torch.addmm(keys_sq, queries, keys.t(), alpha=-2.0).add_(queries_sq).clamp_min_(0.0)
+
+
+class BankCache(NamedTuple):
+    """What the distance search needs of a bank ``[M, D]``, computed once: mean ``[1, D]``,
+    centred bank ``[M, D]`` and its squared row norms ``[1, M]``."""
+
+    mean: torch.Tensor
+    centred: torch.Tensor
+    sq_norms: torch.Tensor
+
+
+def bank_cache(bank: torch.Tensor) -> BankCache:
+    """:class:`BankCache` of ``bank`` ``[M, D]`` (an empty bank gives empty tensors)."""
+    mean = bank.mean(dim=0, keepdim=True) if bank.shape[0] else bank.new_zeros(1, bank.shape[1])
+    centred = (bank - mean).contiguous()
+    return BankCache(mean, centred, centred.pow(2).sum(dim=1).unsqueeze(0))
 
 
 def nearest_neighbours(
-    queries: torch.Tensor, bank: torch.Tensor, chunk_size: int, rows: int | None = None
+    queries: torch.Tensor, bank: torch.Tensor, chunk_size: int, rows: int | None = None,
+    cache: BankCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance ``[Q]`` (Euclidean) and index ``[Q]`` (int64) of each query's nearest bank row.
 
     The bank ``[M, D]`` is scanned in blocks of ``chunk_size`` rows (a Python loop whose
     length is fixed by ``M``, so it traces into a fixed ONNX graph; pass ``rows`` = M as a Python
-    int to keep the tracer from recording the bank's shape); memory is ``Q × chunk_size``.
-    Ties keep the lowest index, as an unchunked ``min`` does. The search uses the expanded form
-    on features centred on the bank mean (smaller norms, smaller rounding error); the returned
-    distance is then recomputed directly as ``||q - m_nearest||``, so it carries no
-    cancellation error and does not depend on ``chunk_size`` or the matmul backend.
+    int to keep the tracer from recording the bank's shape); memory is ``Q × chunk_size``. Each
+    block is one ``addmm`` giving ``||m - c||² - 2 (q - c)·(m - c)`` on features centred on the bank
+    mean ``c`` (smaller norms, smaller rounding error; ``||q - c||²`` is the same for every bank row
+    and is not needed to rank them), then a running minimum; ties keep the lowest index, as an
+    unchunked ``min`` does. The returned distance is recomputed directly as ``||q - m_nearest||``,
+    so it carries no cancellation error and does not depend on ``chunk_size`` or the matmul
+    backend. ``cache`` (:func:`bank_cache` of ``bank``) avoids recomputing the centred bank.
     """
-    centre = bank.mean(dim=0, keepdim=True)
-    centred = queries - centre
-    queries_sq = centred.pow(2).sum(dim=1, keepdim=True)
+    if cache is None:
+        cache = bank_cache(bank)
+    centred_q = queries - cache.mean
     best_d2 = best_idx = None
     for start in range(0, int(bank.shape[0]) if rows is None else rows, chunk_size):
-        block = bank[start : start + chunk_size] - centre
-        d2, idx = squared_distances(centred, block, queries_sq).min(dim=1)
-        idx = idx + start
+        block = cache.centred[start : start + chunk_size]
+        partial = torch.addmm(cache.sq_norms[:, start : start + chunk_size], centred_q, block.t(), alpha=-2.0)
+        d2, idx = partial.min(dim=1)
         if best_d2 is None:
             best_d2, best_idx = d2, idx
         else:
             closer = d2 < best_d2
             best_d2 = torch.where(closer, d2, best_d2)
-            best_idx = torch.where(closer, idx, best_idx)
+            best_idx = torch.where(closer, idx + start, best_idx)
     assert best_idx is not None  # the bank is never empty here
-    nearest = bank.index_select(0, best_idx)
-    return (queries - nearest).pow(2).sum(dim=1).sqrt(), best_idx
+    nearest = cache.centred.index_select(0, best_idx)
+    return (centred_q - nearest).pow(2).sum(dim=1).sqrt(), best_idx
+
+
+def faiss_nearest(queries: torch.Tensor, index: "faiss.Index", cache: BankCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`nearest_neighbours`, with the search done by a Faiss L2 ``index`` of ``cache.centred``.
+
+    The distance is recomputed in torch from the found row, as in the exact path.
+    """
+    centred_q = (queries - cache.mean).contiguous()
+    _, ids = index.search(centred_q.detach().cpu().numpy(), 1)
+    best_idx = torch.from_numpy(ids[:, 0]).to(queries.device)
+    nearest = cache.centred.index_select(0, best_idx)
+    return (centred_q - nearest).pow(2).sum(dim=1).sqrt(), best_idx
 
 
 @ANOMALY_MODELS.register("patchcore")
@@ -148,6 +200,34 @@ class PatchCore(AnomalyModel):
         self.memory_bank: torch.Tensor
         self.register_buffer("memory_bank", torch.empty(0, self.embedding_dim))
         self.bank_rows = 0  # M as a Python int: the traced graph's loop length
+        # derived from the bank once (set_memory_bank / load), not saved: see BankCache
+        self.bank_mean: torch.Tensor
+        self.bank_centred: torch.Tensor
+        self.bank_sq_norms: torch.Tensor
+        self._faiss_index: faiss.Index | None = None
+        self._set_cache()
+
+    def _set_cache(self) -> None:
+        cache = bank_cache(self.memory_bank)
+        self.register_buffer("bank_mean", cache.mean, persistent=False)
+        self.register_buffer("bank_centred", cache.centred, persistent=False)
+        self.register_buffer("bank_sq_norms", cache.sq_norms, persistent=False)
+        self._faiss_index = None
+
+    @property
+    def cache(self) -> BankCache:
+        """The bank's mean, centred rows and squared norms (:class:`BankCache`)."""
+        return BankCache(self.bank_mean, self.bank_centred, self.bank_sq_norms)
+
+    def faiss_index(self) -> "faiss.Index":
+        """A Faiss ``IndexFlatL2`` over the centred bank, built on first use and kept until the bank changes."""
+        if self._faiss_index is None:
+            import faiss
+
+            index = faiss.IndexFlatL2(self.embedding_dim)
+            index.add(self.bank_centred.detach().cpu().numpy())
+            self._faiss_index = index
+        return self._faiss_index
 
 
     @property
@@ -163,11 +243,13 @@ class PatchCore(AnomalyModel):
             )
         self.memory_bank = bank.detach().to(self.memory_bank.device, torch.float32).contiguous()
         self.bank_rows = int(bank.shape[0])
+        self._set_cache()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         resize_buffers_for_load(self, state_dict, prefix, ["memory_bank"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.bank_rows = int(self.memory_bank.shape[0])
+        self._set_cache()
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -182,11 +264,14 @@ class PatchCore(AnomalyModel):
         queries = flatten_patches(embedding)
         step = self.config.chunk_size
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if exporting or queries.shape[0] <= step:
-            dist, idx = nearest_neighbours(queries, self.memory_bank, step, self.bank_rows)
+        cache = self.cache
+        if not exporting and self.config.search == "faiss":
+            dist, idx = faiss_nearest(queries, self.faiss_index(), cache)
+        elif exporting or queries.shape[0] <= step:
+            dist, idx = nearest_neighbours(queries, self.memory_bank, step, self.bank_rows, cache)
         else:  # query blocks too, so memory is bounded by chunk_size² whatever the batch size
             parts = [
-                nearest_neighbours(queries[s : s + step], self.memory_bank, step, self.bank_rows)
+                nearest_neighbours(queries[s : s + step], self.memory_bank, step, self.bank_rows, cache)
                 for s in range(0, queries.shape[0], step)
             ]
             dist = torch.cat([p[0] for p in parts])
@@ -216,8 +301,8 @@ class PatchCore(AnomalyModel):
         k = min(self.config.num_neighbors, self.bank_rows)
         if k == 1:  # a one-item neighbourhood gives weight 0; the paper's b = 1 case is s* itself
             return s_star
-        centre = self.memory_bank.mean(dim=0, keepdim=True)  # centred: m* ranks first despite rounding
-        near = squared_distances(m_star - centre, self.memory_bank - centre)
+        # centred on the bank mean (cached): m* ranks first despite rounding; ||m* - c||² is common to all rows
+        near = torch.addmm(self.bank_sq_norms, m_star - self.bank_mean, self.bank_centred.t(), alpha=-2.0)
         support = near.topk(k, dim=1, largest=False).indices  # [B, k]: N_b(m*)
         support_feats = self.memory_bank.index_select(0, support.reshape(-1)).reshape(batch, k, dim)
         dist = (support_feats - m_test.unsqueeze(1)).pow(2).sum(dim=2).sqrt()  # [B, k]; column 0 is m*

@@ -62,7 +62,9 @@ def test_cluster_search_assign_evaluate_report(run_dir: Path):
     result = runner.invoke(app, ["wafer", "search", "--run", str(run_dir), "--query", query, "-k", "5"])
     assert result.exit_code == 0, result.output
     pngs = list((run_dir / "search").glob("*.png"))
-    assert pngs and query not in result.output.split("figure")[0].split("similarity")[-1]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in result.output.splitlines() if line.startswith("| ")]
+    ids = [row[rows[0].index("id")] for row in rows[1:]]  # the printed markdown table, one row per neighbour
+    assert pngs and len(ids) == 5 and query not in ids
 
     result = runner.invoke(app, ["wafer", "assign", "--run", str(run_dir), "--data", "synthetic:30:9"])
     assert result.exit_code == 0, result.output

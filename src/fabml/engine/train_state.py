@@ -24,11 +24,12 @@ No LR-scheduler state is stored or read: the schedule is rebuilt from the curren
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from fabml.engine.train_config import config_changes
 from fabml.errors import TrainingError
 
 FORMAT = 2
@@ -113,3 +114,25 @@ def load_training_state(
         history=list(ckpt.get("history") or []),
         partial=ckpt.get("partial"),
     )
+
+
+def changed_settings(
+    ckpt: Mapping[str, Any],
+    train_config: Mapping[str, Any],
+    job_config: Mapping[str, Any] | None,
+    ignore: frozenset[str],
+) -> list[str]:
+    """``"setting old -> new"`` for each setting that differs between a checkpoint and now.
+
+    The train section is compared as ``train.KEY`` (keys in ``ignore`` skipped); the job's
+    config, when both sides have one, key by key without its ``train`` entry.
+    """
+    old_train = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in ignore}
+    new_train = {k: v for k, v in train_config.items() if k not in ignore}
+    changed = config_changes(old_train, new_train, "train.")
+    old_job = ckpt.get("job_config")
+    if old_job is not None and job_config is not None:
+        changed += config_changes(
+            {k: v for k, v in old_job.items() if k != "train"}, {k: v for k, v in job_config.items() if k != "train"}
+        )
+    return changed

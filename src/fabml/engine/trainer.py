@@ -3,6 +3,11 @@
 The trainer owns device, precision, DDP, the data loader, optimizer, LR schedule,
 gradient accumulation and clipping, checkpoints, resume, early stopping and logging.
 A job supplies a :class:`~fabml.engine.method.Method` (models + loss) and a dataset.
+
+Beside it: :mod:`~fabml.engine.train_config` (``TrainConfig``, stages, checks),
+:mod:`~fabml.engine.train_state` (what a checkpoint holds, restore, changed settings),
+:mod:`~fabml.engine.stages` (stage layout, the rate at a step, what trains in an epoch),
+:mod:`~fabml.engine.param_groups` (optimizer groups) and :mod:`~fabml.engine.schedules`.
 """
 
 from __future__ import annotations
@@ -52,9 +57,8 @@ from fabml.engine.train_config import (  # noqa: F401  (TrainConfig and its chec
     StageConfig,
     TrainConfig,
     check_config,
-    config_changes,
 )
-from fabml.engine.train_state import LoopState, load_training_state, make_checkpoint
+from fabml.engine.train_state import LoopState, changed_settings, load_training_state, make_checkpoint
 from fabml.errors import ConfigError, TrainingError
 
 # Epoch-row columns that measure the machine, not the training: they differ between identical runs.
@@ -260,7 +264,7 @@ class Trainer:
         if resume or fresh or not self.checkpoints.has_checkpoint():
             return resume
         if self.cfg.auto_resume and self.checkpoints.latest_path.is_file():
-            changed = self._changed_settings(self._load_latest(), ignore=OPERATIONAL_KEYS)
+            changed = changed_settings(self._load_latest(), to_dict(self.cfg), self.job_config, OPERATIONAL_KEYS)
             if not changed:
                 return True
             raise ConfigError(
@@ -275,18 +279,6 @@ class Trainer:
         if self._latest is None:
             self._latest = self.checkpoints.load_latest(map_location="cpu")
         return self._latest
-
-    def _changed_settings(self, ckpt: Mapping[str, Any], ignore: frozenset[str]) -> list[str]:
-        """Dotted settings that differ between the checkpoint and now (train section and job config)."""
-        old_train = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in ignore}
-        new_train = {k: v for k, v in to_dict(self.cfg).items() if k not in ignore}
-        changed = config_changes(old_train, new_train, "train.")
-        old_job, new_job = ckpt.get("job_config"), self.job_config
-        if old_job is not None and new_job is not None:
-            changed += config_changes(
-                {k: v for k, v in old_job.items() if k != "train"}, {k: v for k, v in new_job.items() if k != "train"}
-            )
-        return changed
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False, fresh: bool = False) -> TrainResult:
@@ -366,8 +358,10 @@ class Trainer:
                     break
                 dist_utils.broadcast_buffers(self.method)
                 row.update({k: float(v) for k, v in self.method.on_epoch_end(epoch).items()})
-                row.update(self._main_no_grad(lambda: self.method.no_grad_work(epoch)))
-                row.update(self._main_no_grad(lambda: self.validate(self.method) if self.validate else {}))
+                if type(self.method).no_grad_work is not Method.no_grad_work:
+                    row.update(self._main_no_grad(lambda: self.method.no_grad_work(epoch)))
+                if self.validate is not None:
+                    row.update(self._main_no_grad(lambda: self.validate(self.method)))
                 if cfg.monitor not in row:
                     raise ConfigError(
                         f"train.monitor='{cfg.monitor}' is not a logged metric; available: {', '.join(row)}"
@@ -641,7 +635,7 @@ class Trainer:
                 f"{self.batches_per_epoch} batches: resume with the batch size and data it was written with, or --fresh"
             )
         if self.is_main:
-            changed = self._changed_settings(ckpt, ignore=RESUMABLE_CHANGES)
+            changed = changed_settings(ckpt, to_dict(self.cfg), self.job_config, RESUMABLE_CHANGES)
             if changed:
                 console.print(f"warning: resuming with changed settings: {'; '.join(changed)}", highlight=False)
             old = ckpt.get("config") or {}

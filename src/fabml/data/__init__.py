@@ -1,0 +1,8 @@
+"""I/O and datasets shared by the jobs (each module imported on its own; this package imports nothing).
+
+``splits``: one seeded, stratified, grouped split for every job, written to CSV, leaks checked on load.
+``d4``: the rotation/reflection group D4 on maps (wafer augmentation, retrieval and invariance metrics).
+``images``: Pillow decoding of images and masks. ``anomaly_discovery`` / ``anomaly_split`` /
+``anomaly_dataset`` (re-exported together by ``anomaly_data``): the anomaly job's image folders.
+``wafer_io`` / ``g85`` / ``wafer_dataset``: wafer-map formats and tensors. ``synthetic_*``: generators.
+"""

@@ -106,3 +106,20 @@ def test_wafer_train_and_evaluate_print_each_metric_once(bracketed: Path) -> Non
     written = [line.split("|")[1].strip() for line in (bracketed / "eval" / "metrics.md").read_text().splitlines()
                if line.startswith("| ")]
     assert len(written) == len(set(written)) and "knn_macro_acc" in written
+
+
+def test_wafer_metrics_table_lists_each_metric_once() -> None:
+    """The five metrics shared by the labelled and unlabelled key lists used to get two rows each."""
+    from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metric_keys, metrics_markdown
+
+    shared = [k for k in SUMMARY_KEYS if k in UNLABELLED_KEYS]
+    assert shared == ["silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine", "d4_same_cluster_rate"]
+    results = {"byol": {k: 0.5 for k in SUMMARY_KEYS}, "baseline_pca": {"silhouette": 0.123456, "iou_map": 0.25}}
+    keys = metric_keys(results)
+    assert keys == [*SUMMARY_KEYS, "iou_map"]
+    lines = metrics_markdown(results).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines]
+    assert cells[0] == ["metric", "byol", "baseline_pca"]
+    assert [row[0] for row in cells[2:]] == keys
+    assert cells[2 + keys.index("silhouette")] == ["silhouette", "0.500", "0.123"]
+    assert cells[-1] == ["iou_map", "n/a", "0.250"]

@@ -19,9 +19,9 @@ from fabml.anomaly.inference import ScoredSet, score_batches
 from fabml.anomaly.method import create_anomaly_method
 from fabml.anomaly.models import create_anomaly_model
 from fabml.anomaly.report import write_evaluation, write_predictions
-from fabml.anomaly.runs import FittedModel, load_fitted, save_fitted
+from fabml.anomaly.runs import JOB, FittedModel, load_fitted, save_fitted
 from fabml.anomaly.threshold import GRADE_NAMES, grade
-from fabml.config import from_dict, save_config
+from fabml.config import from_dict
 from fabml.data.anomaly_data import (
     AnomalyImageDataset,
     MASK_FOLDER_NAMES,
@@ -33,8 +33,9 @@ from fabml.data.anomaly_data import (
     write_split,
 )
 from fabml.metrics.anomaly import anomaly_metrics, per_type_metrics
-from fabml.engine.distributed import is_main_process
+from fabml.engine.distributed import is_main_process, main_process_only
 from fabml.engine.hardware import peak_rss_mb, resolve_device
+from fabml.engine.runs import RunFolder
 from fabml.engine.trainer import TrainConfig, Trainer, seed_everything
 from fabml.errors import ConfigError, DataError
 
@@ -83,9 +84,14 @@ def train_config(method_defaults: dict[str, Any], overrides: dict[str, Any], cfg
 
 
 def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bool = False) -> FitReport:
-    """Fit ``cfg.model`` on the normal training images, calibrate on held-out normals, save ``model.pt``."""
+    """Fit ``cfg.model`` on the normal training images, calibrate on held-out normals, save ``model.pt``.
+
+    Writes the run folder of :mod:`fabml.engine.runs` (config.yaml, run.json naming the job, model.pt) plus
+    split.csv and fit.json. Under torchrun only the main process writes: a gradient model trains on every
+    rank (DDP) and rank 0 calibrates and saves; a memory-bank model (PatchCore, PaDiM) fits on rank 0 only
+    while the other ranks wait, and their report has no timings (``fit_seconds`` 0).
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     split = make_split(cfg.data)
     size = (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
     channels = cfg.data.channels or detect_channels(split.train)
@@ -93,28 +99,47 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
     seed_everything(cfg.seed)
     model = create_anomaly_model(name, **settings)
     method = create_anomaly_method(name, model)
-    save_config(cfg, run_dir / "config.yaml")
-    write_split(split, run_dir / SPLIT_FILE)
+    run = RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.seed)
+    if is_main_process():
+        write_split(split, run_dir / SPLIT_FILE)
     device = resolve_device(cfg.device)
+
+    def waiting_rank_report() -> FitReport:
+        return FitReport(run_dir, name, split.summary(), 0.0, 0.0, peak_rss_mb())
+
+    if method.memory_bank:
+        def fit_on_main() -> FitReport:
+            start = time.perf_counter()
+            method.to(device)
+            stats = dict(method.fit(loader(split.train, cfg, size, channels)))
+            return _calibrate_and_save(run, cfg, split, method, model, name, settings, size, channels, device,
+                                       stats, start)
+
+        report = main_process_only(fit_on_main, what=f"the {name} fit")
+        return report if report is not None else waiting_rank_report()
 
     start = time.perf_counter()
     stats: dict[str, float] = {}
-    if method.memory_bank:
-        method.to(device)
-        stats = dict(method.fit(loader(split.train, cfg, size, channels)))
-    else:
-        train_cfg = train_config(method.default_train, cfg.train, cfg)
-        dataset = AnomalyImageDataset(split.train, size, channels, cache=True)
-        trainer = Trainer(method, train_cfg, run_dir, dataset)
-        if not (resume and trainer.checkpoints.has_checkpoint()):  # a resumed run restores what prepare set
-            stats.update(method.prepare(loader(split.train, cfg, size, channels)))
-        result = trainer.fit(resume=resume, fresh=fresh)
-        if not is_main_process():  # under torchrun: rank 0 calibrates and writes the run
-            return FitReport(run_dir, name, split.summary(), time.perf_counter() - start, 0.0, peak_rss_mb())
-        stats = {"epochs": float(result.epochs_completed), "steps": float(result.global_step)}
-        if result.history:
-            stats["final_loss"] = float(result.history[-1].get("loss", float("nan")))
-        method.to(device)
+    train_cfg = train_config(method.default_train, cfg.train, cfg)
+    dataset = AnomalyImageDataset(split.train, size, channels, cache=True)
+    trainer = Trainer(method, train_cfg, run_dir, dataset)
+    if not (resume and trainer.checkpoints.has_checkpoint()):  # a resumed run restores what prepare set
+        stats.update(method.prepare(loader(split.train, cfg, size, channels)))
+    result = trainer.fit(resume=resume, fresh=fresh)
+    if not is_main_process():  # under torchrun: rank 0 calibrates and writes the run
+        return waiting_rank_report()
+    run.update_info()  # the trainer rewrites run.json on a fresh start: name the job again
+    stats.update({"epochs": float(result.epochs_completed), "steps": float(result.global_step)})
+    if result.history:
+        stats["final_loss"] = float(result.history[-1].get("loss", float("nan")))
+    method.to(device)
+    return _calibrate_and_save(run, cfg, split, method, model, name, settings, size, channels, device, stats, start)
+
+
+def _calibrate_and_save(run: RunFolder, cfg: AnomalyConfig, split: Any, method: Any, model: Any, name: str,
+                        settings: dict[str, Any], size: tuple[int, int], channels: int, device: torch.device,
+                        stats: dict[str, float], start: float) -> FitReport:
+    """Finalise the fitted method, calibrate on the held-out normals, write model.pt and fit.json (main process)."""
     val_loader = loader(split.val, cfg, size, channels)
     stats.update(method.finalize(val_loader))
     fit_seconds = time.perf_counter() - start
@@ -129,13 +154,13 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
     calibration = calibrate(model, val_loader, cfg.calibration, device, defect_loader)
     calibration_seconds = time.perf_counter() - start
     fitted = FittedModel(name, model, calibration.normalizer, cfg.grades, cfg, settings, calibration.info)
-    save_fitted(run_dir, fitted)
+    save_fitted(run.root, fitted)
     report = FitReport(
-        run_dir=run_dir, model=name, split=split.summary(), fit_seconds=fit_seconds,
+        run_dir=run.root, model=name, split=split.summary(), fit_seconds=fit_seconds,
         calibration_seconds=calibration_seconds, peak_rss_mb=peak_rss_mb(),
         messages=calibration.messages, train_stats={k: float(v) for k, v in stats.items()},
     )
-    (run_dir / "fit.json").write_text(json.dumps({**report.__dict__, "run_dir": str(run_dir)}, indent=2, default=str))
+    (run.root / "fit.json").write_text(json.dumps({**report.__dict__, "run_dir": str(run.root)}, indent=2, default=str))
     return report
 
 

@@ -1,25 +1,28 @@
 """The fitted artefact of an anomaly run (``model.pt``): model weights, config and calibration.
 
-One file holds everything ``predict``, ``evaluate`` and ``export`` need, written atomically.
+One file holds everything ``predict``, ``evaluate`` and ``export`` need, written atomically. The run folder is the
+shared layout of :mod:`fabml.engine.runs` (config.yaml, run.json naming the job, model.pt, checkpoints/ for
+gradient models) plus ``split.csv``, ``fit.json``, ``evaluation/``, ``predictions/`` and ``model.onnx``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from fabml.anomaly.config import AnomalyConfig
 from fabml.anomaly.models import create_anomaly_model
 from fabml.anomaly.models.base import AnomalyModel
 from fabml.anomaly.threshold import GradeConfig, ScoreNormalizer
 from fabml.config import from_dict, to_dict
-from fabml.engine.checkpoint import load_checkpoint, save_checkpoint
+from fabml.engine.runs import ARTEFACT, CONFIG, RunFolder
 from fabml.errors import ConfigError
 
-ARTEFACT = "model.pt"
+JOB = "anomaly"
 
 
 @dataclass
@@ -43,8 +46,42 @@ class FittedModel:
         return self.model.in_chans
 
 
-def save_fitted(run_dir: Path, fitted: FittedModel) -> Path:
-    """Write ``run_dir/model.pt`` atomically."""
+def build_method(cfg: AnomalyConfig, image_size: tuple[int, int] | None = None, channels: int | None = None):
+    """The anomaly method of ``cfg.model`` (random weights) for images of ``image_size`` (default
+    ``data.image_size``) with ``channels`` channels (default ``data.channels``; 0 = auto needs the data)."""
+    from fabml.anomaly.method import create_anomaly_method
+    from fabml.anomaly.pipeline import model_settings
+
+    size = image_size or (int(cfg.data.image_size[0]), int(cfg.data.image_size[1]))
+    channels = channels or cfg.data.channels
+    if not channels:
+        raise ConfigError("data.channels=0 (auto) is decided from the images: set data.channels to 1 or 3, "
+                          "or pass channels=")
+    name, settings = model_settings(cfg, size, channels)
+    return create_anomaly_method(name, create_anomaly_model(name, **settings))
+
+
+def is_legacy_run(path: Path) -> bool:
+    """An anomaly run written before run.json named its job: a model.pt, or a config.yaml with anomaly settings."""
+    path = Path(path)
+    config = path / CONFIG
+    if config.is_file():
+        try:
+            data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            return False
+        names = {f.name for f in fields(AnomalyConfig)}
+        return isinstance(data, dict) and "calibration" in data and set(data) <= names
+    return (path / ARTEFACT).is_file()
+
+
+def open_run(run_dir: str | Path) -> RunFolder:
+    """The anomaly run in ``run_dir`` (old runs without a job in run.json included); one-line error otherwise."""
+    return RunFolder.open(run_dir, JOB, legacy=is_legacy_run, command="fabml anomaly fit --model NAME --out")
+
+
+def save_fitted(run_dir: Path, fitted: FittedModel) -> Path | None:
+    """Write ``run_dir/model.pt`` atomically (main process only; None on the other ranks)."""
     state = {
         "name": fitted.name,
         "model_settings": fitted.model_settings,
@@ -54,15 +91,18 @@ def save_fitted(run_dir: Path, fitted: FittedModel) -> Path:
         "config": to_dict(fitted.cfg),
         "calibration": fitted.calibration,
     }
-    return save_checkpoint(state, Path(run_dir) / ARTEFACT)
+    return RunFolder(run_dir, JOB).save_artefact(state)
 
 
 def load_fitted(run_dir: str | Path, device: torch.device | str = "cpu") -> FittedModel:
-    """Rebuild the fitted model of ``run_dir`` (eval mode, on ``device``)."""
-    path = Path(run_dir) / ARTEFACT
-    if not path.is_file():
-        raise ConfigError(f"no fitted model at {path}: run `fabml anomaly fit ... --run {run_dir}` first")
-    state = load_checkpoint(path)
+    """Rebuild the fitted model of ``run_dir`` (eval mode, on ``device``); old run folders load too."""
+    run = RunFolder(run_dir, JOB)
+    if not run.has_artefact():
+        if run.root.is_dir() and run.recorded_job() not in (None, JOB):
+            open_run(run_dir)  # names the job the folder belongs to
+        raise ConfigError(f"no fitted model at {run.artefact_path}: run `fabml anomaly fit --model NAME --out "
+                          f"{run.root}` first")
+    state = open_run(run_dir).load_artefact()
     settings = dict(state["model_settings"])
     # the weights come from the artefact: never look for backbone files again
     if "pretrained" in settings:
@@ -79,3 +119,11 @@ def load_fitted(run_dir: str | Path, device: torch.device | str = "cpu") -> Fitt
         model_settings=dict(state["model_settings"]),
         calibration=dict(state.get("calibration", {})),
     )
+
+
+def config_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``fabml info`` shows for an anomaly run (from config.yaml as a dict)."""
+    model, data = config.get("model") or {}, config.get("data") or {}
+    return {"model": model.get("name"), "backbone": model.get("backbone"), "image size": data.get("image_size"),
+            "channels": data.get("channels"), "data": data.get("root") or data.get("normal_dir"),
+            "calibration": (config.get("calibration") or {}).get("method")}

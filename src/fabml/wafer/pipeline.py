@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fabml.config import load_config, save_config
+from fabml.config import load_config
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import load_wafer_maps
+from fabml.engine.distributed import is_main_process
 from fabml.engine.hardware import resolve_device
+from fabml.engine.runs import RunFolder
 from fabml.engine.trainer import Trainer, TrainResult, seed_everything
-from fabml.errors import DataError
+from fabml.errors import ConfigError, DataError
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.viz import plot_cluster_gallery, plot_search_results, plot_trend
@@ -27,7 +29,16 @@ from fabml.wafer.clusters import ClusterModel
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import d4_averaged, encoder_embed_fn, embed_tensors
 from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metrics_markdown  # noqa: F401  (public here too)
-from fabml.wafer.runs import build_method, load_trained, meta_frame, read_embeddings, reload_maps, write_embeddings
+from fabml.wafer.runs import (
+    JOB,
+    build_method,
+    load_trained,
+    meta_frame,
+    read_embeddings,
+    reload_maps,
+    save_model,
+    write_embeddings,
+)
 from fabml.wafer.trend import cluster_trend
 
 
@@ -72,16 +83,28 @@ def train(
     cfg: WaferConfig, data: str | list[str], run_dir: Path, resume: bool = False, fresh: bool = False,
     val_data: str | list[str] | None = None,
 ) -> TrainResult:
-    """Train the BYOL encoder on (unlabelled) maps; writes config.yaml, checkpoints and metrics.csv."""
+    """Train the BYOL encoder on (unlabelled) maps; writes the run folder of :mod:`fabml.engine.runs`.
+
+    config.yaml and run.json (job ``wafer``) first, then checkpoints and metrics.csv per epoch, and
+    ``model.pt`` (the best checkpoint's weights) when training ends. Under torchrun only rank 0 writes.
+    """
     run_dir = Path(run_dir)
     dataset = load_dataset(data, cfg)
     validate = make_validator(cfg, load_dataset(val_data, cfg, limit=0)) if val_data else None
     seed_everything(cfg.train.seed)  # the initial weights too: the same config gives the same run
     method = build_method(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(method, cfg.train, run_dir, dataset, validate=validate)
-    save_config(cfg, run_dir / "config.yaml")
-    return trainer.fit(resume=resume, fresh=fresh)
+    if trainer.checkpoints.has_checkpoint() and not (resume or fresh):  # before config.yaml is overwritten
+        raise ConfigError(f"run dir {run_dir} already has a checkpoint: pass --resume to continue or --fresh "
+                          "to start over")
+    run = RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.train.seed)
+    if is_main_process():
+        run.artefact_path.unlink(missing_ok=True)  # rewritten from the best checkpoint when this training ends
+    result = trainer.fit(resume=resume, fresh=fresh)
+    if is_main_process():
+        run.update_info()  # the trainer rewrites run.json on a fresh start: name the job again
+        save_model(run, cfg)
+    return result
 
 
 def embed_fn(cfg: WaferConfig, method, tta_d4: bool):

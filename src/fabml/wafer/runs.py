@@ -1,7 +1,10 @@
 """The wafer run folder: where each step reads and writes, and how a trained run is loaded back.
 
+The shared layout is :mod:`fabml.engine.runs`; the wafer job adds its step folders:
+
 ```
 RUN/config.yaml  run.json  metrics.csv  checkpoints/{latest,best}.pt     (train)
+RUN/model.pt                                        (train, at the end: the best checkpoint's weights)
 RUN/embeddings/embeddings.npy  meta.csv  source.json  index.faiss       (embed)
 RUN/clusters/clusters.csv  cluster_model.joblib  gallery.png  trend.*   (cluster)
 RUN/eval/metrics.json  metrics.md  per_class.png                        (evaluate)
@@ -13,20 +16,24 @@ RUN/report/index.html                                                   (report)
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from fabml.config import load_config
+from fabml.config import load_config, to_dict
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import WaferMap, load_wafer_maps
 from fabml.engine.checkpoint import load_checkpoint
+from fabml.engine.runs import CONFIG, RunFolder
 from fabml.errors import DataError
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.method import BYOLMethod
 
+JOB = "wafer"
 META_COLUMNS = ("id", "lot", "date", "label", "source")
 
 
@@ -36,19 +43,73 @@ def build_method(cfg: WaferConfig) -> BYOLMethod:
     return BYOLMethod(encoder_cfg, cfg.byol, cfg.augment, outline_channel=cfg.data.outline_channel)
 
 
-def load_trained(run_dir: Path, checkpoint: str = "best") -> tuple[WaferConfig, BYOLMethod]:
-    """Config and trained method of a run (``checkpoint`` = best | latest | a .pt path)."""
+def is_legacy_run(path: Path) -> bool:
+    """A wafer run written before run.json named its job: a config.yaml of wafer settings (it has ``byol``)."""
+    config = Path(path) / CONFIG
+    if not config.is_file():
+        return False
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return False
+    names = {f.name for f in fields(WaferConfig)}
+    return isinstance(data, dict) and "byol" in data and set(data) <= names
+
+
+def open_run(run_dir: str | Path) -> RunFolder:
+    """The wafer run in ``run_dir`` (old runs without a job in run.json included); one-line error otherwise."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise DataError(f"{config_path} not found: train first with `fabml wafer train --out {run_dir}`")
-    cfg = load_config(WaferConfig, config_path)
-    path = Path(checkpoint) if checkpoint.endswith(".pt") else run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file() and checkpoint == "best":
-        path = run_dir / "checkpoints" / "latest.pt"
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir / CONFIG} not found: train first with `fabml wafer train --out {run_dir}`")
+    return RunFolder.open(run_dir, JOB, legacy=is_legacy_run, command="fabml wafer train --data ... --out")
+
+
+def save_model(run: RunFolder, cfg: WaferConfig) -> Path | None:
+    """Write ``RUN/model.pt`` from the best checkpoint (the latest one when no epoch improved the monitor).
+
+    Holds ``{"method": BYOL state_dict, "checkpoint": "best"|"latest", "epoch": E, "config": {...}}``; main
+    process only (None elsewhere, or when the run has no checkpoint).
+    """
+    source = run.best_checkpoint if run.best_checkpoint.is_file() else run.latest_checkpoint
+    if not source.is_file():
+        return None
+    ckpt = load_checkpoint(source, map_location="cpu")
+    return run.save_artefact({"method": ckpt["method"], "checkpoint": source.stem, "epoch": int(ckpt.get("epoch", 0)),
+                              "config": to_dict(cfg)})
+
+
+def load_trained(run_dir: Path, checkpoint: str = "best") -> tuple[WaferConfig, BYOLMethod]:
+    """Config and trained method of a run.
+
+    ``checkpoint``: ``best`` = ``RUN/model.pt`` (written when training ends; an old or interrupted run falls back
+    to ``checkpoints/best.pt``, then ``latest.pt``), ``latest`` = ``checkpoints/latest.pt``, or a ``.pt`` path.
+    """
+    run = open_run(run_dir)
+    if not run.config_path.is_file():
+        raise DataError(f"{run.config_path} not found: train first with `fabml wafer train --out {run.root}`")
+    cfg = load_config(WaferConfig, run.config_path)
+    if checkpoint.endswith(".pt"):
+        state = load_checkpoint(Path(checkpoint), map_location="cpu")
+    elif checkpoint == "best" and run.has_artefact():
+        state = run.load_artefact()
+    elif checkpoint in ("best", "latest"):
+        path = run.checkpoints / f"{checkpoint}.pt"
+        if not path.is_file() and checkpoint == "best":
+            path = run.latest_checkpoint
+        state = load_checkpoint(path, map_location="cpu")
+    else:
+        raise DataError(f"--checkpoint {checkpoint!r} is unknown: use best, latest or the path of a .pt file")
     method = build_method(cfg)
-    method.load_state_dict(load_checkpoint(path, map_location="cpu")["method"])
+    method.load_state_dict(state["method"])
     return cfg, method.eval()
+
+
+def config_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``fabml info`` shows for a wafer run (from config.yaml as a dict)."""
+    model, data, train = (config.get(k) or {} for k in ("model", "data", "train"))
+    return {"encoder": model.get("preset"), "map size": data.get("size"), "outline channel": data.get("outline_channel"),
+            "epochs": train.get("epochs"), "batch size": train.get("batch_size"), "lr": train.get("lr"),
+            "monitor": train.get("monitor")}
 
 
 def meta_frame(dataset: WaferTensorDataset) -> pd.DataFrame:

@@ -49,3 +49,10 @@ def test_pca_baseline_embeds_like_an_encoder():
     emb = embed_tensors(base, x)
     assert emb.shape == (20, 5)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_pca_baseline_with_fewer_maps_than_dimensions():
+    """`fabml wafer evaluate` on 96 reference maps used to fail: PCA cannot have 128 components from 96 maps."""
+    x = _maps(12)
+    emb = embed_tensors(PCABaseline(dim=128).fit(x), x)
+    assert emb.shape == (12, 12)

@@ -11,7 +11,7 @@ import torch
 
 import fabml  # noqa: F401  (torchvision shim before anything imports timm)
 from fabml.anomaly.method import ANOMALY_METHODS
-from fabml.anomaly.methods.padim import PadimMethod
+from fabml.anomaly.methods.padim import GaussianSums, PadimMethod
 from fabml.anomaly.models.base import AnomalyOutput
 from fabml.anomaly.models.padim import Padim, PadimConfig, mahalanobis_map
 from fabml.anomaly.models.registry import ANOMALY_MODELS
@@ -101,6 +101,24 @@ def test_streaming_fit_equals_one_batch_fit(fitted: Padim) -> None:
     PadimMethod(one).fit([normal_images(16)])
     assert torch.allclose(one.mean, fitted.mean, atol=1e-6)
     assert torch.allclose(one.inv_covariance, fitted.inv_covariance, rtol=1e-5, atol=1e-4)
+
+
+def test_streaming_covariance_matches_numpy_float64() -> None:
+    # float32 batch products into float64 sums: far-from-zero features (mean 50), uneven batches
+    rng = np.random.default_rng(3)
+    x = 50.0 + rng.standard_normal((37, 5, 3, 2)) * rng.uniform(0.1, 3.0, (1, 5, 1, 1))
+    sums = GaussianSums()
+    for part in np.split(x, [4, 15, 16, 30]):
+        sums.add(torch.from_numpy(part).float())
+    data = x.astype(np.float32).astype(np.float64).reshape(37, 5, 6)  # what the model sees
+    got = sums.covariance(0.01).numpy()
+    for i in range(6):
+        want = np.cov(data[:, :, i], rowvar=False) + 0.01 * np.eye(5)
+        assert np.allclose(got[i], want, rtol=1e-5, atol=1e-6)
+    mean, inv = sums.gaussian(0.01)
+    assert np.allclose(mean.numpy(), data.mean(axis=0), rtol=1e-6)
+    assert np.allclose(inv[0].numpy(), np.linalg.inv(np.cov(data[:, :, 0], rowvar=False) + 0.01 * np.eye(5)),
+                       rtol=1e-4, atol=1e-5)
 
 
 def test_mahalanobis_hand_case() -> None:

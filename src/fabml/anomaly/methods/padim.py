@@ -1,9 +1,14 @@
 """PaDiM training: per-position mean and covariance from streaming sums (memory independent of N).
 
 For each position ``i`` and shifted embeddings ``y = x - c_i`` (``c_i`` = the first batch's
-mean, which keeps the sums well conditioned), ``fit`` accumulates in float64
+mean, which keeps the sums well conditioned), ``fit`` accumulates
 
     n,  S1_i = sum y,  S2_i = sum y y^T
+
+Each batch's products ``y^T y`` (``[P, d, d]``, one batched matmul) and sums are computed in
+float32 and added into float64 running sums: a batch holds few terms (B <= a few hundred), so
+its float32 rounding is ~1e-7 relative, and the float64 sums keep the error from growing
+with the number of batches. Then
     mu_i = c_i + S1_i / n,   Sigma_i = (S2_i - S1_i S1_i^T / n) / (n - 1) + eps·I
 
 (the unbiased covariance, as ``numpy.cov``), then inverts each ``Sigma_i``. Peak memory:
@@ -28,7 +33,10 @@ INVERT_BLOCK = 512  # positions inverted at once
 
 
 class GaussianSums:
-    """Streaming per-position first and second moments of ``[B, d, h, w]`` embeddings (float64)."""
+    """Streaming per-position first and second moments of ``[B, d, h, w]`` embeddings.
+
+    Per-batch arithmetic in float32, running sums in float64 (module docstring).
+    """
 
     def __init__(self) -> None:
         self.count = 0
@@ -39,17 +47,26 @@ class GaussianSums:
     def add(self, embedding: torch.Tensor) -> None:
         """Accumulate one batch ``[B, d, h, w]``."""
         # contiguous: the batched products below are >10x slower on the permuted strides
-        x = embedding.detach().flatten(2).permute(2, 0, 1).double().contiguous()  # [P, B, d]
+        x = embedding.detach().float().flatten(2).permute(2, 0, 1).contiguous()  # [P, B, d] float32
         if self.shift is None:
-            self.shift = x.mean(dim=1)
-            self.sum = torch.zeros_like(self.shift)
+            self.shift = x.mean(dim=1)  # float32 [P, d]
             positions, dim = self.shift.shape
+            self.sum = torch.zeros(positions, dim, dtype=torch.float64, device=x.device)
             self.sum_outer = torch.zeros(positions, dim, dim, dtype=torch.float64, device=x.device)
         assert self.sum is not None and self.sum_outer is not None
         y = x - self.shift.unsqueeze(1)
-        self.sum += y.sum(dim=1)
-        self.sum_outer.baddbmm_(y.transpose(1, 2), y)
+        self.sum.add_(y.sum(dim=1))  # float32 batch sum into the float64 total
+        self.sum_outer.add_(torch.bmm(y.transpose(1, 2), y))  # float32 batch products, float64 total
         self.count += x.shape[1]
+
+    def covariance(self, eps: float, positions: slice = slice(None)) -> torch.Tensor:
+        """Unbiased covariance plus ``eps·I``, ``[p, d, d]`` float64, of the positions in ``positions``."""
+        assert self.sum is not None and self.sum_outer is not None
+        n = self.count
+        s1 = self.sum[positions]
+        outer = (s1 / n).unsqueeze(2) * s1.unsqueeze(1)  # S1 S1^T / n
+        eye = torch.eye(s1.shape[1], dtype=torch.float64, device=s1.device)
+        return (self.sum_outer[positions] - outer) / (n - 1) + eps * eye
 
     def gaussian(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``[d, P]`` and inverse covariance ``[P, d, d]`` (float32) with ``eps`` on the diagonal."""
@@ -61,12 +78,11 @@ class GaussianSums:
         inv = torch.empty(positions, dim, dim, dtype=torch.float32, device=mean_shift.device)
         for start in range(0, positions, INVERT_BLOCK):
             sl = slice(start, start + INVERT_BLOCK)
-            outer = mean_shift[sl].unsqueeze(2) * self.sum[sl].unsqueeze(1)  # S1 S1^T / n
-            cov = (self.sum_outer[sl] - outer) / (n - 1) + eps * eye
+            cov = self.covariance(eps, sl)
             # cov is SPD (eps > 0): Sigma^-1 = L^-T L^-1 with L = chol(Sigma), faster than linalg.inv
             chol_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(cov), eye.expand_as(cov), upper=False)
             inv[sl] = (chol_inv.transpose(1, 2) @ chol_inv).float()
-        return (self.shift + mean_shift).t().float(), inv
+        return (self.shift.double() + mean_shift).t().float(), inv
 
 
 @ANOMALY_METHODS.register("padim")

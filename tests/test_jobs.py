@@ -221,3 +221,41 @@ def test_a_folder_of_no_job_gives_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(err.value) and "fabml wafer train" in str(err.value)
     with pytest.raises(ConfigError, match="no fitted model at .*fabml anomaly fit --model NAME --out"):
         load_fitted(tmp_path)
+
+
+SPINE_NAMES = {"is_main_process", "main_process_only", "get_rank"}  # what a job may ask engine.distributed
+TORCHRUN_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+
+
+def _ddp_knowledge(path: Path) -> list[str]:
+    """Lines of ``path`` where a job reads torchrun's variables, uses torch.distributed/DDP, or asks the spine
+    anything beyond :data:`SPINE_NAMES`."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Import) and any(a.name.startswith("torch.distributed") for a in node.names):
+            found.append(f"{where} imports torch.distributed")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("torch.distributed") or (
+                    node.module in ("torch", "torch.nn.parallel") and
+                    {a.name for a in node.names} & {"distributed", "DistributedDataParallel"}):
+                found.append(f"{where} imports {node.module}")
+            elif node.module == "fabml.engine.distributed" and {a.name for a in node.names} - SPINE_NAMES:
+                found.append(f"{where} imports {[a.name for a in node.names]} from the spine")
+        elif isinstance(node, ast.Attribute) and node.attr in ("distributed", "DistributedDataParallel"):
+            found.append(f"{where} uses .{node.attr}")
+        elif isinstance(node, ast.Constant) and node.value in TORCHRUN_VARS:
+            found.append(f"{where} names the torchrun variable {node.value}")
+    return found
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_jobs_do_not_know_ddp(name: str) -> None:
+    """A job asks the spine whether it is the main process; it never reads RANK or touches torch.distributed."""
+    import fabml
+
+    folder = Path(fabml.__file__).parent / name
+    found = [line for path in sorted(folder.rglob("*.py")) for line in _ddp_knowledge(path)]
+    assert found == []

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
 from fabml.anomaly.models.draem import DraemModel
 from fabml.anomaly.synthetic import synthesize_anomalies
+from fabml.engine.distributed import get_rank
 
 
 def focal_loss(
@@ -69,7 +70,7 @@ class StepGenerator(nn.Module):
         """The (CPU) generator of the current step; advances the step counter."""
         if int(self.seed) < 0:
             self.seed.fill_(torch.initial_seed() % 2**62)
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rank = get_rank()  # each torchrun rank draws its own anomalies
         mixed = (int(self.seed) * 1_000_003 + int(self.step)) * 1_000_003 + rank
         self.step += 1
         return torch.Generator().manual_seed(mixed % 2**63)

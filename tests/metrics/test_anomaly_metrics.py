@@ -181,6 +181,14 @@ def test_f1_max_hand_value_and_sklearn():
     assert f1_at_threshold(F1_LABELS, F1_SCORES, threshold) == pytest.approx(best)
 
 
+def test_f1_max_ties_give_the_highest_threshold():
+    # t=0.8 -> TP 2, FP 0, FN 2: F1 4/6; t=0.3 -> TP 4, FP 4, FN 0: F1 8/12 = 4/6 as well
+    labels = [1, 1, 0, 0, 0, 0, 1, 1]
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.35, 0.3]
+    best, threshold = f1_max(labels, scores)
+    assert best == pytest.approx(2 / 3) and threshold == pytest.approx(0.8)
+
+
 def test_f1_at_threshold_hand_values():
     assert f1_at_threshold(F1_LABELS, F1_SCORES, 0.65) == pytest.approx(4 / 5)
     assert f1_at_threshold(F1_LABELS, F1_SCORES, 0.7) == pytest.approx(4 / 5)  # >= counts as anomalous

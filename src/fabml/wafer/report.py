@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fabml.viz import ReportSection, plot_embedding_scatter, plot_training_curves, write_html_report
-from fabml.wafer.runs import read_embeddings
+from fabml.wafer.runs import open_run, read_embeddings
 
 
 def project_2d(emb: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
@@ -41,13 +41,16 @@ def _table_from_json(path: Path) -> list[dict] | None:
 
 
 def report(run_dir: Path, max_points: int = 5000, projection: str = "auto") -> Path:
-    """Write ``RUN/report/index.html`` with training curves, embedding scatters, galleries, trend, metrics."""
-    run_dir = Path(run_dir)
-    out = run_dir / "report"
+    """Write ``RUN/report/index.html`` with training curves (drawn into ``RUN/figures/``), embedding scatters,
+    galleries, trend and metrics."""
+    run = open_run(run_dir)
+    run_dir = run.root
+    out = run.sub("report")
     out.mkdir(parents=True, exist_ok=True)
     sections: list[ReportSection] = []
-    if (run_dir / "metrics.csv").is_file():
-        curves = plot_training_curves(run_dir / "metrics.csv", out / "training_curves.png")
+    if run.metrics_path.is_file():
+        run.figures.mkdir(parents=True, exist_ok=True)
+        curves = plot_training_curves(run.metrics_path, run.figures / "training_curves.png")
         sections.append(ReportSection("Training", "Per-epoch loss, learning rate and collapse monitor.", images=[curves]))
     emb, meta, _ = read_embeddings(run_dir)
     clusters_csv = run_dir / "clusters" / "clusters.csv"

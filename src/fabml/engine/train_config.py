@@ -51,6 +51,10 @@ class TrainConfig:
     the run then lasts the sum of the stages' epochs and ``epochs`` is not used. Each stage has
     its own learning-rate schedule (the settings below, over the stage's steps).
 
+    Changing ``epochs``, ``max_steps`` or ``stages`` on ``--resume`` changes the run's length: the
+    schedule is rebuilt over the new total steps and the run continues on it at its current step
+    (no return to the peak); ``max_steps`` both stops the run and sets the schedule's length.
+
     ``auto_resume``: when the run folder already has ``checkpoints/latest.pt`` written with the
     same settings, continue it without ``--resume``; with other settings, stop with an error
     that names them.

@@ -259,3 +259,12 @@ def test_jobs_do_not_know_ddp(name: str) -> None:
     folder = Path(fabml.__file__).parent / name
     found = [line for path in sorted(folder.rglob("*.py")) for line in _ddp_knowledge(path)]
     assert found == []
+
+
+def test_wafer_steps_refuse_an_anomaly_run(anomaly_run: Path) -> None:
+    from fabml.wafer.pipeline import assign, cluster, search
+
+    for step in (lambda: cluster(anomaly_run), lambda: search(anomaly_run, "x"),
+                 lambda: assign(anomaly_run, "synthetic:4")):
+        with pytest.raises(DataError, match="holds a run of the anomaly job, not wafer"):
+            step()

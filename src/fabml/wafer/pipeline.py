@@ -34,6 +34,7 @@ from fabml.wafer.runs import (
     build_method,
     load_trained,
     meta_frame,
+    open_run,
     read_embeddings,
     reload_maps,
     save_model,
@@ -140,8 +141,8 @@ def cluster(run_dir: Path, cfg: WaferConfig | None = None, per_cluster: int = 8)
     ``cfg`` defaults to the run's own config (its ``cluster`` section is what is used).
     """
     run_dir = Path(run_dir)
+    emb, meta, source = read_embeddings(run_dir)  # checks that run_dir is a wafer run
     cfg = cfg or load_config(WaferConfig, run_dir / "config.yaml")
-    emb, meta, source = read_embeddings(run_dir)
     model = ClusterModel(cfg.cluster)
     labels = model.fit(emb)
     folder = run_dir / "clusters"
@@ -179,7 +180,7 @@ def _cluster_gallery(table: pd.DataFrame, source: str, path: Path, per_cluster: 
 
 def assign(run_dir: Path, data: str, out_csv: Path | None = None) -> pd.DataFrame:
     """Place new maps in the fitted families: cluster, novelty score and novel flag per map."""
-    run_dir = Path(run_dir)
+    run_dir = open_run(run_dir).root
     model_path = run_dir / "clusters" / "cluster_model.joblib"
     if not model_path.is_file():
         raise DataError(f"{model_path} not found: run `fabml wafer cluster --run {run_dir}` first")

@@ -131,7 +131,7 @@ def write_embeddings(out_dir: Path, emb: np.ndarray, dataset: WaferTensorDataset
 
 def read_embeddings(run_dir: Path) -> tuple[np.ndarray, pd.DataFrame, str]:
     """(embeddings [N,D], metadata frame, data source) written by ``embed``."""
-    folder = Path(run_dir) / "embeddings"
+    folder = open_run(run_dir).sub("embeddings")
     if not (folder / "embeddings.npy").is_file():
         raise DataError(f"{folder / 'embeddings.npy'} not found: run `fabml wafer embed --run {run_dir} --data ...` first")
     meta = pd.read_csv(folder / "meta.csv", dtype={"id": str, "lot": str, "label": str, "date": str}, keep_default_na=False)

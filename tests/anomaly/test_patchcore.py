@@ -332,6 +332,21 @@ def test_onnx_export_matches_torch(fitted: tuple[PatchCore, dict[str, float]], t
     assert np.abs(amap - ref.anomaly_map.numpy()).max() < 1e-4
 
 
+@pytest.mark.parametrize(("sigma", "size"), [(4.0, (40, 56)), (1.3, (9, 7)), (2.0, (5, 5))])
+def test_gaussian_blur_equals_separable_replicate_convolution(sigma: float, size: tuple[int, int]) -> None:
+    from torch.nn import functional as F
+
+    from fabml.anomaly.models.base import GaussianBlur, gaussian_kernel1d, gaussian_kernel_size
+
+    assert gaussian_kernel_size(4.0) == 33 and gaussian_kernel_size(1.3) == 2 * int(4 * 1.3 + 0.5) + 1  # anomalib's
+    maps = torch.rand(3, 1, *size, generator=torch.Generator().manual_seed(0))
+    kernel = gaussian_kernel1d(sigma)
+    k = kernel.numel()
+    ref = F.conv2d(F.pad(maps, (k // 2, k // 2, 0, 0), mode="replicate"), kernel.view(1, 1, 1, k))
+    ref = F.conv2d(F.pad(ref, (0, 0, k // 2, k // 2), mode="replicate"), kernel.view(1, 1, k, 1))
+    assert torch.allclose(GaussianBlur(sigma)(maps), ref, atol=1e-6)  # maps smaller than the kernel too
+
+
 def test_errors() -> None:
     model = make_model().eval()
     with pytest.raises(TrainingError, match="PatchCore is not fitted: run fit first"):

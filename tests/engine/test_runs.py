@@ -107,3 +107,20 @@ def test_artefacts_lists_layout_files_and_job_folders(tmp_path: Path) -> None:
     found = run.artefacts()
     assert {"config.yaml", "run.json", "model.pt", "checkpoints/best.pt", "eval/"} <= set(found)
     assert "checkpoints/latest.pt" not in found and found["eval/"] == 2
+
+
+def test_the_trainer_keeps_the_job_while_a_run_trains(tmp_path: Path) -> None:
+    """run.json names the job from the start, also in a run killed before its job step could re-stamp it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _toy import SimulatedCrash, ToyMethod, toy_config, toy_dataset
+
+    from fabml.engine.trainer import Trainer
+
+    RunFolder.create(tmp_path, "wafer", seed=0)
+    with pytest.raises(SimulatedCrash):
+        Trainer(ToyMethod(crash_at_call=3), toy_config(epochs=2), tmp_path, toy_dataset()).fit(fresh=True)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["job"] == "wafer" and "train_config" in info and "hardware" in info
+    assert RunFolder.open(tmp_path, "wafer").job == "wafer"

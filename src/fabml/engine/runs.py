@@ -48,7 +48,7 @@ CHECKPOINTS = "checkpoints"
 FIGURES = "figures"
 ARTEFACT_FORMAT = 1
 
-__all__ = ["RunFolder", "CONFIG", "RUN_INFO", "ARTEFACT", "METRICS", "CHECKPOINTS", "FIGURES", "ARTEFACT_FORMAT",
+__all__ = ["RunFolder", "recorded_job", "CONFIG", "RUN_INFO", "ARTEFACT", "METRICS", "CHECKPOINTS", "FIGURES", "ARTEFACT_FORMAT",
            "versions"]
 
 
@@ -61,6 +61,15 @@ def versions() -> dict[str, str]:
 
     return {"fabml": fabml.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": sys.version.split()[0]}
+
+
+def recorded_job(run_dir: str | Path) -> str | None:
+    """The job ``RUN/run.json`` names; None when there is none or the file cannot be read (the trainer keeps it
+    when a fresh start rewrites run.json)."""
+    try:
+        return RunFolder(run_dir, "").recorded_job()
+    except DataError:
+        return None
 
 
 def _is_main() -> bool:

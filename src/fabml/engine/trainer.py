@@ -47,6 +47,7 @@ from fabml.engine.hardware import (
 from fabml.engine.logging import MetricsLogger, console, progress_bar
 from fabml.engine.method import Method
 from fabml.engine.param_groups import check_groups
+from fabml.engine.runs import recorded_job
 from fabml.engine.schedules import apply_lr
 from fabml.engine.stages import StagePlan, StageSpan, trainable_names
 from fabml.engine.train_config import (  # noqa: F401  (TrainConfig and its checks are public here too)
@@ -663,7 +664,9 @@ class Trainer:
                 {**start, "from_epoch": loop.epoch, "from_batch": loop.batch, "from_step": loop.global_step}
             )
         else:
+            job = recorded_job(self.run_dir)  # named by the job's run folder (fabml.engine.runs): kept
             info = {
+                **({"job": job} if job else {}),
                 "seed": self.cfg.seed,
                 "versions": {
                     "fabml": fabml.__version__,

@@ -29,6 +29,7 @@ and reuses it afterwards.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -260,10 +261,13 @@ def split_items(
 
 
 def write_split_file(split: Split, path: str | Path) -> Path:
-    """Write ``split`` as CSV (columns item, part, group, stratum, then the extra ones)."""
+    """Write ``split`` as CSV (columns item, part, group, stratum, then the extra ones), atomically
+    (a temporary file renamed over ``path``: a reader never sees half a split)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    split.table.to_csv(path, index=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(split.table.to_csv(index=False), encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 

@@ -236,6 +236,21 @@ def test_groups_keep_the_tiles_of_one_photo_together() -> None:
         assert split.train and split.val
 
 
+def test_make_split_takes_groups_from_the_data_settings(per_type_root: Path, tmp_path: Path) -> None:
+    defects = ["MT_Crack/Imgs/c1.jpg", "c2.jpg", "b1.png", "f1.bmp"]  # every image is listed
+    pd.DataFrame({"path": [f"free{i}.jpg" for i in range(6)] + defects,
+                  "group": ["p0", "p0", "p1", "p1", "p2", "p2", "d0", "d1", "d2", "d3"]}).to_csv(
+        tmp_path / "photos.csv", index=False)
+    for seed in range(3):
+        split = make_split(AnomalyDataConfig(root=str(per_type_root), group_file=str(tmp_path / "photos.csv"),
+                                             train_fraction=0.6, val_fraction=0.5, split_seed=seed))
+        sides = [{p for p in ("train", "val", "test") if any(Path(r.path).stem in pair for r in getattr(split, p))}
+                 for pair in (("free0", "free1"), ("free2", "free3"), ("free4", "free5"))]
+        assert sorted(len(s) for s in sides) == [1, 1, 1] and {s.pop() for s in sides} == {"train", "val", "test"}
+    with pytest.raises(DataError, match=r"file name b1\.png does not match data\.group_pattern"):
+        make_split(AnomalyDataConfig(root=str(per_type_root), group_pattern=r"^free(\d)"))
+
+
 def test_load_image_channels_and_errors(tmp_path: Path) -> None:
     gray = load_image(str(_gray(tmp_path / "g.png")), channels=1)
     assert gray.shape == (10, 12, 1) and gray.dtype == np.uint8 and gray[3, 3, 0] == 220 and gray[0, 0, 0] == 100

@@ -25,8 +25,7 @@ from fabml.jobs import JOBS, job_names, run_info
 class JobTableGroup(TyperGroup):
     """The root command group: its own commands plus one lazily imported sub-app per job of the table."""
 
-    _listing = False
-    _loaded: dict[str, click.Command] = {}
+    _listing = False  # True while `--help` lists the commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*JOBS, *(name for name in super().list_commands(ctx) if name not in JOBS)]
@@ -37,11 +36,11 @@ class JobTableGroup(TyperGroup):
             return super().get_command(ctx, cmd_name)
         if self._listing:  # `fabml --help`: the table's help line is enough, import nothing
             return click.Group(name=cmd_name, help=job.help)
-        if cmd_name not in self._loaded:
-            command = typer.main.get_command(job.typer_app())
-            command.name = cmd_name
-            self._loaded[cmd_name] = command
-        return self._loaded[cmd_name]
+        loaded: dict[str, click.Command] = self.__dict__.setdefault("_loaded", {})
+        if cmd_name not in loaded:
+            loaded[cmd_name] = typer.main.get_command(job.typer_app())
+            loaded[cmd_name].name = cmd_name
+        return loaded[cmd_name]
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         self._listing = True

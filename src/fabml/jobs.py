@@ -155,7 +155,7 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
         "job": job.name,
         "layout": "old (no job in run.json)" if run.legacy else "current",
         "artefact": job.artefact if run.has_artefact() else None,
-        "config": job.part("summary")(config),
+        "config": {k: v for k, v in job.part("summary")(config).items() if v is not None},
         "files": run.artefacts(),
         "started": info.get("started"),
         "seed": info.get("seed"),

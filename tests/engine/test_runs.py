@@ -104,8 +104,10 @@ def test_artefacts_lists_layout_files_and_job_folders(tmp_path: Path) -> None:
     torch.save({}, tmp_path / "checkpoints" / "best.pt")
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text("{}")
+    (tmp_path / "split.csv").write_text("item\n")
     found = run.artefacts()
-    assert {"config.yaml", "run.json", "model.pt", "checkpoints/best.pt", "eval/"} <= set(found)
+    assert list(found)[:4] == ["config.yaml", "run.json", "model.pt", "checkpoints/best.pt"]
+    assert {"split.csv", "eval/"} <= set(found)
     assert "checkpoints/latest.pt" not in found and found["eval/"] == 2
 
 

@@ -241,13 +241,20 @@ class RunFolder:
         return state
 
     def artefacts(self) -> dict[str, int]:
-        """Files and folders of the shared layout present in the run, with their sizes in bytes (folders: total)."""
+        """What the run holds, with sizes in bytes: the layout's files first (config, run.json, model.pt,
+        metrics.csv, checkpoints), then the job's other top-level files, then each folder (its total)."""
+        if not self.root.is_dir():
+            return {}
         found: dict[str, int] = {}
         for rel in (CONFIG, RUN_INFO, ARTEFACT, METRICS, f"{CHECKPOINTS}/latest.pt", f"{CHECKPOINTS}/best.pt"):
             path = self.root / rel
             if path.is_file():
                 found[rel] = path.stat().st_size
-        for path in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != CHECKPOINTS) \
-                if self.root.is_dir() else []:
-            found[path.name + "/"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        entries = sorted(p for p in self.root.iterdir() if not p.name.startswith("."))
+        for path in entries:
+            if path.is_file() and path.name not in found:
+                found[path.name] = path.stat().st_size
+        for path in entries:
+            if path.is_dir() and path.name != CHECKPOINTS:
+                found[path.name + "/"] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         return found

@@ -152,3 +152,14 @@ def test_real_defect_folder_sets_the_image_threshold(inspection_root: Path, tmp_
     report = fit(cfg, tmp_path / "run")
     assert "3 defective" in report.messages[0] and "F1-max" in report.messages[0]
     assert load_fitted(tmp_path / "run").calibration["n_defective"] == 3
+
+
+def test_a_refused_refit_leaves_the_run_untouched(inspection_root: Path, tmp_path: Path) -> None:
+    """A gradient run refit without --resume/--fresh is refused before its config.yaml is overwritten."""
+    model = {"name": "autoencoder", "channels": [8, 16]}
+    fit(_cfg(inspection_root, model, epochs=1), tmp_path)
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="already has a checkpoint"):
+        fit(_cfg(inspection_root, model, epochs=3), tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == before
+    assert json.loads((tmp_path / "run.json").read_text())["job"] == "anomaly"

@@ -99,6 +99,11 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
     seed_everything(cfg.seed)
     model = create_anomaly_model(name, **settings)
     method = create_anomaly_method(name, model)
+    existing = RunFolder(run_dir, JOB)
+    if not (method.memory_bank or resume or fresh) and (existing.latest_checkpoint.is_file()
+                                                         or existing.best_checkpoint.is_file()):
+        raise ConfigError(f"run dir {run_dir} already has a checkpoint: pass --resume to continue or --fresh to "
+                          "start over")  # before config.yaml is overwritten
     run = RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.seed)
     if is_main_process():
         write_split(split, run_dir / SPLIT_FILE)

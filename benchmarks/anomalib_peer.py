@@ -130,12 +130,18 @@ def load_mask(item: dict, size: int) -> np.ndarray:
     return np.asarray(grey) > 127
 
 
-def batches(items: list[dict], batch_size: int, size: int):
-    """Yield (tensor [B, 3, size, size], decode seconds) per batch, decoding lazily."""
+def batches(items: list[dict], batch_size: int, size: int, masks: bool = False):
+    """Yield (tensor [B, 3, size, size], decode seconds, masks [B, size, size] bool or None) per batch.
+
+    Decodes lazily; with ``masks`` each item's mask is decoded in the same loop, as fabml's
+    dataset does for every test image (so both libraries' timed predict loops do the same work).
+    """
     for start in range(0, len(items), batch_size):
         t0 = time.perf_counter()
-        x = np.stack([load_image(it["path"], size) for it in items[start : start + batch_size]])
-        yield torch.from_numpy(x), time.perf_counter() - t0
+        part = items[start : start + batch_size]
+        x = np.stack([load_image(it["path"], size) for it in part])
+        m = np.stack([load_mask(it, size) for it in part]) if masks else None
+        yield torch.from_numpy(x), time.perf_counter() - t0, m
 
 
 # ---- model ------------------------------------------------------------------------------
@@ -205,7 +211,7 @@ def fit(model: torch.nn.Module, args: argparse.Namespace, train: list[dict]) -> 
     model.train()
     decode = 0.0
     t0 = time.perf_counter()
-    for x, dt in batches(train, args.batch_size, args.image_size):
+    for x, dt, _ in batches(train, args.batch_size, args.image_size):
         decode += dt
         model(x)  # train mode: the model stores the batch's embeddings
     t_extract = time.perf_counter()
@@ -231,22 +237,27 @@ def fit(model: torch.nn.Module, args: argparse.Namespace, train: list[dict]) -> 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, args: argparse.Namespace, test: list[dict]) -> tuple:
-    """(scores [N], maps [N, H, W] float32, timing dict) after one untimed warm-up batch."""
+    """(scores [N], maps [N, H, W] float32, masks [N, H, W] bool, timing dict) after one untimed warm-up batch.
+
+    The timed loop decodes each test image *and its mask* (as fabml's timed loop does), runs the
+    model and copies scores and maps to numpy.
+    """
     model.eval()
-    warm, _ = next(batches(test[: args.batch_size], args.batch_size, args.image_size))
+    warm, _, _ = next(batches(test[: args.batch_size], args.batch_size, args.image_size))
     model(warm)
-    scores, maps = [], []
+    scores, maps, masks = [], [], []
     decode = 0.0
     t0 = time.perf_counter()
-    for x, dt in batches(test, args.batch_size, args.image_size):
+    for x, dt, m in batches(test, args.batch_size, args.image_size, masks=True):
         decode += dt
         out = model(x)
         scores.append(out.pred_score.reshape(len(x)).float().numpy())
         maps.append(out.anomaly_map.reshape(len(x), *x.shape[-2:]).float().numpy())
+        masks.append(m)
     wall = time.perf_counter() - t0
     n = len(test)
     timing = {"infer_ms_per_image": 1000 * wall / n, "infer_decode_ms_per_image": 1000 * decode / n}
-    return np.concatenate(scores), np.concatenate(maps), timing
+    return np.concatenate(scores), np.concatenate(maps), np.concatenate(masks), timing
 
 
 @torch.no_grad()
@@ -270,7 +281,7 @@ def fit_coreset_budget(model: torch.nn.Module, args: argparse.Namespace,
     model.train()
     decode = 0.0
     t0 = time.perf_counter()
-    for x, dt in batches(train, args.batch_size, args.image_size):
+    for x, dt, _ in batches(train, args.batch_size, args.image_size):
         decode += dt
         model(x)  # train mode: the model stores the batch's embeddings
     embedding = torch.vstack(model.embedding_store)  # as subsample_embedding does
@@ -555,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     fit_info = fit(model, args, train)
     rss_after_fit = peak_rss_mb()
-    scores, maps, timing = predict(model, args, test)
+    scores, maps, masks, timing = predict(model, args, test)
     rss_after_predict = peak_rss_mb()
 
     labels = np.array([it["label"] for it in test])
@@ -567,7 +578,6 @@ def main(argv: list[str] | None = None) -> None:
                      f"have no mask (first {defect_without_mask[0]})")
         metrics.update(pixel_auroc=None, aupro=None)
     else:
-        masks = np.stack([load_mask(it, args.image_size) for it in test])
         metrics.update(pixel_metrics(maps, masks))
     if metrics["image_auroc"] is None:
         notes.append("image metrics undefined: the test set holds only one class")
@@ -602,8 +612,10 @@ def main(argv: list[str] | None = None) -> None:
             "preprocessing": "PIL RGB, bilinear resize, [0,1], (x-0.5)/0.5",
             "masks": "PIL bilinear resize, > 127",
             "timing_rules": "fit_seconds and infer_ms_per_image are loop wall time including image "
-                            "decoding (decode share in timing.*decode*); inference after one untimed "
-                            "warm-up batch; peak_rss_mb = VmHWM after predict, before metrics",
+                            "decoding (and, in predict, mask decoding, as fabml's loop does; decode "
+                            "share in timing.*decode*); inference after one untimed warm-up batch; "
+                            "peak_rss_mb = VmHWM after predict, before metrics",
+            "loadavg_at_end": list(os.getloadavg()),
             "split": str(args.split),
         },
         "versions": versions(),

@@ -12,6 +12,13 @@ anomalib is not a fabml dependency; install it in its own environment first (CPU
 
     python benchmarks/anomaly_magnetic_tile.py                     # the committed run
     python benchmarks/anomaly_magnetic_tile.py --size 64 --max-steps 2 --skip-scale --out /tmp/mt --results /tmp/mt  # smoke
+    ANOMALIB_PYTHON=/work/anomalib-env/bin/python python benchmarks/anomaly_magnetic_tile.py --update-memory-bank
+        # reruns only the PatchCore and PaDiM rows (fabml patchcore at 0.1 and 0.002, padim; anomalib padim and
+        # patchcore at 0.002) into the results already written; every row records the commit that produced it
+
+Timing is like for like: both libraries' predict loops decode each test image and its mask, run the
+model and copy the outputs (after one untimed warm-up batch). The machine is shared: other jobs use the
+same CPU cores while the benchmark runs, so each row records ``os.getloadavg()`` before and after it.
 
 Writes benchmarks/results/anomaly_magnetic_tile.{md,json}. Data: Huang, Qiu, Yuan, "Surface defect
 saliency of magnetic tile", The Visual Computer 2020 (abin24/Magnetic-tile-defect-datasets).
@@ -49,11 +56,31 @@ MODELS = ["patchcore", "padim", "stfpm", "fastflow", "draem", "efficient_ad", "a
 KEYS = ["image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "infer_ms_per_image", "peak_rss_mb"]
 
 
+PREVIOUS_COMMIT = "492ebe0"  # produced the rows written before rows carried their own commit
+SMALL_RATIO = 0.002  # the PatchCore coreset ratio at which anomalib finishes in about 10 minutes here
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "fabml": __version__,
-            "device": "cpu"}
+            "device": "cpu", "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
+            "note": "shared machine: other jobs ran on the same cores during the benchmark (see each row's loadavg)"}
+
+
+def commit() -> str:
+    """Short hash of HEAD, with ``+dirty`` when src/, benchmarks/ or configs/ differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--", "src", "benchmarks", "configs") else "")
+
+
+def stamped(row: dict, before: list[float], rev: str) -> dict:
+    """``row`` with the commit and the 1/5/15-minute load averages before and after it ran."""
+    return {**row, "commit": rev, "loadavg_before": [round(x, 2) for x in before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def run_anomalib(model: str, split: Path, settings: dict, size: int, weights: Path, out: Path,
@@ -140,6 +167,8 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="skip PatchCore's 1x/10x memory measurement")
     parser.add_argument("--scale-only", action="store_true",
                         help="only PatchCore's 1x/10x memory measurement, added to the results already written")
+    parser.add_argument("--update-memory-bank", action="store_true",
+                        help="rerun only the PatchCore / PaDiM rows (both libraries) into the results already written")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: the benchmark needs ../shared/data/magnetic_tile beside the project")
@@ -152,6 +181,9 @@ def main() -> None:
     if args.scale_only:
         scale_only(args, base, per_model)
         return
+    if args.update_memory_bank:
+        update_memory_bank(args, base, per_model)
+        return
     if args.max_steps is not None:
         for name in names:
             if "train" in per_model.get(name, {}):
@@ -159,8 +191,9 @@ def main() -> None:
     results: dict = {"fabml": {}, "anomalib": {}, "ratios": {}}
 
     rows = compare(base, {name: per_model.get(name, {}) for name in names}, args.out)
+    rev = commit()
     for row in rows:
-        results["fabml"][row["model"]] = row_of(row)
+        results["fabml"][row["model"]] = row_of(row) | {"commit": rev}
         print(json.dumps({row["model"]: results["fabml"][row["model"]]}, default=str)[:600], flush=True)
 
     split_file = args.out / names[0] / "split.csv"
@@ -203,11 +236,64 @@ def main() -> None:
             results["ratios"]["patchcore"] = {
                 "image_auroc_diff": None,
                 "speedup_fit": timed["fit_seconds"] / ours["fit_seconds"],
-                "note": "anomalib fit time extrapolated from its timed coreset iterations; no anomalib scores at 0.1",
+                "note": "anomalib fit time extrapolated from its timed coreset iterations; fabml's coreset is a "
+                        "different algorithm, not the same computation; no anomalib scores at 0.1",
             }
         write_results(results, args.results)
     if not args.skip_scale and "patchcore" in names:
         results["patchcore_memory_scaling"] = scaling(base, per_model, split_file, args.out)
+    write_results(results, args.results)
+
+
+def update_memory_bank(args: argparse.Namespace, base: AnomalyConfig, per_model: dict) -> None:
+    """--update-memory-bank: rerun fabml patchcore (recipe ratio), patchcore at SMALL_RATIO and padim, then
+    anomalib padim and patchcore at SMALL_RATIO; other rows stay as written (each keeps its commit)."""
+    path = args.results / "anomaly_magnetic_tile.json"
+    results = json.loads(path.read_text())
+    for lib in ("fabml", "anomalib"):
+        for row in results[lib].values():
+            row.setdefault("commit", PREVIOUS_COMMIT)
+    if "patchcore_memory_scaling" in results:
+        results["patchcore_memory_scaling"].setdefault("commit", PREVIOUS_COMMIT)
+    for name in ("patchcore", "padim"):  # the recipe these rows now run with
+        results["settings"]["per_model"][name] = per_model[name]
+    results["machine_previous_rows"] = results.get("machine_previous_rows", results["machine"])
+    results["machine"] = machine()
+    rev = commit()
+    name_small = f"patchcore_ratio_{SMALL_RATIO:g}"
+    pc_model = per_model["patchcore"]["model"]
+    weights = resolve_weights("tf_efficientnet_lite0")
+    # (row, fabml model, fabml settings, anomalib settings or None); the recipe ratio's row comes last:
+    # its predict is the slowest and anomalib has no row at that ratio to pair it with
+    runs = [("padim", "padim", per_model["padim"]["model"], per_model["padim"]["model"]),
+            (name_small, "patchcore", pc_model | {"coreset_ratio": SMALL_RATIO},
+             {k: v for k, v in pc_model.items() if k not in ("coreset_oversample", "search")}
+             | {"coreset_ratio": SMALL_RATIO}),
+            ("patchcore", "patchcore", pc_model, None)]
+    split_file = None
+    for label, name, model, peer_model in runs:
+        before = os.getloadavg()
+        row = compare(base, {name: {"model": model}}, args.out / label)[0]
+        results["fabml"][label] = stamped(row_of(row), before, rev)
+        split_file = split_file or args.out / label / name / "split.csv"
+        print(json.dumps({label: results["fabml"][label]}, default=str)[:600], flush=True)
+        write_results(results, args.results)
+        if args.skip_anomalib or peer_model is None:
+            continue
+        before = os.getloadavg()
+        peer = run_anomalib(name, split_file, {"backbone": "tf_efficientnet_lite0", **peer_model}, args.size,
+                            weights, args.out / f"anomalib_{label}.json")
+        results["anomalib"][label] = stamped(peer, before, f"anomalib {peer['versions']['anomalib']} via {rev}")
+        if "error" not in results["fabml"][label]:
+            results["ratios"][label] = speed_ratios(results["fabml"][label], peer)
+        write_results(results, args.results)
+    timed, ours = results["anomalib"].get("patchcore"), results["fabml"]["patchcore"]
+    if timed and "error" not in ours:
+        results["ratios"]["patchcore"] = {
+            "image_auroc_diff": None, "speedup_fit": timed["fit_seconds"] / ours["fit_seconds"],
+            "note": "anomalib fit time extrapolated from its timed coreset iterations (row of commit "
+                    f"{timed.get('commit', PREVIOUS_COMMIT)}); fabml's coreset is a different algorithm "
+                    "(oversampled chunks + one global greedy pass), not the same computation; no anomalib scores at 0.1"}
     write_results(results, args.results)
 
 
@@ -243,15 +329,26 @@ def write_results(results: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "anomaly_magnetic_tile.json").write_text(json.dumps(results, indent=2, default=str))
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+    load = lambda row: "-" if "loadavg_before" not in row else (  # noqa: E731
+        f"{row['loadavg_before'][0]:.1f} / {row['loadavg_after'][0]:.1f}")
     lines = ["# Magnetic-tile anomaly detection: fabml models and anomalib 2.7.0", "",
-             f"Machine: {results['machine']}", "", f"Settings: {json.dumps(results['settings'], default=str)}", "",
-             "| library | model | " + " | ".join(KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]
+             f"Machine: {results['machine']}", ""]
+    if "machine_previous_rows" in results:
+        lines += [f"Rows of commit {PREVIOUS_COMMIT} ran on: {results['machine_previous_rows']}", ""]
+    lines += ["The machine is shared: other jobs used the same 2 CPU cores while these rows ran, so times carry "
+              "that noise; 'load' is the 1-minute load average before / after each row (2.0 = both cores busy).",
+              "Timing is like for like: both libraries' predict loops decode each test image and its mask, run "
+              "the model and copy its outputs.", "",
+              f"Settings: {json.dumps(results['settings'], default=str)}", "",
+              "| library | model | " + " | ".join(KEYS) + " | commit | load |",
+              "|---|---|" + "---|" * (len(KEYS) + 2)]
     for lib in ("fabml", "anomalib"):
         for model, row in results[lib].items():
             if row.get("error"):
                 lines.append(f"| {lib} | {model} | failed: {row['error']} |")
                 continue
-            lines.append(f"| {lib} | {model} | " + " | ".join(fmt(row.get(k)) for k in KEYS) + " |"
+            lines.append(f"| {lib} | {model} | " + " | ".join(fmt(row.get(k)) for k in KEYS)
+                         + f" | {row.get('commit', '-')} | {load(row)} |"
                          + (f" {row['mode']}" if lib == "anomalib" else ""))
     if results["ratios"]:
         lines += ["", "| model | image AUROC fabml - anomalib | fit+predict speed-up | fit speed-up | predict speed-up "
@@ -260,10 +357,15 @@ def write_results(results: dict, folder: Path) -> None:
             cells = [fmt_ratio(r.get(k), k) for k in ("image_auroc_diff", "speedup_fit_plus_predict", "speedup_fit",
                                                         "speedup_predict", "memory_ratio")]
             lines.append(f"| {model} | " + " | ".join(cells) + " |" + (f" {r['note']}" if r.get("note") else ""))
+        lines += ["", "PatchCore's fit speed-up is not the same computation done faster: fabml builds a different "
+                  "coreset (greedy k-center candidates per 16,384-patch chunk, oversampled 2x, then one global greedy "
+                  "pass over the union), anomalib runs one greedy k-center pass over all patches."]
     if "patchcore_memory_scaling" in results:
-        lines += ["", "PatchCore fit, training images repeated:", "", "| scale | images | fit s | peak RSS MB | bank |",
-                  "|---|---|---|---|---|"]
-        for scale, r in results["patchcore_memory_scaling"].items():
+        scaling_rows = {k: v for k, v in results["patchcore_memory_scaling"].items() if k != "commit"}
+        rev = results["patchcore_memory_scaling"].get("commit", "this run")
+        lines += ["", f"PatchCore fit, training images repeated (commit {rev}):", "",
+                  "| scale | images | fit s | peak RSS MB | bank |", "|---|---|---|---|---|"]
+        for scale, r in scaling_rows.items():
             lines.append(f"| {scale} | {r['images']} | {r['fit_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
                          f"{r['memory_bank_size']} |")
     (folder / "anomaly_magnetic_tile.md").write_text("\n".join(lines) + "\n")

@@ -163,3 +163,17 @@ def test_a_refused_refit_leaves_the_run_untouched(inspection_root: Path, tmp_pat
         fit(_cfg(inspection_root, model, epochs=3), tmp_path)
     assert (tmp_path / "config.yaml").read_text() == before
     assert json.loads((tmp_path / "run.json").read_text())["job"] == "anomaly"
+
+
+def test_auto_resume_continues_an_unchanged_run_and_names_a_changed_setting(inspection_root: Path,
+                                                                            tmp_path: Path) -> None:
+    """train.auto_resume: rerunning the same fit continues the run; other settings are refused by name."""
+    model = {"name": "autoencoder", "channels": [8, 16]}
+    fit(_cfg(inspection_root, model, epochs=1, auto_resume=True), tmp_path)
+    fit(_cfg(inspection_root, model, epochs=1, auto_resume=True), tmp_path)  # same settings: resumes, no error
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["job"] == "anomaly" and len(info.get("resumes", [])) == 1
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"auto_resume.*lr"):
+        fit(_cfg(inspection_root, model, epochs=1, auto_resume=True, lr=0.5), tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == before

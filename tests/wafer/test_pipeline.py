@@ -177,3 +177,17 @@ def test_wafer_training_resumes_exactly(tmp_path: Path, monkeypatch):
     assert straight.keys() == resumed.keys()
     for key in straight:  # online and EMA target networks alike
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_train_auto_resume_continues_unchanged_settings_and_refuses_changed_ones(tmp_path: Path):
+    """`--set train.auto_resume=true`: the same command twice continues the run; a changed lr is named."""
+    run = tmp_path / "run"
+    args = ["wafer", "train", "--data", "synthetic:64:0", "--out", str(run),
+            *_sets(TINY + ["train.auto_resume=true", "eval.d4_maps=0"])]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert len(json.loads((run / "run.json").read_text()).get("resumes", [])) == 1
+    changed = CliRunner().invoke(app, args + ["--set", "train.lr=0.5"])
+    assert changed.exit_code != 0 and "train.lr" in str(changed.exception) + changed.output

@@ -21,7 +21,7 @@ from fabml.anomaly.models import create_anomaly_model
 from fabml.anomaly.report import write_evaluation, write_predictions
 from fabml.anomaly.runs import JOB, FittedModel, load_fitted, save_fitted
 from fabml.anomaly.threshold import GRADE_NAMES, grade
-from fabml.config import from_dict
+from fabml.config import from_dict, to_dict
 from fabml.data.anomaly_data import (
     AnomalyImageDataset,
     MASK_FOLDER_NAMES,
@@ -99,11 +99,14 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
     seed_everything(cfg.seed)
     model = create_anomaly_model(name, **settings)
     method = create_anomaly_method(name, model)
-    existing = RunFolder(run_dir, JOB)
-    if not (method.memory_bank or resume or fresh) and (existing.latest_checkpoint.is_file()
-                                                         or existing.best_checkpoint.is_file()):
-        raise ConfigError(f"run dir {run_dir} already has a checkpoint: pass --resume to continue or --fresh to "
-                          "start over")  # before config.yaml is overwritten
+    trainer: Trainer | None = None
+    if not method.memory_bank:
+        train_cfg = train_config(method.default_train, cfg.train, cfg)
+        dataset = AnomalyImageDataset(split.train, size, channels, cache=True)
+        trainer = Trainer(method, train_cfg, run_dir, dataset, job_config=to_dict(cfg))
+        # before config.yaml is overwritten: an existing checkpoint needs --resume/--fresh, or
+        # train.auto_resume with unchanged settings
+        resume = trainer.will_resume(resume, fresh)
     run = RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.seed)
     if is_main_process():
         write_split(split, run_dir / SPLIT_FILE)
@@ -112,7 +115,7 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
     def waiting_rank_report() -> FitReport:
         return FitReport(run_dir, name, split.summary(), 0.0, 0.0, peak_rss_mb())
 
-    if method.memory_bank:
+    if trainer is None:
         def fit_on_main() -> FitReport:
             start = time.perf_counter()
             method.to(device)
@@ -125,9 +128,6 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
 
     start = time.perf_counter()
     stats: dict[str, float] = {}
-    train_cfg = train_config(method.default_train, cfg.train, cfg)
-    dataset = AnomalyImageDataset(split.train, size, channels, cache=True)
-    trainer = Trainer(method, train_cfg, run_dir, dataset)
     if not (resume and trainer.checkpoints.has_checkpoint()):  # a resumed run restores what prepare set
         stats.update(method.prepare(loader(split.train, cfg, size, channels)))
     result = trainer.fit(resume=resume, fresh=fresh)

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fabml.config import load_config
+from fabml.config import load_config, to_dict
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import load_wafer_maps
 from fabml.engine.distributed import is_main_process
 from fabml.engine.hardware import resolve_device
 from fabml.engine.runs import RunFolder
 from fabml.engine.trainer import Trainer, TrainResult, seed_everything
-from fabml.errors import ConfigError, DataError
+from fabml.errors import DataError
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.viz import plot_cluster_gallery, plot_search_results, plot_trend
@@ -94,10 +94,10 @@ def train(
     validate = make_validator(cfg, load_dataset(val_data, cfg, limit=0)) if val_data else None
     seed_everything(cfg.train.seed)  # the initial weights too: the same config gives the same run
     method = build_method(cfg)
-    trainer = Trainer(method, cfg.train, run_dir, dataset, validate=validate)
-    if trainer.checkpoints.has_checkpoint() and not (resume or fresh):  # before config.yaml is overwritten
-        raise ConfigError(f"run dir {run_dir} already has a checkpoint: pass --resume to continue or --fresh "
-                          "to start over")
+    trainer = Trainer(method, cfg.train, run_dir, dataset, validate=validate, job_config=to_dict(cfg))
+    # before config.yaml is overwritten: an existing checkpoint needs --resume/--fresh, or train.auto_resume
+    # with unchanged settings
+    resume = trainer.will_resume(resume, fresh)
     run = RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.train.seed)
     if is_main_process():
         run.artefact_path.unlink(missing_ok=True)  # rewritten from the best checkpoint when this training ends

@@ -9,12 +9,13 @@ from rich.console import Console
 
 from fabml.console import out as results_console
 from fabml.config import load_config
+from fabml.errors import ConfigError
 from fabml.wafer.config import WaferConfig
 
 # The CPU recipe of configs/wafer_cpu.yaml, shortened: a small encoder on 32x32 maps.
 DEMO_OVERRIDES = [
     "data.size=32", "model.preset=small", "model.stem=imagenet", "model.radial_channel=true", "train.batch_size=128",
-    "train.lr=1e-3", "train.warmup_epochs=1", "train.num_workers=0", "byol.tau_start=0.99",
+    "train.lr=1e-3", "train.num_workers=0", "byol.tau_start=0.99",
     "cluster.min_cluster_size=30", "eval.d4_maps=300",
 ]
 
@@ -30,7 +31,11 @@ def run_demo(out: Path, n_maps: int = 3000, epochs: int = 10, console: Console |
     console = console or results_console
     out = Path(out)
     start = time.perf_counter()
-    cfg = load_config(WaferConfig, None, DEMO_OVERRIDES + [f"train.epochs={epochs}"])
+    if epochs < 1:
+        raise ConfigError(f"--epochs {epochs} must be >= 1")
+    # one warm-up epoch, or a quarter of a shorter run (the warm-up must end inside the one cosine cycle)
+    warmup = f"train.warmup_epochs={min(1.0, epochs / 4)}"
+    cfg = load_config(WaferConfig, None, DEMO_OVERRIDES + [f"train.epochs={epochs}", warmup])
     data = f"synthetic:{n_maps}:0"
     test = f"synthetic:{max(n_maps // 5, 200)}:1"
     console.print("== fabml demo: wafer-map patterns on generated maps ==")

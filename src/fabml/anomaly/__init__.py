@@ -15,8 +15,7 @@ are what the ``fabml anomaly`` commands call (``export`` is
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fabml.lazy import lazy_exports
 
 _EXPORTS = {
     "ANOMALY_MODELS": "fabml.anomaly.models",
@@ -51,15 +50,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from the module that defines it, on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fabml.anomaly' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

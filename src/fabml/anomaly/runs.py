@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from fabml.anomaly.config import AnomalyConfig
 from fabml.anomaly.models import create_anomaly_model
 from fabml.anomaly.models.base import AnomalyModel
 from fabml.anomaly.threshold import GradeConfig, ScoreNormalizer
 from fabml.config import from_dict, to_dict
-from fabml.engine.runs import ARTEFACT, CONFIG, RunFolder
+from fabml.engine.runs import ARTEFACT, RunFolder, config_sections
 from fabml.errors import ConfigError
 
 JOB = "anomaly"
@@ -63,16 +62,10 @@ def build_method(cfg: AnomalyConfig, image_size: tuple[int, int] | None = None, 
 
 def is_legacy_run(path: Path) -> bool:
     """An anomaly run written before run.json named its job: a model.pt, or a config.yaml with anomaly settings."""
-    path = Path(path)
-    config = path / CONFIG
-    if config.is_file():
-        try:
-            data = yaml.safe_load(config.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
-            return False
-        names = {f.name for f in fields(AnomalyConfig)}
-        return isinstance(data, dict) and "calibration" in data and set(data) <= names
-    return (path / ARTEFACT).is_file()
+    sections = config_sections(path)
+    if sections is not None:
+        return "calibration" in sections and sections <= {f.name for f in fields(AnomalyConfig)}
+    return (Path(path) / ARTEFACT).is_file()
 
 
 def open_run(run_dir: str | Path) -> RunFolder:

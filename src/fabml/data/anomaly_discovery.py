@@ -80,17 +80,6 @@ class ImageRecord:
     mask_path: str | None = None
 
 
-@dataclass
-class ImageRecord:
-    """One image: absolute ``path``, ``label`` (0 normal, 1 anomalous), ``defect_type`` (type
-    folder name), ``mask_path`` (absolute, or None when the image has no pixel mask)."""
-
-    path: str
-    label: int
-    defect_type: str
-    mask_path: str | None = None
-
-
 def _extensions(cfg: AnomalyDataConfig) -> set[str]:
     exts = {e.lower().lstrip(".") for e in cfg.extensions if e.strip(". ")}
     if not exts:

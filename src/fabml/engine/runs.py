@@ -38,6 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from fabml.errors import DataError
 
 CONFIG = "config.yaml"
@@ -70,6 +72,21 @@ def recorded_job(run_dir: str | Path) -> str | None:
         return RunFolder(run_dir, "").recorded_job()
     except DataError:
         return None
+
+
+def config_sections(run_dir: str | Path) -> set[str] | None:
+    """Top-level section names of ``RUN/config.yaml``; None when there is no readable mapping there.
+
+    Used to recognise run folders written before ``run.json`` named their job.
+    """
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return None
+    return set(data) if isinstance(data, dict) else None
 
 
 def _is_main() -> bool:

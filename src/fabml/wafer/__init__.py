@@ -11,8 +11,7 @@ commands call; ``load_trained(run_dir)`` gives a trained run's config and method
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fabml.lazy import lazy_exports
 
 _EXPORTS = {
     "WaferConfig": "fabml.wafer.config",
@@ -42,15 +41,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from the module that defines it, on first use (PEP 562)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fabml.wafer' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

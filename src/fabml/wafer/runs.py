@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from fabml.config import load_config, to_dict
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import WaferMap, load_wafer_maps
 from fabml.engine.checkpoint import load_checkpoint
-from fabml.engine.runs import CONFIG, RunFolder
+from fabml.engine.runs import CONFIG, RunFolder, config_sections
 from fabml.errors import DataError
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.method import BYOLMethod
@@ -45,15 +44,8 @@ def build_method(cfg: WaferConfig) -> BYOLMethod:
 
 def is_legacy_run(path: Path) -> bool:
     """A wafer run written before run.json named its job: a config.yaml of wafer settings (it has ``byol``)."""
-    config = Path(path) / CONFIG
-    if not config.is_file():
-        return False
-    try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return False
-    names = {f.name for f in fields(WaferConfig)}
-    return isinstance(data, dict) and "byol" in data and set(data) <= names
+    sections = config_sections(path)
+    return sections is not None and "byol" in sections and sections <= {f.name for f in fields(WaferConfig)}
 
 
 def open_run(run_dir: str | Path) -> RunFolder:

@@ -11,6 +11,7 @@ Hooks a method may override, in the order the trainer calls them:
 - :meth:`on_fit_start` after a start or resume, with the step count and the run's length;
 - :meth:`set_stage` whenever a stage of ``train.stages`` becomes active (also on resume);
 - :meth:`frozen_prefixes` at every epoch start: parts to keep frozen this epoch;
+- :meth:`on_epoch_start` right after it (also when a resume starts inside the epoch);
 - :meth:`training_step` per batch, :meth:`on_step_end` per optimizer step;
 - :meth:`on_epoch_end` per finished epoch (every rank), then :meth:`no_grad_work` on the
   main process without gradients (e.g. building an index), then the ``validate`` callback.
@@ -79,6 +80,12 @@ class Method(nn.Module, metaclass=ABCMeta):
         """Called once per :meth:`Trainer.fit` after any resume: ``step`` optimizer steps are done
         out of ``total_steps`` (the run's current length). Step-dependent state that is not in
         ``state_dict`` (e.g. BYOL's tau) is set here."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called at the start of 0-based ``epoch`` on every rank, after :meth:`frozen_prefixes`, and
+        again when a resume starts inside the epoch. Epoch-dependent state that is not in
+        ``state_dict`` (e.g. ArcFace's margin schedule) is set here from ``epoch`` alone, so a
+        resumed run matches an uninterrupted one."""
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step (``step`` counts from 1), e.g. an EMA update."""

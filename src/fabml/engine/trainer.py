@@ -343,6 +343,7 @@ class Trainer:
                 epoch = loop.epoch
                 span = self._enter_stage(span, loop, first=trainable is None)
                 trainable = self._apply_freezing(epoch, span, trainable)
+                self.method.on_epoch_start(epoch)
                 row, batches = self._train_epoch(self._wrap(), epoch, logger, span, loop, rng_at_stop)
                 rng_at_stop = None
                 if self.plan.staged:

@@ -16,6 +16,20 @@ Definitions, for one query with ``R`` relevant database items (after ``exclude_s
 Queries with ``R = 0`` are skipped by every metric and counted in ``queries_without_relevant``.
 When the database (less the query itself) holds fewer than k items, k is capped at that count.
 
+Label retrieval from ranked neighbour lists (what a vector index returns; metric-learning definitions,
+Musgrave et al., "A Metric Learning Reality Check", ECCV 2020). Inputs are integer class codes:
+``neighbour_labels`` [Q, K] the labels of each query's K nearest references, most similar first (-1 = no
+neighbour, as an approximate index may return), ``query_labels`` [Q], ``n_relevant`` [Q] = R, the number of
+references with the query's label. Queries with R = 0 (a class the references do not hold) are skipped:
+
+- :func:`recall_at_k`: ``Recall@k`` = fraction of queries with at least one same-label reference in the top k
+  (the metric-learning Recall@k; not the IR recall of :func:`retrieval_metrics`)
+- :func:`precision_at_k`: mean over queries of (same-label references in the top k) / k
+- :func:`map_at_r`: ``MAP@R`` = mean over queries of (1/R) * sum_{i=1..R} P(i) * rel(i), with P(i) the
+  precision at rank i and rel(i) = 1 when the i-th neighbour has the query's label
+- :func:`weighted_vote`: predicted label = argmax_c sum_{j <= top_k, label_j = c} max(s_j, 0)
+  (similarity-weighted vote of the top_k); the top-1 by nearest neighbour is ``neighbour_labels[:, 0]``
+
 Pseudo ground truth without labels (the seed's): :func:`d4_orbit_db` + :func:`d4_orbit_relevance`
 (a query's D4 transforms are its relevant items) and :func:`iou_relevance` (die-level IoU of
 failed dies above a threshold after the best of the 8 D4 alignments).
@@ -244,3 +258,137 @@ def iou_relevance(
         return best_d4_iou(q_masks[torch.from_numpy(np.asarray(rows))], db_masks) > threshold
 
     return relevance
+
+
+# ----------------------------------------------------------------- label retrieval from neighbour lists
+def _neighbours(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    nb = np.asarray(neighbour_labels)
+    q = np.asarray(query_labels)
+    if nb.ndim != 2 or q.ndim != 1 or len(nb) != len(q):
+        raise DataError(f"neighbour labels must be [Q, K] and query labels [Q], got {list(nb.shape)} and {list(q.shape)}")
+    if nb.shape[1] < 1:
+        raise DataError("neighbour lists are empty: search at least one neighbour per query")
+    return nb.astype(np.int64, copy=False), q.astype(np.int64, copy=False)
+
+
+def _cutoffs(ks: Sequence[int], n_cols: int) -> list[int]:
+    ks = [int(k) for k in ks]
+    if any(k < 1 for k in ks):
+        raise ConfigError(f"retrieval cut-offs must be >= 1, got {ks}")
+    if max(ks) > n_cols:
+        raise DataError(f"cut-off k={max(ks)} needs {max(ks)} neighbours per query, got {n_cols}")
+    return ks
+
+
+def _has_relevant(query_labels: np.ndarray, n_relevant: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """Queries to score: R > 0 (all of them when ``n_relevant`` is None), and never label -1."""
+    keep = query_labels >= 0
+    if n_relevant is not None:
+        r = np.asarray(n_relevant)
+        if r.shape != query_labels.shape:
+            raise DataError(f"n_relevant must hold one count per query ({len(query_labels)}), got shape {list(r.shape)}")
+        keep &= r > 0
+    return keep
+
+
+def recall_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, ks: Sequence[int] = (1, 5),
+                n_relevant: Sequence[int] | np.ndarray | None = None) -> dict[int, float]:
+    """``{k: Recall@k}``: the fraction of queries with a same-label reference among their k nearest.
+
+    ``neighbour_labels`` [Q, K>=max(ks)] int codes, most similar first; queries with ``n_relevant`` 0 (or
+    label -1) are skipped; NaN when no query is left.
+    """
+    nb, q = _neighbours(neighbour_labels, query_labels)
+    ks = _cutoffs(ks, nb.shape[1])
+    keep = _has_relevant(q, n_relevant)
+    hit = nb[keep] == q[keep, None]
+    return {k: float(hit[:, :k].any(axis=1).mean()) if keep.any() else float("nan") for k in ks}
+
+
+def precision_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray, ks: Sequence[int] = (1, 5),
+                   n_relevant: Sequence[int] | np.ndarray | None = None) -> dict[int, float]:
+    """``{k: Precision@k}``: mean over queries of (same-label references among the k nearest) / k."""
+    nb, q = _neighbours(neighbour_labels, query_labels)
+    ks = _cutoffs(ks, nb.shape[1])
+    keep = _has_relevant(q, n_relevant)
+    hit = nb[keep] == q[keep, None]
+    return {k: float(hit[:, :k].sum(axis=1).mean() / k) if keep.any() else float("nan") for k in ks}
+
+
+def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, n_relevant: Sequence[int] | np.ndarray) -> float:
+    """MAP@R: mean over queries of ``(1/R) * sum_{i=1..R} P(i) * rel(i)`` with R = ``n_relevant[q]``.
+
+    ``neighbour_labels`` must hold at least ``max(R)`` columns (search that many neighbours). A query's
+    AP@R is 1 only when its R nearest references are exactly its R same-label ones. Queries with R = 0 are
+    skipped; NaN when none is left.
+    """
+    nb, q = _neighbours(neighbour_labels, query_labels)
+    r = np.asarray(n_relevant, dtype=np.int64)
+    keep = _has_relevant(q, r)
+    if not keep.any():
+        return float("nan")
+    nb, q, r = nb[keep], q[keep], r[keep]
+    if int(r.max()) > nb.shape[1]:
+        raise DataError(f"MAP@R needs R={int(r.max())} neighbours per query (the largest class), got {nb.shape[1]}")
+    rel = nb[:, : int(r.max())] == q[:, None]
+    ranks = np.arange(1, rel.shape[1] + 1)
+    within = ranks[None, :] <= r[:, None]  # only the first R ranks of each query count
+    rel &= within
+    precision = np.cumsum(rel, axis=1) / ranks[None, :]
+    return float(((precision * rel).sum(axis=1) / r).mean())
+
+
+def weighted_vote(neighbour_labels: np.ndarray, neighbour_scores: np.ndarray, top_k: int) -> np.ndarray:
+    """Labels ``[Q]`` by similarity-weighted vote of the ``top_k`` nearest references.
+
+    Class score = sum of ``max(similarity, 0)`` over the class's references among the top_k; the class with
+    the highest score wins, a tie goes to the class whose reference ranks first (so when every similarity
+    is <= 0 the nearest neighbour decides). Missing neighbours (label -1) do not vote.
+    """
+    nb = np.asarray(neighbour_labels, dtype=np.int64)
+    s = np.asarray(neighbour_scores, dtype=np.float64)
+    if nb.ndim != 2 or s.shape != nb.shape:
+        raise DataError(f"neighbour labels and scores must both be [Q, K], got {list(nb.shape)} and {list(s.shape)}")
+    if int(top_k) < 1:
+        raise ConfigError(f"eval.top_k must be >= 1, got {top_k}")
+    nb, s = nb[:, : int(top_k)], s[:, : int(top_k)]
+    if len(nb) == 0:
+        return np.zeros(0, dtype=np.int64)
+    valid = nb >= 0
+    n_classes = int(nb.max()) + 1 if valid.any() else 1
+    rows = np.broadcast_to(np.arange(len(nb))[:, None], nb.shape)
+    score = np.zeros((len(nb), n_classes))
+    np.add.at(score, (rows[valid], nb[valid]), np.maximum(s[valid], 0.0))
+    first = np.full((len(nb), n_classes), np.iinfo(np.int64).max)
+    ranks = np.broadcast_to(np.arange(nb.shape[1])[None, :], nb.shape)
+    np.minimum.at(first, (rows[valid], nb[valid]), ranks[valid])
+    present = first < np.iinfo(np.int64).max
+    best = np.where(present, score, -np.inf).max(axis=1, keepdims=True)
+    tied = present & (score == best)
+    out = np.where(tied, first, np.iinfo(np.int64).max).argmin(axis=1)
+    return np.where(present.any(axis=1), out, -1).astype(np.int64)
+
+
+def label_retrieval_metrics(
+    neighbour_labels: np.ndarray, neighbour_scores: np.ndarray, query_labels: np.ndarray,
+    n_relevant: Sequence[int] | np.ndarray, ks: Sequence[int] = (1, 5), top_k: int = 20,
+) -> dict[str, float | int]:
+    """Recall@k and Precision@k for ``ks``, MAP@R, top-1 accuracy by nearest neighbour (``top1_nn``) and by
+    similarity-weighted vote of ``top_k`` (``top1_vote``), over the queries with R > 0 (``n_queries``;
+    the others are counted in ``queries_without_relevant``). Neighbour lists need max(ks, top_k, max R)
+    columns (fewer when the index holds fewer references: then every reference is listed)."""
+    nb, q = _neighbours(neighbour_labels, query_labels)
+    r = np.asarray(n_relevant)
+    keep = _has_relevant(q, r)
+    out: dict[str, float | int] = {}
+    for k in ks:  # k beyond the listed neighbours (a smaller index) counts every reference listed
+        out[f"recall_at_{k}"] = recall_at_k(nb, q, [min(int(k), nb.shape[1])], r)[min(int(k), nb.shape[1])]
+    for k in ks:
+        out[f"precision_at_{k}"] = precision_at_k(nb, q, [min(int(k), nb.shape[1])], r)[min(int(k), nb.shape[1])]
+    out["map_at_r"] = map_at_r(nb, q, r)
+    vote = weighted_vote(nb, neighbour_scores, top_k)
+    out["top1_nn"] = float((nb[keep, 0] == q[keep]).mean()) if keep.any() else float("nan")
+    out["top1_vote"] = float((vote[keep] == q[keep]).mean()) if keep.any() else float("nan")
+    out["n_queries"] = int(keep.sum())
+    out["queries_without_relevant"] = int((~keep).sum())
+    return out

@@ -76,10 +76,11 @@ class PKSamplerConfig:
 class RetrievalModelConfig:
     """Backbone, embedding head and ArcFace head (:class:`fabml.retrieval.model.RetrievalModel`).
 
-    backbone: a timm name from :mod:`fabml.backbones`. The default is the bundled EfficientNet-Lite0,
-        whose ImageNet weights ship with fabml (works offline with no weight files); the seed used
-        ``tf_efficientnetv2_l``: set ``model.backbone=tf_efficientnetv2_l`` with its weights in
-        ``weights_dir`` (or the file in ``weights``) to reproduce it.
+    backbone: a timm name from :mod:`fabml.backbones`, or ``auto`` (:func:`resolve_backbone`): the
+        seed's ``tf_efficientnetv2_l`` when its weights are found (``weights`` / ``weights_dir`` /
+        ``$FABML_WEIGHTS_DIR``), else the bundled EfficientNet-Lite0. The default is
+        ``tf_efficientnet_lite0``, whose ImageNet weights ship with fabml (works offline with no
+        weight files); ``configs/retrieval_default.yaml`` (the seed's settings) says ``auto``.
     pretrained: load ImageNet weights for the backbone at the start of a new run (the weights step).
     embedding_dim: D of the L2-normalised embedding.
     arcface_s: ArcFace scale s; arcface_m_warmup / arcface_m_finetune: additive angular margin m
@@ -156,6 +157,27 @@ class RetrievalConfig:
     train: RetrievalTrainConfig = field(default_factory=RetrievalTrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
+
+
+SEED_BACKBONE = "tf_efficientnetv2_l"
+OFFLINE_BACKBONE = "tf_efficientnet_lite0"
+
+
+def resolve_backbone(cfg: RetrievalModelConfig) -> str:
+    """The timm name ``model.backbone`` stands for: itself, or for ``auto`` the seed's
+    ``tf_efficientnetv2_l`` when its pretrained weights are on this machine, else the bundled
+    ``tf_efficientnet_lite0``. Looks for files only; reads none. A new run writes the resolved
+    name into its config, so a resume never changes backbone."""
+    if cfg.backbone != "auto":
+        return cfg.backbone
+    from fabml.errors import ConfigError
+    from fabml.weights import resolve_weights
+
+    try:
+        resolve_weights(SEED_BACKBONE, cfg.weights or None, cfg.weights_dir or None)
+    except ConfigError:
+        return OFFLINE_BACKBONE
+    return SEED_BACKBONE
 
 
 def retrieval_config(config: str | Path | None = None, overrides: Sequence[str] | None = None) -> RetrievalConfig:

@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -121,6 +121,21 @@ def _batch_len(batch: Any) -> int:
     return 0
 
 
+@runtime_checkable
+class EpochBatchSampler(Protocol):
+    """What ``Trainer(batch_sampler=...)`` needs: an iterable of index lists (one per batch, this
+    rank's only), ``len`` (batches per epoch on this rank) and ``set_epoch(epoch)``, after which the
+    batches are a function of the epoch alone (that is what makes a mid-epoch resume exact).
+    ``batch_size`` and ``world_size`` are read when present (e.g.
+    :class:`fabml.data.pk_sampler.PKBatchSampler`)."""
+
+    def __iter__(self) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the loader generator for one (epoch, rank): fixes shuffling and worker seeds."""
     return ((seed * 1_000_003 + rank) * 1_000_003 + epoch) % 2**63
@@ -161,6 +176,11 @@ class Trainer:
       inside an epoch: that checkpoint records the batch position and the epoch's running sums,
       and the resumed run replays the epoch's seeded loader order, skips the batches already
       trained and restores the random state of the moment it stopped.
+    - **Batch sampler** (``batch_sampler``, e.g. P×K batches): the loader takes its batches from
+      it instead of shuffling ``batch_size`` samples; it is told the epoch (``set_epoch``) before
+      each one, and it must build each rank's own batches (its ``world_size`` is checked). Its
+      ``batch_size`` (when it has one) is the per-rank batch; ``train.batch_size`` and
+      ``drop_last`` are then not used for loading.
     """
 
     def __init__(
@@ -172,9 +192,11 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         validate: Callable[[Method], Mapping[str, float]] | None = None,
         job_config: Mapping[str, Any] | None = None,
+        batch_sampler: EpochBatchSampler | None = None,
     ) -> None:
         """``job_config``: the job's whole config as a dict (e.g. ``to_dict(cfg)``); saved in every
-        checkpoint and compared by ``train.auto_resume`` (its ``train`` entry is compared as ``cfg``)."""
+        checkpoint and compared by ``train.auto_resume`` (its ``train`` entry is compared as ``cfg``).
+        ``batch_sampler``: batches of indices for this rank (see the class docstring)."""
         check_config(cfg)
         self.method = method
         self.cfg = cfg
@@ -183,12 +205,24 @@ class Trainer:
         self.job_config = dict(job_config) if job_config is not None else None
         self.dist = dist_utils.init_distributed()
         self.is_main = self.dist.rank == 0
-        if cfg.batch_size % self.dist.world_size:
+        self.batch_sampler = batch_sampler
+        if batch_sampler is not None:
+            if not isinstance(batch_sampler, EpochBatchSampler):
+                raise ConfigError(f"batch_sampler {type(batch_sampler).__name__} needs __iter__, __len__ and set_epoch")
+            sampler_world = int(getattr(batch_sampler, "world_size", self.dist.world_size))
+            if sampler_world != self.dist.world_size:
+                raise ConfigError(
+                    f"the batch sampler was built for world size {sampler_world}, the job runs {self.dist.world_size} "
+                    "processes: build it with this process's rank and the world size"
+                )
+        elif cfg.batch_size % self.dist.world_size:
             raise ConfigError(
                 f"train.batch_size={cfg.batch_size} is not divisible by the world size {self.dist.world_size}; "
                 "batch_size is global, pick a multiple"
             )
         self.per_rank_batch_size = cfg.batch_size // self.dist.world_size
+        if batch_sampler is not None:
+            self.per_rank_batch_size = int(getattr(batch_sampler, "batch_size", self.per_rank_batch_size))
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
@@ -205,8 +239,9 @@ class Trainer:
             nn.SyncBatchNorm.convert_sync_batchnorm(method)
 
         self._generator = torch.Generator()
-        if self.dist.is_distributed:
-            self.sampler: DistributedSampler | RandomSampler = DistributedSampler(
+        self.sampler: DistributedSampler | RandomSampler | None = None  # None: the batch sampler decides
+        if batch_sampler is None and self.dist.is_distributed:
+            self.sampler = DistributedSampler(
                 train_dataset,
                 num_replicas=self.dist.world_size,
                 rank=self.dist.rank,
@@ -214,17 +249,19 @@ class Trainer:
                 seed=cfg.seed,
                 drop_last=cfg.drop_last,
             )
-        else:
+        elif batch_sampler is None:
             self.sampler = RandomSampler(train_dataset, generator=self._generator)
+        loading: dict[str, Any] = (
+            {"batch_sampler": batch_sampler} if batch_sampler is not None else
+            {"batch_size": self.per_rank_batch_size, "sampler": self.sampler, "drop_last": cfg.drop_last}
+        )
         self.loader = DataLoader(
             train_dataset,
-            batch_size=self.per_rank_batch_size,
-            sampler=self.sampler,
             num_workers=self.num_workers,
             collate_fn=collate_fn,
             pin_memory=self.device.type == "cuda",
-            drop_last=cfg.drop_last,
             generator=self._generator,
+            **loading,
         )
         self.batches_per_epoch = len(self.loader)
         if self.batches_per_epoch == 0:
@@ -474,6 +511,8 @@ class Trainer:
         self.method.train()
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
         self._generator.manual_seed(_epoch_seed(cfg.seed, epoch, self.dist.rank))
         is_ddp = isinstance(model, DistributedDataParallel)
         accum, n_batches, skip = cfg.grad_accum_steps, self.batches_per_epoch, loop.batch

@@ -3,6 +3,9 @@ stopped inside an epoch resumes exactly where it stopped (the same model as a st
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -83,3 +86,32 @@ def test_a_sampler_built_for_another_world_size_is_refused(tmp_path: Path) -> No
         Trainer(_method(), toy_config(), tmp_path, toy_dataset(), batch_sampler=sampler)
     with pytest.raises(ConfigError, match="needs __iter__, __len__ and set_epoch"):
         Trainer(_method(), toy_config(), tmp_path, toy_dataset(), batch_sampler=[[0, 1], [2, 3]])  # type: ignore[arg-type]
+
+
+def test_ddp_ranks_train_on_their_own_pk_batches(tmp_path: Path) -> None:
+    """Two gloo processes: each trains on its rank's P×K batches (disjoint images), in lockstep."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(__file__).resolve().parent / "_ddp_pk_script.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), str(tmp_path / "run"), str(out_dir)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["steps"] == 2 * 4  # ceil(64 / (P*K * 2 ranks)) = 4 batches per rank and epoch
+    for epoch in range(2):
+        sampler = PKBatchSampler(LABELS, P=2, K=4, seed=0, world_size=2)
+        sampler.set_epoch(epoch)
+        everything = sampler.epoch_batches()
+        mine = [r["seen"][4 * epoch: 4 * epoch + 4] for r in ranks]
+        assert mine[0] == everything[0::2] and mine[1] == everything[1::2]
+        images = [{i for b in batches for i in b} for batches in mine]
+        assert images[0].isdisjoint(images[1]) and images[0] | images[1] == set(range(64))
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key

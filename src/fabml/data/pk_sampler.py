@@ -34,8 +34,15 @@ from fabml.errors import ConfigError, DataError
 
 
 def _take_distinct(queue: list[int], n: int, refill: Callable[[], Sequence[int]]) -> list[int]:
-    """The first ``n`` distinct values of ``queue`` (refilled from ``refill()`` while it is short);
-    they are removed from ``queue`` and the skipped duplicates keep their places."""
+    """The first ``n`` distinct values of ``queue`` (refilled from ``refill()``, which gives at least
+    ``n`` distinct values, while it holds fewer); they are removed from ``queue`` and the skipped
+    duplicates keep their places."""
+    if len(queue) < n:
+        queue.extend(int(v) for v in refill())
+    if len(set(queue[:n])) == n:  # the usual case: the head is distinct
+        head = queue[:n]
+        del queue[:n]
+        return head
     while len(set(queue)) < n:
         queue.extend(int(v) for v in refill())
     chosen: list[int] = []

@@ -192,11 +192,13 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         validate: Callable[[Method], Mapping[str, float]] | None = None,
         job_config: Mapping[str, Any] | None = None,
-        batch_sampler: EpochBatchSampler | None = None,
+        batch_sampler: EpochBatchSampler | Callable[[int, int], EpochBatchSampler] | None = None,
     ) -> None:
         """``job_config``: the job's whole config as a dict (e.g. ``to_dict(cfg)``); saved in every
         checkpoint and compared by ``train.auto_resume`` (its ``train`` entry is compared as ``cfg``).
-        ``batch_sampler``: batches of indices for this rank (see the class docstring)."""
+        ``batch_sampler``: batches of indices for this rank (see the class docstring), or a function
+        ``(rank, world_size) -> sampler`` called once the process group is joined (what a job passes,
+        since a job does not know its rank)."""
         check_config(cfg)
         self.method = method
         self.cfg = cfg
@@ -205,6 +207,8 @@ class Trainer:
         self.job_config = dict(job_config) if job_config is not None else None
         self.dist = dist_utils.init_distributed()
         self.is_main = self.dist.rank == 0
+        if callable(batch_sampler) and not isinstance(batch_sampler, EpochBatchSampler):
+            batch_sampler = batch_sampler(self.dist.rank, self.dist.world_size)
         self.batch_sampler = batch_sampler
         if batch_sampler is not None:
             if not isinstance(batch_sampler, EpochBatchSampler):

@@ -137,11 +137,16 @@ def test_class_names_pick_and_order_classes_and_a_typo_lists_the_folders(tmp_pat
         discover_records(_cfg(root=str(root), class_names=["crack", "scrach"]))
 
 
-def test_group_by_id_false_makes_each_image_its_own_group(tmp_path: Path) -> None:
+def test_group_by_id_false_makes_each_image_its_own_group_and_subfolders_are_searched(tmp_path: Path) -> None:
     root = _folders(tmp_path / "data", {"crack": 3, "scratch": 3})
     _image(root / "crack" / "noid.png")  # no '_': fine without IDs
+    _image(root / "crack" / "Imgs" / "deep.jpg")  # in a subfolder of the class folder (magnetic tile)
+    (root / "crack" / "readme.txt").write_text("not an image suffix: ignored")
     found = discover_records(_cfg(root=str(root), group_by_id=False))
-    assert len({r.group for r in found.records}) == len(found.records) == 19
+    assert len({r.group for r in found.records}) == len(found.records) == 20
+    assert {r.label for r in found.records if Path(r.path).name == "deep.jpg"} == {"crack"}
+    only_jpg = discover_records(_cfg(root=str(root), group_by_id=False, extensions=["jpg"], class_names=["crack"]))
+    assert [Path(r.path).name for r in only_jpg.records] == ["deep.jpg"]
 
 
 def test_list_file_with_ids_a_header_or_no_ids(tmp_path: Path) -> None:

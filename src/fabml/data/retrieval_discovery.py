@@ -2,8 +2,10 @@
 
 Two inputs (``RetrievalDataConfig``, duck-typed: any object with its fields works):
 
-* **Folders** (``data.root``): ``ROOT/<class>/<ID>_<seq>.<ext>``: each subfolder is a class, its
-  image files (directly in it, suffix in ``data.extensions``) are the class's images. The object ID
+* **Folders** (``data.root``): ``ROOT/<class>/<ID>_<seq>.<ext>``: each subfolder is a class, the
+  image files in it or in its subfolders (suffix in ``data.extensions``; e.g. magnetic tile's
+  ``MT_Crack/Imgs/*.jpg`` with ``extensions=[jpg]``, which leaves out its ``.png`` masks) are the
+  class's images. The object ID
   is group 1 of ``data.id_pattern`` matched against the file name (default ``^(.*)_[^_]+$``:
   everything before the last ``_``); all images of one ID form one group, which the split never
   cuts. ``data.group_by_id=false`` makes each image its own group (data without object IDs).
@@ -133,6 +135,15 @@ def _choose_classes(found: list[str], wanted: list[str], where: str, what: str) 
     return list(wanted)
 
 
+def _images_under(folder: Path, exts: set[str]) -> list[Path]:
+    """Image files in ``folder`` and its subfolders (hidden files and folders skipped)."""
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent) / f for f in files if not f.startswith(".") and Path(f).suffix.lower().lstrip(".") in exts]
+    return found
+
+
 def _folder_entries(cfg: Any, exts: set[str]) -> tuple[list[tuple[str, str, str | None]], list[str]]:
     """(path, label, id or None) per image of ``ROOT/<class>/``, and the chosen classes."""
     root = Path(os.path.abspath(Path(cfg.root).expanduser()))
@@ -145,15 +156,13 @@ def _folder_entries(cfg: Any, exts: set[str]) -> tuple[list[tuple[str, str, str 
     entries: list[tuple[str, str, str | None]] = []
     for name in classes:
         folder = root / name
-        with os.scandir(folder) as it:
-            files = sorted(e.name for e in it if e.is_file() and not e.name.startswith("."))
-        images = [f for f in files if Path(f).suffix.lower().lstrip(".") in exts]
+        images = sorted(_images_under(folder, exts))
         if not images:
             raise DataError(
                 f"class folder {folder} has no images with suffix {', '.join(sorted(exts))}; "
                 "add images, remove the folder, or leave it out of data.class_names"
             )
-        entries += [(str(folder / f), name, None) for f in images]
+        entries += [(str(path), name, None) for path in images]
     return entries, classes
 
 

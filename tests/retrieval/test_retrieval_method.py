@@ -56,7 +56,7 @@ class Recording(RetrievalMethod):
 
 
 def tiny_config(**model: Any) -> RetrievalConfig:
-    base = dict(backbone="resnet18", pretrained=False, embedding_dim=16, arcface_s=16.0, warmup_epochs=2)
+    base = dict(backbone="test_resnet", pretrained=False, embedding_dim=16, arcface_s=16.0, warmup_epochs=2)
     base.update(model)
     train = RetrievalTrainConfig(epochs=4, batch_size=8, lr=1e-3, device="cpu", num_workers=0, precision="fp32",
                                  monitor="loss", monitor_mode="min", early_stop_patience=0, auto_resume=False)
@@ -131,9 +131,10 @@ def test_backbone_is_frozen_in_the_warm_up_then_trained_and_the_margin_is_logged
     for epoch in (0, 1):  # weights and BatchNorm statistics untouched, no weight decay either
         assert all(torch.equal(method.snapshots[epoch][k], init[k]) for k in backbone)
         assert not any(torch.equal(method.snapshots[epoch][k], init[k]) for k in neck)
-    assert not torch.equal(method.snapshots[2]["backbone.model.conv1.weight"], init["backbone.model.conv1.weight"])
-    assert not torch.equal(method.snapshots[2]["backbone.model.bn1.running_mean"], init["backbone.model.bn1.running_mean"])
+    assert not torch.equal(method.snapshots[2]["backbone.model.conv1.0.weight"], init["backbone.model.conv1.0.weight"])
+    assert not torch.equal(method.snapshots[2]["backbone.model.conv1.1.running_mean"], init["backbone.model.conv1.1.running_mean"])
     assert [row["margin"] for row in result.history] == pytest.approx([0.0, 0.0, 0.5, 0.5])
+    assert result.history[3]["loss"] < result.history[2]["loss"] and result.history[3]["accuracy"] >= 0.75  # it learns
     assert all(p.requires_grad for p in method.parameters())
 
 

@@ -105,3 +105,5 @@ def test_negative_labels_are_never_sampled_and_settings_are_checked() -> None:
         PKBatchSampler(labels, P=2, K=0)
     with pytest.raises(DataError, match="no labelled image"):
         PKBatchSampler(np.array([-1, -1]), P=None, K=2)
+    alone = PKBatchSampler.for_this_process(labels, P=2, K=2, seed=4)  # no torchrun: rank 0 of 1
+    assert (alone.rank, alone.world_size, alone.seed) == (0, 1, 4)

@@ -90,6 +90,18 @@ class PKBatchSampler(Sampler[list[int]]):
         self.batches_per_rank = max(math.ceil(self.num_samples / per_rank), math.ceil(count / (self.P * self.world_size)))
         self.epoch = 0
 
+    @classmethod
+    def for_this_process(
+        cls, labels: np.ndarray | Sequence[int], P: int | None, K: int, seed: int = 0
+    ) -> PKBatchSampler:
+        """The sampler of this process: rank and world size from torchrun's process group
+        (:func:`fabml.engine.distributed.init_distributed`, joined here if it is not yet; rank 0 of
+        1 in a single process)."""
+        from fabml.engine.distributed import init_distributed
+
+        info = init_distributed()
+        return cls(labels, P, K, seed, rank=info.rank, world_size=info.world_size)
+
     @property
     def batch_size(self) -> int:
         """Indices per batch on one rank: P × K."""

@@ -83,7 +83,7 @@ class ArcFaceHead(nn.Module):
 
     def logits(self, cosine: Tensor, labels: Tensor) -> Tensor:
         """ArcFace logits [B, C] from cosines [B, C] (:meth:`cosine`) and labels [B] in [0, C)."""
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.weight.shape[0]):
+        if ((labels < 0) | (labels >= self.weight.shape[0])).any():  # one device sync per step
             raise DataError(
                 f"training labels must lie in [0, {self.weight.shape[0]}), got {int(labels.min())}..{int(labels.max())}"
             )

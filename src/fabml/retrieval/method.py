@@ -64,7 +64,6 @@ class RetrievalMethod(Method):
         check_model_config(cfg.model)
         self.model = model
         self.cfg = cfg
-        self.epoch = 0
         self.model.head.margin = margin_at(0, cfg.model)
 
     # ------------------------------------------------------------------ schedule
@@ -74,7 +73,6 @@ class RetrievalMethod(Method):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Set the ArcFace margin of ``epoch`` (:func:`margin_at`)."""
-        self.epoch = int(epoch)
         self.model.head.margin = margin_at(epoch, self.cfg.model)
 
     def param_groups(self) -> list[dict[str, Any]]:

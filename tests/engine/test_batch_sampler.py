@@ -115,3 +115,15 @@ def test_ddp_ranks_train_on_their_own_pk_batches(tmp_path: Path) -> None:
         assert images[0].isdisjoint(images[1]) and images[0] | images[1] == set(range(64))
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key
+
+
+def test_a_sampler_factory_gets_this_process_rank_and_world_size(tmp_path: Path) -> None:
+    calls = []
+
+    def factory(rank: int, world_size: int) -> PKBatchSampler:
+        calls.append((rank, world_size))
+        return PKBatchSampler(LABELS, P=2, K=4, seed=0, rank=rank, world_size=world_size)
+
+    trainer = Trainer(_method(), toy_config(**COMMON), tmp_path, toy_dataset(), batch_sampler=factory)
+    assert calls == [(0, 1)] and isinstance(trainer.batch_sampler, PKBatchSampler)
+    assert trainer.batches_per_epoch == 8

@@ -106,6 +106,20 @@ JOBS: dict[str, Job] = {
             summary="fabml.anomaly.runs:config_summary",
             artefact="model weights + score normaliser, thresholds, grades (+ config)",
         ),
+        Job(
+            name="retrieval",
+            help="Retrieval-based classification: ArcFace embeddings, a vector index, Recall@k, open-set predict.",
+            app="fabml.retrieval.cli:app",
+            config="fabml.retrieval.config:RetrievalConfig",
+            build_method="fabml.retrieval.runs:build_method",
+            demo="fabml.retrieval.demo:run_demo",
+            save_artefact="fabml.retrieval.runs:save_model",
+            load_artefact="fabml.retrieval.runs:load_artefact",
+            open_run="fabml.retrieval.runs:open_run",
+            is_legacy_run="fabml.retrieval.runs:is_legacy_run",
+            summary="fabml.retrieval.runs:config_summary",
+            artefact="embedding model (backbone, neck, ArcFace head) from the best checkpoint + classes (+ config)",
+        ),
     )
 }
 

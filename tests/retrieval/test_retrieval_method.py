@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from fabml.config import to_dict
 from fabml.engine.trainer import Trainer
-from fabml.errors import ConfigError
+from fabml.errors import ConfigError, TrainingError
 from fabml.retrieval.config import RetrievalConfig, RetrievalModelConfig, RetrievalTrainConfig
 from fabml.retrieval.method import RetrievalMethod, build_method, margin_at
 
@@ -153,3 +153,20 @@ def test_resume_after_a_crash_equals_a_straight_run(tmp_path: Path, crash_at_cal
     assert resumed.model.head.margin == straight.model.head.margin == 0.5
     assert [r["loss"] for r in result.history] == [r["loss"] for r in reference.history]
     assert [r["margin"] for r in result.history] == [0.0, 0.0, 0.5, 0.5]
+
+
+def test_cached_backbone_features_give_the_same_warm_up_step_and_are_refused_after_it() -> None:
+    method = build_method(tiny_config(), 4)
+    data = Images()
+    images, labels = data.images[:8], data.labels[:8]
+    method.model.backbone.freeze()  # what the trainer's warm-up does: no gradients, eval mode
+    method.on_epoch_start(0)
+    method.train()
+    with torch.no_grad():
+        features = method.model.backbone(images)
+    from_images = method.training_step({"image": images, "label": labels})
+    from_features = method.training_step({"features": features, "label": labels})
+    assert torch.allclose(from_images["loss"], from_features["loss"], atol=1e-6)
+    method.model.backbone.unfreeze()
+    with pytest.raises(TrainingError, match="frozen warm-up epochs only"):
+        method.training_step({"features": features, "label": labels})

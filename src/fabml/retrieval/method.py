@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from fabml.engine.method import Method
 from fabml.engine.param_groups import decay_groups
-from fabml.errors import ConfigError, DataError
+from fabml.errors import ConfigError, DataError, TrainingError
 from fabml.retrieval.config import RetrievalConfig, RetrievalModelConfig
 from fabml.retrieval.model import RetrievalModel
 
@@ -86,11 +86,24 @@ class RetrievalMethod(Method):
     # ------------------------------------------------------------------ loss
     def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """``batch["image"]`` [B, 3, S, S] in [0, 1], ``batch["label"]`` [B] class indices ->
-        ``{"loss": ArcFace cross-entropy, "accuracy": nearest-class-weight accuracy, "margin": m}``."""
-        images, labels = batch["image"], batch["label"].long()
-        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise DataError(f"batch labels {list(labels.shape)} do not match images {list(images.shape)}")
-        embeddings = self.model.features(images)
+        ``{"loss": ArcFace cross-entropy, "accuracy": nearest-class-weight accuracy, "margin": m}``.
+
+        During the frozen warm-up a batch may carry ``"features"`` [B, C] instead of images: the
+        backbone's pooled output (``model.backbone(images)`` in eval mode), computed once and
+        cached, so the warm-up epochs train the neck and head without running the backbone.
+        """
+        labels = batch["label"].long()
+        if "features" in batch:  # cached pooled backbone features [B, C]: only valid while the backbone is frozen
+            if any(p.requires_grad for p in self.model.backbone.parameters()):
+                raise TrainingError("a batch of cached backbone features while the backbone trains: "
+                                    "cached features are for the frozen warm-up epochs only (model.warmup_epochs)")
+            inputs = batch["features"]
+            embeddings = self.model.neck(inputs)
+        else:
+            inputs = batch["image"]
+            embeddings = self.model.features(inputs)
+        if labels.ndim != 1 or labels.shape[0] != inputs.shape[0]:
+            raise DataError(f"batch labels {list(labels.shape)} do not match inputs {list(inputs.shape)}")
         head = self.model.head
         cosine = head.cosine(embeddings)
         logits = head.logits(cosine, labels)

@@ -103,11 +103,13 @@ def test_streaming_fit_equals_one_batch_fit(fitted: Padim) -> None:
     assert torch.allclose(one.inv_covariance, fitted.inv_covariance, rtol=1e-5, atol=1e-4)
 
 
-def test_streaming_covariance_matches_numpy_float64() -> None:
-    # float32 batch products into float64 sums: far-from-zero features (mean 50), uneven batches
+@pytest.mark.parametrize("flush_images", [256, 5])
+def test_streaming_covariance_matches_numpy_float64(flush_images: int) -> None:
+    # float32 batch products into float64 sums: far-from-zero features (mean 50), uneven batches,
+    # partial sums flushed into the float64 totals once at the end or every few batches
     rng = np.random.default_rng(3)
     x = 50.0 + rng.standard_normal((37, 5, 3, 2)) * rng.uniform(0.1, 3.0, (1, 5, 1, 1))
-    sums = GaussianSums()
+    sums = GaussianSums(flush_images=flush_images)
     for part in np.split(x, [4, 15, 16, 30]):
         sums.add(torch.from_numpy(part).float())
     data = x.astype(np.float32).astype(np.float64).reshape(37, 5, 6)  # what the model sees

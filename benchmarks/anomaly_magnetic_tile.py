@@ -169,6 +169,8 @@ def main() -> None:
                         help="only PatchCore's 1x/10x memory measurement, added to the results already written")
     parser.add_argument("--update-memory-bank", action="store_true",
                         help="rerun only the PatchCore / PaDiM rows (both libraries) into the results already written")
+    parser.add_argument("--rows", default="padim,patchcore_ratio_0.002,patchcore",
+                        help="with --update-memory-bank: which of its rows to rerun (comma-separated)")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: the benchmark needs ../shared/data/magnetic_tile beside the project")
@@ -270,8 +272,11 @@ def update_memory_bank(args: argparse.Namespace, base: AnomalyConfig, per_model:
              {k: v for k, v in pc_model.items() if k not in ("coreset_oversample", "search")}
              | {"coreset_ratio": SMALL_RATIO}),
             ("patchcore", "patchcore", pc_model, None)]
+    wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
     split_file = None
     for label, name, model, peer_model in runs:
+        if label not in wanted:
+            continue
         before = os.getloadavg()
         row = compare(base, {name: {"model": model}}, args.out / label)[0]
         results["fabml"][label] = stamped(row_of(row), before, rev)
@@ -288,7 +293,7 @@ def update_memory_bank(args: argparse.Namespace, base: AnomalyConfig, per_model:
             results["ratios"][label] = speed_ratios(results["fabml"][label], peer)
         write_results(results, args.results)
     timed, ours = results["anomalib"].get("patchcore"), results["fabml"]["patchcore"]
-    if timed and "error" not in ours:
+    if timed and "error" not in ours and "patchcore" in wanted:
         results["ratios"]["patchcore"] = {
             "image_auroc_diff": None, "speedup_fit": timed["fit_seconds"] / ours["fit_seconds"],
             "note": "anomalib fit time extrapolated from its timed coreset iterations (row of commit "

@@ -39,7 +39,7 @@ def split(
     from fabml.retrieval.pipeline import make_config, split as run_split
 
     cfg = make_config(out, config, set_, data, list_file, skip_bad)
-    report = run_split(cfg, out)
+    report = run_split(cfg, out, config, set_)
     counts = report.counts
     print_table(["class", "train", "val", "test"], counts.values.tolist())
     console.print(report.split.summary())

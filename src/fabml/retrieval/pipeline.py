@@ -106,11 +106,14 @@ def split_counts(split: RetrievalSplit) -> pd.DataFrame:
     return table.reset_index()
 
 
-def split(cfg: RetrievalConfig, run_dir: str | Path) -> SplitReport:
+def split(cfg: RetrievalConfig, run_dir: str | Path, config_file: str | Path | None = None,
+          overrides: Sequence[str] | None = None) -> SplitReport:
     """Split the data of ``cfg.data`` by object ID into ``RUN/splits`` (reused when it exists) and write
-    ``RUN/config.yaml`` / ``run.json``."""
+    ``RUN/config.yaml`` / ``run.json`` (with the train settings ``config_file`` / ``overrides`` give, which
+    a later ``train`` keeps instead of the hardware's auto settings)."""
     run_dir = Path(run_dir)
     run = RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.train.seed)
+    run.update_info(**{EXPLICIT_KEYS: sorted(_given_train_keys(run, config_file, overrides))})
     folder = run.sub(SPLITS)
     result = make_retrieval_split(cfg.data, folder)
     return SplitReport(result, folder, split_counts(result))
@@ -289,7 +292,8 @@ def train(cfg: RetrievalConfig, run_dir: str | Path, fresh: bool = False, resume
     result = trainer.fit(resume=will_resume, fresh=fresh)
     path = None
     if is_main_process():
-        run.update_info()  # the trainer rewrites run.json on a fresh start: name the job again
+        # the trainer rewrites run.json on a fresh start: name the job and the settings given again
+        run.update_info(**{EXPLICIT_KEYS: sorted(given)})
         path = save_model(run, cfg, data_split.classes)
     return TrainReport(result, data_split, batch, auto_line, path, peak_rss_mb())
 
@@ -432,8 +436,6 @@ def evaluate(run_dir: str | Path, split_name: str = "test", out: str | Path | No
     calibrated threshold), ``per_class.csv``, ``confusion.png`` (weighted-vote predictions) and
     ``gallery.png``; OUT defaults to ``RUN/evaluation/<split>``.
     """
-    from sklearn.metrics import confusion_matrix
-
     from fabml.retrieval.report import GalleryRow, plot_confusion, plot_gallery
 
     if split_name not in ("val", "test"):
@@ -483,7 +485,9 @@ def evaluate(run_dir: str | Path, split_name: str = "test", out: str | Path | No
     if figures:
         scored = query_codes >= 0
         used = sorted(set(query_codes[scored].tolist()) | set(vote[scored].tolist()) - {-1})
-        matrix = confusion_matrix(query_codes[scored], vote[scored], labels=used)
+        position = {code: i for i, code in enumerate(used)}
+        matrix = np.zeros((len(used), len(used)), dtype=np.int64)
+        np.add.at(matrix, ([position[c] for c in query_codes[scored]], [position[c] for c in vote[scored]]), 1)
         plot_confusion(matrix, [names[c] for c in used], out_dir / "confusion.png",
                        title=f"{split_name}: weighted vote of the top {top_k}")
         wrong = [i for i in np.flatnonzero(scored) if vote[i] != query_codes[i]]

@@ -92,5 +92,6 @@ def plot_gallery(rows: Sequence[GalleryRow], path: str | Path, title: str = "") 
             _frame(ax, RIGHT if label == row.query_label else WRONG)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.75 / fig.get_figheight(), wspace=0.15,
+                        hspace=0.45)
     return save_figure(fig, path)

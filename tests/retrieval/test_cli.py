@@ -1,0 +1,110 @@
+"""``fabml retrieval split | train | index | evaluate | predict | export`` through the real CLI on tiny generated
+shapes; results are read from the files each command writes. Bad inputs end in one ``error:`` line (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fabml.cli import app, main
+from fabml.data.synthetic_shapes import make_shape_set
+
+TINY = ["data.image_size=32", "data.min_image_size=16", "model.backbone=test_efficientnet", "model.pretrained=false",
+        "model.embedding_dim=16", "model.warmup_epochs=1", "train.epochs=2", "train.num_workers=0",
+        "sampler.samples_per_class=2", "eval.top_k=5", "data.class_names=[circle,square,triangle]"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shape_set(tmp_path_factory.mktemp("shapes"), n_classes=4, ids_per_class=5, images_per_id=2, size=32)
+
+
+def _invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def test_split_train_index_evaluate_predict_export(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _invoke(["retrieval", "split", "--data", str(data), "--out", str(run), *_sets(TINY)])
+    counts = {part: pd.read_csv(run / "splits" / f"{part}.csv") for part in ("train", "val", "test")}
+    groups = [set(table["group"]) for table in counts.values()]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])  # no ID in two splits
+    assert sum(len(t) for t in counts.values()) == 3 * 5 * 2  # the 4th folder (cross) is not in class_names
+
+    _invoke(["retrieval", "train", "--out", str(run)])  # the settings come from the run's config.yaml
+    assert len(pd.read_csv(run / "metrics.csv")) == 2 and (run / "model.pt").is_file()
+    info = json.loads((run / "run.json").read_text())
+    assert info["job"] == "retrieval" and "epochs" in info["train_settings_given"]
+
+    _invoke(["retrieval", "index", "--run", str(run)])
+    refs = pd.read_csv(run / "index" / "references.csv")
+    assert len(refs) == len(counts["train"]) and set(refs["label"]) == {"circle", "square", "triangle"}
+
+    _invoke(["retrieval", "evaluate", "--run", str(run), "--split", "val", "--no-figures"])
+    written = json.loads((run / "evaluation" / "val" / "metrics.json").read_text())
+    assert written["split"] == "val" and written["metrics"]["n_queries"] == len(counts["val"])
+    assert 0.0 <= written["metrics"]["map_at_r"] <= 1.0
+
+    _invoke(["retrieval", "predict", "--run", str(run), str(data / "cross"), "--top-k", "3"])
+    table = pd.read_csv(run / "predictions" / "predictions.csv")
+    assert len(table) == 10 and set(table["predicted"]) <= {"circle", "square", "triangle", "unknown"}
+    assert pd.read_csv(run / "predictions" / "neighbours.csv")["rank"].max() == 3
+
+    new = tmp_path / "new"
+    shutil.copytree(data / "cross", new / "cross")
+    _invoke(["retrieval", "index", "--run", str(run), "--add", str(new)])
+    assert (pd.read_csv(run / "index" / "references.csv")["label"] == "cross").sum() == 10
+
+    pytest.importorskip("onnxruntime")
+    _invoke(["retrieval", "export", "--run", str(run), "--samples", "2"])
+    parity = json.loads((run / "model.parity.json").read_text())
+    assert (run / "model.onnx").is_file() and parity["max_embedding_diff"] <= parity["tolerance"]
+
+
+def _error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    monkeypatch.setattr("sys.argv", ["fabml", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    return lines[0]
+
+
+def test_bad_inputs_end_in_one_error_line(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert "nope" in line
+    typo = tmp_path / "typo"
+    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(data), "--out", str(typo),
+                                        "--set", "data.class_names=[circle,sqare]"])
+    assert "sqare" in line and "square" in line  # the folders found are listed
+    line = _error(monkeypatch, capsys, ["retrieval", "index", "--run", str(tmp_path / "missing")])
+    assert "missing" in line
+    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(data), "--list", str(tmp_path / "l.txt"),
+                                        "--out", str(tmp_path / "r2")])
+    assert "not both" in line
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{data / 'circle' / 'circle-00_0.png'}, circle\n{tmp_path / 'gone.png'}, circle\n")
+    line = _error(monkeypatch, capsys, ["retrieval", "split", "--list", str(listed), "--out", str(tmp_path / "r3")])
+    assert "gone.png" in line

@@ -106,6 +106,17 @@ def test_evaluate_writes_metrics_per_class_and_figures(run: Path) -> None:
     assert 0.0 <= written["unknown"]["rejected_share"] <= 1.0
 
 
+def test_evaluate_images_of_a_list_file(run: Path, data: Path, tmp_path: Path) -> None:
+    listed = tmp_path / "queries.txt"
+    listed.write_text("".join(f"{name}/{name}-05_{k}.png, {name}\n" for name in ("circle", "cross") for k in (0, 1)))
+    shutil.copytree(data / "circle", tmp_path / "circle"), shutil.copytree(data / "cross", tmp_path / "cross")
+    report = evaluate(run, list_file=listed, figures=False)
+    assert report.out_dir == run / "evaluation" / "list_queries"
+    written = json.loads((report.out_dir / "metrics.json").read_text())
+    assert written["metrics"]["n_queries"] == 4
+    assert pd.read_csv(report.out_dir / "per_class.csv")["class"].tolist() == ["circle", "cross"]
+
+
 def test_predict_marks_unknown_below_the_threshold(run: Path, data: Path) -> None:
     result = predict(run, [data / "ring", data / "circle" / "circle-00_0.png"])
     table = pd.read_csv(result.out_dir / "predictions.csv")

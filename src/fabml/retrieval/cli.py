@@ -101,14 +101,17 @@ def index(
 def evaluate(
     run: RunOpt,
     split_name: Annotated[str, typer.Option("--split", help="val | test")] = "test",
+    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluate these class folders instead of a split.")] = None,
+    list_file: Annotated[Optional[Path], typer.Option("--list", help="Evaluate the images of this list file instead.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/evaluation/SPLIT).")] = None,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write confusion.png and gallery.png.")] = True,
 ) -> None:
     """Recall@k, Precision@k, MAP@R, top-1 (nearest neighbour, weighted vote), per class; queries of a split
-    against the index."""
+    (or of other labelled images: --data / --list) against the index."""
     from fabml.retrieval.pipeline import evaluate as run_evaluate
 
-    report = run_evaluate(run, split_name, out, figures=figures)
+    report = run_evaluate(run, split_name, out, figures=figures, data=data, list_file=list_file)
+    split_name = report.split
     print_table(["metric", "value"], [[k, v] for k, v in report.metrics.items()], title=f"{split_name} split")
     if report.unknown:
         console.print(f"called unknown at the calibrated threshold: {report.unknown['rejected_share']:.3f} of the "

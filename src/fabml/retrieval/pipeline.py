@@ -427,23 +427,45 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
 
 
+def query_records(cfg: RetrievalConfig, data: str | Path | None, list_file: str | Path | None) -> list[RetrievalRecord]:
+    """Labelled images outside the run's split: class folders ``data`` or a list file (``path, label`` lines;
+    paths relative to its folder); every image is its own group and no size is excluded."""
+    if (data is None) == (list_file is None):
+        raise ConfigError("pass either --data (class folders) or --list (a list file) to evaluate other images")
+    source = replace(cfg.data, root=str(Path(data).resolve()) if data is not None else "",
+                     list_file=str(Path(list_file).resolve()) if list_file is not None else "",
+                     class_names=[], group_by_id=False, min_image_size=0)
+    found = discover_records(source)
+    for note in found.notes:
+        err.print(f"note: {note}")
+    return found.records
+
+
 def evaluate(run_dir: str | Path, split_name: str = "test", out: str | Path | None = None,
-             figures: bool = True, gallery_queries: int = 8) -> EvalReport:
-    """Query the images of a split against the run's index (``index`` first).
+             figures: bool = True, gallery_queries: int = 8, data: str | Path | None = None,
+             list_file: str | Path | None = None) -> EvalReport:
+    """Query the images of a split (or of ``data`` / ``list_file``: labelled images from elsewhere, e.g. a
+    data set's own test list) against the run's index (``index`` first).
 
     Writes ``OUT/metrics.json`` (Recall@k for ``eval.recall_k_values``, Precision@k, MAP@R, top-1 by nearest
     neighbour and by similarity-weighted vote of ``eval.top_k``, the share called unknown at the
     calibrated threshold), ``per_class.csv``, ``confusion.png`` (weighted-vote predictions) and
-    ``gallery.png``; OUT defaults to ``RUN/evaluation/<split>``.
+    ``gallery.png``; OUT defaults to ``RUN/evaluation/<split>`` (``RUN/evaluation/list_<stem>`` for a list
+    file, ``RUN/evaluation/data_<folder>`` for folders).
     """
     from fabml.retrieval.report import GalleryRow, plot_confusion, plot_gallery
 
+    external = data is not None or list_file is not None
     if split_name not in ("val", "test"):
         raise ConfigError(f"--split {split_name!r} is unknown: use val or test")
     run_dir = Path(run_dir)
     index, refs = read_references(run_dir)
     cfg, model, classes = load_trained(run_dir, resolve_device(run_config(run_dir).train.device))
-    records = load_split(run_dir).part(split_name)
+    if external:
+        records = query_records(cfg, data, list_file)
+        split_name = f"list_{Path(list_file).stem}" if list_file is not None else f"data_{Path(data).name}"
+    else:
+        records = load_split(run_dir).part(split_name)
     if not records:
         raise DataError(f"the {split_name} split of {run_dir} is empty: nothing to evaluate")
     out_dir = Path(out) if out is not None else open_run(run_dir).sub(EVALUATION) / split_name

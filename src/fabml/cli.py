@@ -62,7 +62,8 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Wafer training epochs.")] = 10,
 ) -> None:
     """Run each job on generated data (wafer: train, embed, cluster, search, evaluate, report;
-    anomaly: fit PatchCore, evaluate, predict, export ONNX)."""
+    anomaly: fit PatchCore, evaluate, predict, export ONNX; retrieval: split, train, index, evaluate,
+    predict, add a new class without retraining, export ONNX)."""
     if job != "all" and job not in JOBS:
         raise ConfigError(f"--job {job!r} is unknown; choose one of: {', '.join(JOBS)}, all")
     names = job_names() if job == "all" else [job]

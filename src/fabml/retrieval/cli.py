@@ -90,7 +90,9 @@ def index(
         console.print(f"{report.n_references} references of {len(report.new_classes)} classes")
     thr = report.threshold
     if thr is not None:
-        rates = f"false-accept rate {thr.achieved_far:.3f} on {thr.n_impostor} held-out-class queries, " if thr.achieved_far is not None else ""
+        rates = ""
+        if thr.achieved_far is not None:
+            rates = f"false-accept rate {thr.achieved_far:.3f} on {thr.n_impostor} held-out-class queries, "
         console.print(f"unknown threshold ({thr.method} {thr.target:g}): similarity < {thr.threshold:.4f} "
                       f"({rates}true-accept rate {thr.true_accept_rate:.3f} on {thr.n_genuine} known-class queries)")
     _print_notes(report.notes)

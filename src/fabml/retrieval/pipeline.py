@@ -37,7 +37,7 @@ from fabml.data.retrieval_data import (
 )
 from fabml.data.splits import PARTS
 from fabml.engine.distributed import is_main_process
-from fabml.engine.hardware import peak_rss_mb, resolve_device
+from fabml.engine.hardware import peak_rss_mb, resolve_device, resolve_num_workers
 from fabml.engine.runs import CONFIG, RunFolder
 from fabml.errors import ConfigError, DataError
 from fabml.index import VectorIndex
@@ -156,6 +156,11 @@ def embed_records(model: torch.nn.Module, records: Sequence[RetrievalRecord], im
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
+def _workers(cfg: RetrievalConfig) -> int:
+    """Loader workers for embedding passes: ``train.num_workers`` (-1 = auto)."""
+    return resolve_num_workers(cfg.train.num_workers)
+
+
 def search_labels(index: VectorIndex, ref_codes: np.ndarray, query_emb: np.ndarray,
                   k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(scores [Q,k'], ids [Q,k'], labels [Q,k'])`` of the k nearest references; missing neighbours
@@ -186,12 +191,12 @@ def make_validator(cfg: RetrievalConfig, split_: RetrievalSplit, embed_batch: in
                         "(raise data.val_fraction or add images)")
     ref_codes = class_codes([r.label for r in split_.train], split_.classes)
     val_codes = class_codes([r.label for r in split_.val], split_.classes)
-    size = int(cfg.data.image_size)
+    size, workers = int(cfg.data.image_size), _workers(cfg)
 
     def validate(method: Any) -> dict[str, float]:
         model = method.model
-        refs = embed_records(model, split_.train, size, embed_batch, what="validation: train split")
-        queries = embed_records(model, split_.val, size, embed_batch, what="validation: val split")
+        refs = embed_records(model, split_.train, size, embed_batch, workers, what="validation: train split")
+        queries = embed_records(model, split_.val, size, embed_batch, workers, what="validation: val split")
         index = VectorIndex(refs.shape[1])
         index.add(refs)
         figures, *_ = retrieval_figures(index, ref_codes, queries, val_codes, cfg.eval.recall_k_values, cfg.eval.top_k)
@@ -365,7 +370,7 @@ def build_index(run_dir: str | Path, add: str | Path | None = None, embed_batch:
         records = [r for r in records if r.path not in known]
         if not records:
             raise DataError(f"--add {add}: every image there is already in the index ({len(skipped)} images)")
-        emb = embed_records(model, records, size, embed_batch, what="embedding new references")
+        emb = embed_records(model, records, size, embed_batch, _workers(cfg), what="embedding new references")
         index.add(emb)
         old_classes = set(refs["label"])
         new_rows = pd.DataFrame({"path": [r.path for r in records], "label": [r.label for r in records]})
@@ -375,7 +380,7 @@ def build_index(run_dir: str | Path, add: str | Path | None = None, embed_batch:
         notes = [f"the unknown threshold stays as calibrated ({THRESHOLD}); rebuild the index to recalibrate"]
         return IndexReport(folder, len(index), len(records), new_classes, read_threshold(run_dir), skipped, notes)
     data_split = load_split(run_dir)
-    refs_emb = embed_records(model, data_split.train, size, embed_batch, what="embedding the train split")
+    refs_emb = embed_records(model, data_split.train, size, embed_batch, _workers(cfg), what="embedding the train split")
     index = VectorIndex(refs_emb.shape[1], cfg.index)
     index.add(refs_emb)
     refs = pd.DataFrame({"path": [r.path for r in data_split.train], "label": [r.label for r in data_split.train]})
@@ -383,7 +388,7 @@ def build_index(run_dir: str | Path, add: str | Path | None = None, embed_batch:
     notes: list[str] = []
     threshold = None
     if data_split.val:
-        val_emb = embed_records(model, data_split.val, size, embed_batch, what="embedding the val split")
+        val_emb = embed_records(model, data_split.val, size, embed_batch, _workers(cfg), what="embedding the val split")
         try:
             threshold = calibrate_unknown(
                 val_emb, class_codes([r.label for r in data_split.val], classes), refs_emb,
@@ -475,7 +480,7 @@ def evaluate(run_dir: str | Path, split_name: str = "test", out: str | Path | No
     query_codes = class_codes([r.label for r in records], names)
     ks, top_k = [int(k) for k in cfg.eval.recall_k_values], int(cfg.eval.top_k)
     start = time.perf_counter()
-    emb = embed_records(model, records, int(cfg.data.image_size), 64, what=f"embedding the {split_name} split")
+    emb = embed_records(model, records, int(cfg.data.image_size), 64, _workers(cfg), what=f"embedding the {split_name} images")
     seconds = time.perf_counter() - start
     overall, scores, ids, labels = retrieval_figures(index, ref_codes, emb, query_codes, ks, top_k)
     vote = weighted_vote(labels, scores, top_k)
@@ -572,7 +577,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], out: str | Path |
         raise ConfigError(f"--top-k {k} must be >= 1")
     paths = image_inputs(inputs, cfg.data.extensions)
     records = [RetrievalRecord(p, "", p) for p in paths]
-    emb = embed_records(model, records, int(cfg.data.image_size), 64, what="embedding the images")
+    emb = embed_records(model, records, int(cfg.data.image_size), 64, _workers(cfg), what="embedding the images")
     names = _reference_classes(classes, refs)
     ref_codes = class_codes(refs["label"], names)
     scores, ids, labels = search_labels(index, ref_codes, emb, k)

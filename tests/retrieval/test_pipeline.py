@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -201,6 +204,29 @@ def test_bad_inputs_are_one_line_errors(run: Path, data: Path, tmp_path: Path) -
     with pytest.raises(DataError) as exc:
         evaluate(untrained)
     assert "fabml retrieval index" in _one_line(exc)
+
+
+@pytest.mark.timeout(300)
+def test_train_under_torchrun_gives_each_rank_its_batches_and_one_writer(data: Path, tmp_path: Path) -> None:
+    """Two gloo ranks: the split is written once, each rank builds its own P×K sampler (the trainer refuses one
+    built for another world size), rank 0 alone writes model.pt and run.json."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = tmp_path / "run"
+    script = Path(__file__).resolve().parent / "_ddp_train_script.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(script), str(data), str(run), *TINY]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("rank done: 2 epochs") == 2 and "× 2 processes" in proc.stdout
+    info = json.loads((run / "run.json").read_text())
+    assert info["job"] == "retrieval" and info["world_size"] == 2
+    assert len(pd.read_csv(run / "metrics.csv")) == 2
+    assert torch.load(run / "model.pt", weights_only=False)["classes"] == KNOWN
 
 
 def test_the_package_exports_its_public_names() -> None:

@@ -67,6 +67,8 @@ def train(
     report = run_train(cfg, out, fresh=fresh, resume=resume, config_file=config, overrides=set_)
     if not is_main_process():
         return
+    console.print(report.split.summary())
+    _print_notes(report.split.notes)
     result = report.result
     console.print(f"trained {result.epochs_completed} epochs in {result.seconds:.0f} s ({result.stopped_reason}); "
                   f"best {cfg.train.monitor} = {result.best_metric} (epoch {result.best_epoch})")

@@ -36,7 +36,7 @@ from fabml.data.retrieval_data import (
     split_paths,
 )
 from fabml.data.splits import PARTS
-from fabml.engine.distributed import is_main_process
+from fabml.engine.distributed import is_main_process, main_process_only
 from fabml.engine.hardware import peak_rss_mb, resolve_device, resolve_num_workers
 from fabml.engine.runs import CONFIG, RunFolder
 from fabml.errors import ConfigError, DataError
@@ -253,7 +253,9 @@ def train(cfg: RetrievalConfig, run_dir: str | Path, fresh: bool = False, resume
     cfg.model.backbone = resolve_backbone(cfg.model)  # "auto" -> a timm name, recorded in config.yaml
     RunFolder.create(run_dir, JOB)  # refuses a folder of another job before anything is written
     run = RunFolder(run_dir, JOB)
-    data_split = make_retrieval_split(cfg.data, run.sub(SPLITS))
+    # rank 0 writes the split files (when the run has none) while the other ranks wait, then every rank reads them
+    data_split = main_process_only(lambda: make_retrieval_split(cfg.data, run.sub(SPLITS)), "the split")
+    data_split = data_split or make_retrieval_split(cfg.data, run.sub(SPLITS))
     given = _given_train_keys(run, config_file, overrides)
     props = device_props(resolve_device(cfg.train.device))
     settings = auto_train_settings(props)
@@ -509,7 +511,7 @@ def evaluate(run_dir: str | Path, split_name: str = "test", out: str | Path | No
                "unknown": unknown, "settings": {"recall_k_values": ks, "top_k": top_k, "index": to_dict(cfg.index)},
                "notes": notes}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=float), encoding="utf-8")
-    if figures:
+    if figures and (query_codes >= 0).any():
         scored = query_codes >= 0
         used = sorted(set(query_codes[scored].tolist()) | set(vote[scored].tolist()) - {-1})
         position = {code: i for i, code in enumerate(used)}

@@ -283,7 +283,11 @@ def update_memory_bank(args: argparse.Namespace, base: AnomalyConfig, per_model:
         split_file = split_file or args.out / label / name / "split.csv"
         print(json.dumps({label: results["fabml"][label]}, default=str)[:600], flush=True)
         write_results(results, args.results)
-        if args.skip_anomalib or peer_model is None:
+        if args.skip_anomalib or peer_model is None:  # pair the new row with anomalib's row already written
+            peer = results["anomalib"].get(label)
+            if peer_model is not None and peer and "error" not in results["fabml"][label]:
+                results["ratios"][label] = speed_ratios(results["fabml"][label], peer)
+                write_results(results, args.results)
             continue
         before = os.getloadavg()
         peer = run_anomalib(name, split_file, {"backbone": "tf_efficientnet_lite0", **peer_model}, args.size,

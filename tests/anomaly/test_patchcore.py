@@ -176,6 +176,35 @@ def test_oversampled_chunks_cover_better_than_fixed_shares() -> None:
     assert radii[4.0] < 0.9 * radii[1.0]
 
 
+def test_global_pass_work_cap_keeps_greedy_prefixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fabml.anomaly.methods.patchcore as pc
+
+    g = torch.Generator().manual_seed(8)
+    rows = torch.randn(900, 6, generator=g)
+
+    def build() -> tuple[torch.Tensor, StreamingCoreset]:
+        coreset = StreamingCoreset(0.1, chunk=300, projection=None, seed=0, oversample=3.0)
+        coreset.add(rows)
+        return coreset.finish(), coreset
+
+    free, coreset = build()
+    assert coreset.oversample_used == 3.0
+    # a cap that allows 1.5x: each chunk keeps the first ceil(1.5 * 30) = 45 of its 90 candidates
+    monkeypatch.setattr(pc, "GLOBAL_PASS_MAX_WORK", int(1.5 * 90 * 90))
+    capped, coreset = build()
+    assert coreset.oversample_used == pytest.approx(1.5) and capped.shape == free.shape == (90, 6)
+    # with a cap that leaves 1x, the bank is each chunk's own greedy k-center of its share
+    monkeypatch.setattr(pc, "GLOBAL_PASS_MAX_WORK", 1)
+    shares, coreset = build()
+    assert coreset.oversample_used == 1.0
+    gen = torch.Generator().manual_seed(0)
+    expected = []
+    for part in rows.split(300):
+        first = int(torch.randint(300, (1,), generator=gen))
+        expected.append(part[greedy_kcenter(part, 30, first)[0]])
+    assert torch.equal(shares, torch.cat(expected))
+
+
 def test_pruned_greedy_equals_plain_greedy() -> None:
     g = torch.Generator().manual_seed(6)
     # clustered points, as patch embeddings are: the cell pruning skips most cells

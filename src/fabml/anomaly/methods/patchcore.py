@@ -26,6 +26,14 @@ its oversampled greedy radius, and the global pass spends the bank where the uni
 (a chunk keeps no fixed share). This is not the same computation as the paper's single pass
 over all N patches, only close to it; ``oversample`` 1 keeps each chunk's share.
 
+The global pass costs (candidates × M) distance updates, quadratic in the bank size. When that
+exceeds ``GLOBAL_PASS_MAX_WORK`` (2^31: e.g. M = 61k rows at ratio 0.1 of 613k patches, where
+the pass over 2 × 61k candidates did not finish in 16 minutes on a busy 2-core CPU), each chunk
+keeps only the first ``ceil(o'·k_i)`` of its candidates with ``o' = max(1, 2^31 / M²)`` — the
+greedy order is prefix-consistent, so this is exactly that chunk's greedy k-center with the
+smaller quota — and at ``o' = 1`` the bank is the chunks' shares (no global pass). ``fit``
+reports the oversampling used (``coreset_oversample_used``).
+
 Peak memory of ``fit`` (float32 bytes, D = embedding dim, p = projection dim, S =
 ``coreset_chunk``, n_b = patches per batch, M = ceil(r·N) bank rows, o = oversample):
 ``4·[(S + n_b)·D + S·(p + 2) + o·M·(D + p + 2)]`` plus the backbone activations of one batch —
@@ -46,6 +54,7 @@ from fabml.anomaly.models.patchcore import PatchCore
 from fabml.errors import DataError
 
 PRUNE_MIN_WORK = 2**24  # n·k below which the plain loop is used (pruning set-up costs more)
+GLOBAL_PASS_MAX_WORK = 2**31  # candidates × bank rows the global pass may cost (about a minute on 2 CPU cores)
 
 
 def coreset_size(n_patches: int, ratio: float) -> int:
@@ -184,10 +193,13 @@ class StreamingCoreset:
         self.n_seen = 0
         self.n_chunks = 0
         self.first_chunk: torch.Tensor | None = None  # kept whole until a second chunk arrives
+        self.chunk_rows: list[int] = []  # rows of each reduced chunk
+        self.greedy_ordered: list[bool] = []  # whether each chunk's candidates are in greedy order
         self.kept: list[torch.Tensor] = []  # candidate rows [c_i, D]
         self.kept_proj: list[torch.Tensor] = []  # their projections [c_i, p]
         self.radii: list[float] = []  # each chunk's candidate covering radius
         self.radius = 0.0  # the final bank's covering radius over the candidates (projected units)
+        self.oversample_used = self.oversample
 
     def _project(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self.projection is None else rows @ self.projection.to(rows.device)
@@ -212,7 +224,16 @@ class StreamingCoreset:
             self._reduce(first)
         self._reduce(block)
 
+    def _chunk_rows_cumulative(self) -> list[int]:
+        """Patches seen after each reduced chunk (N_1..i), in order."""
+        out, total = [], 0
+        for n in self.chunk_rows:
+            total += n
+            out.append(total)
+        return out
+
     def _reduce(self, block: torch.Tensor) -> None:
+        self.chunk_rows.append(int(block.shape[0]))
         before = coreset_size(self.n_seen, self.ratio)
         self.n_seen += block.shape[0]
         quota = coreset_size(self.n_seen, self.ratio) - before
@@ -220,6 +241,7 @@ class StreamingCoreset:
             return
         keep = min(block.shape[0], math.ceil(self.oversample * quota))
         proj = self._project(block)
+        self.greedy_ordered.append(keep < block.shape[0])
         if keep == block.shape[0]:
             self.kept.append(block.clone())
             self.kept_proj.append(proj.clone() if proj is not block else proj)
@@ -242,6 +264,22 @@ class StreamingCoreset:
             self.n_seen = block.shape[0]
             candidates, candidates_proj = block, self._project(block)
         else:
+            total = coreset_size(self.n_seen, self.ratio)
+            if sum(len(c) for c in self.kept) * total > GLOBAL_PASS_MAX_WORK:  # see the module docstring
+                self.oversample_used = max(1.0, min(self.oversample, GLOBAL_PASS_MAX_WORK / total**2))
+                shares = [coreset_size(n, self.ratio) for n in self._chunk_rows_cumulative()]
+                quotas = [b - a for a, b in zip([0, *shares[:-1]], shares)]
+                quotas = [q for q in quotas if q > 0]
+                keep = [min(len(c), math.ceil(self.oversample_used * q)) for c, q in zip(self.kept, quotas)]
+                for i, n in enumerate(keep):
+                    if n == len(self.kept[i]):
+                        continue
+                    if self.greedy_ordered[i]:  # a prefix of greedy order = greedy with the smaller quota
+                        idx = torch.arange(n)
+                    else:  # the chunk was kept whole: choose its n rows now
+                        first = int(torch.randint(len(self.kept[i]), (1,), generator=self.generator))
+                        idx, _ = greedy_kcenter(self.kept_proj[i], n, first)
+                    self.kept[i], self.kept_proj[i] = self.kept[i][idx], self.kept_proj[i][idx]
             candidates, candidates_proj = torch.cat(self.kept), torch.cat(self.kept_proj)
             self.kept, self.kept_proj = [], []
         total = coreset_size(self.n_seen, self.ratio)
@@ -298,6 +336,7 @@ class PatchCoreMethod(AnomalyMethod):
             "n_images": n_images,
             "n_patches": coreset.n_seen,
             "n_chunks": coreset.n_chunks,
+            "coreset_oversample_used": coreset.oversample_used,
             "coverage_radius": coreset.radius + chunk_radius,
             "fit_seconds": time.perf_counter() - start,
         }

@@ -6,32 +6,21 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from fabml.cli import app, main
-from fabml.data.synthetic_shapes import make_shape_set
 
-TINY = ["data.image_size=32", "data.min_image_size=16", "model.backbone=test_efficientnet", "model.pretrained=false",
-        "model.embedding_dim=16", "model.warmup_epochs=1", "train.epochs=2", "train.num_workers=0",
-        "sampler.samples_per_class=2", "eval.top_k=5", "data.class_names=[circle,square,triangle]"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+@pytest.fixture(scope="module")
+def tiny(tiny_settings: list[str]) -> list[str]:
+    return tiny_settings + ["data.class_names=[circle,square,triangle]"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shape_set(tmp_path_factory.mktemp("shapes"), n_classes=4, ids_per_class=5, images_per_id=2, size=32)
+def data(shapes: Path) -> Path:
+    return shapes
 
 
 def _invoke(args: list[str]) -> str:
@@ -44,13 +33,13 @@ def _sets(items: list[str]) -> list[str]:
     return [a for item in items for a in ("--set", item)]
 
 
-def test_split_train_index_evaluate_predict_export(data: Path, tmp_path: Path) -> None:
+def test_split_train_index_evaluate_predict_export(data: Path, tiny: list[str], tmp_path: Path) -> None:
     run = tmp_path / "run"
-    _invoke(["retrieval", "split", "--data", str(data), "--out", str(run), *_sets(TINY)])
+    _invoke(["retrieval", "split", "--data", str(data), "--out", str(run), *_sets(tiny)])
     counts = {part: pd.read_csv(run / "splits" / f"{part}.csv") for part in ("train", "val", "test")}
     groups = [set(table["group"]) for table in counts.values()]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])  # no ID in two splits
-    assert sum(len(t) for t in counts.values()) == 3 * 5 * 2  # the 4th folder (cross) is not in class_names
+    assert sum(len(t) for t in counts.values()) == 3 * 6 * 2  # cross and ring are not in class_names
 
     _invoke(["retrieval", "train", "--out", str(run)])  # the settings come from the run's config.yaml
     assert len(pd.read_csv(run / "metrics.csv")) == 2 and (run / "model.pt").is_file()
@@ -68,13 +57,13 @@ def test_split_train_index_evaluate_predict_export(data: Path, tmp_path: Path) -
 
     _invoke(["retrieval", "predict", "--run", str(run), str(data / "cross"), "--top-k", "3"])
     table = pd.read_csv(run / "predictions" / "predictions.csv")
-    assert len(table) == 10 and set(table["predicted"]) <= {"circle", "square", "triangle", "unknown"}
+    assert len(table) == 12 and set(table["predicted"]) <= {"circle", "square", "triangle", "unknown"}
     assert pd.read_csv(run / "predictions" / "neighbours.csv")["rank"].max() == 3
 
     new = tmp_path / "new"
     shutil.copytree(data / "cross", new / "cross")
     _invoke(["retrieval", "index", "--run", str(run), "--add", str(new)])
-    assert (pd.read_csv(run / "index" / "references.csv")["label"] == "cross").sum() == 10
+    assert (pd.read_csv(run / "index" / "references.csv")["label"] == "cross").sum() == 12
 
     pytest.importorskip("onnxruntime")
     _invoke(["retrieval", "export", "--run", str(run), "--samples", "2"])

@@ -13,42 +13,34 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from fabml.data.synthetic_shapes import make_shape_set
 from fabml.errors import ConfigError, DataError, FabmlError
 from fabml.retrieval.pipeline import build_index, evaluate, export, make_config, predict, split, train
 
 KNOWN = ["circle", "square", "triangle", "cross"]  # "ring" is generated too: the class that arrives later
-TINY = ["data.image_size=32", "data.min_image_size=16", "model.backbone=test_efficientnet", "model.pretrained=false",
-        "model.embedding_dim=16", "model.warmup_epochs=1", "train.epochs=2", "train.num_workers=0",
-        "sampler.samples_per_class=2", "eval.top_k=5", "data.class_names=[" + ",".join(KNOWN) + "]"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shape_set(tmp_path_factory.mktemp("shapes"), n_classes=5, ids_per_class=6, images_per_id=2, size=32)
+def tiny(tiny_settings: list[str]) -> list[str]:
+    return tiny_settings + ["data.class_names=[" + ",".join(KNOWN) + "]"]
 
 
 @pytest.fixture(scope="module")
-def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data(shapes: Path) -> Path:
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def run(data: Path, tiny: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("retrieval") / "run"
-    split(make_config(run_dir, None, TINY, data=data), run_dir)
-    report = train(make_config(run_dir), run_dir, overrides=TINY)
+    split(make_config(run_dir, None, tiny, data=data), run_dir)
+    report = train(make_config(run_dir), run_dir, overrides=tiny)
     assert report.result.epochs_completed == 2
     build_index(run_dir)
     return run_dir
@@ -176,7 +168,7 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
-def test_bad_inputs_are_one_line_errors(run: Path, data: Path, tmp_path: Path) -> None:
+def test_bad_inputs_are_one_line_errors(run: Path, data: Path, tiny: list[str], tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         predict(run, [tmp_path / "missing.png"])
     assert "missing.png not found" in _one_line(exc)
@@ -197,7 +189,7 @@ def test_bad_inputs_are_one_line_errors(run: Path, data: Path, tmp_path: Path) -
         build_index(run, add=bad.parent)
     assert "broken-00_0.png" in _one_line(exc)
     untrained = tmp_path / "untrained"
-    split(make_config(untrained, None, TINY, data=data), untrained)
+    split(make_config(untrained, None, tiny, data=data), untrained)
     with pytest.raises(DataError) as exc:
         build_index(untrained)
     assert "fabml retrieval train" in _one_line(exc)
@@ -207,7 +199,8 @@ def test_bad_inputs_are_one_line_errors(run: Path, data: Path, tmp_path: Path) -
 
 
 @pytest.mark.timeout(300)
-def test_train_under_torchrun_gives_each_rank_its_batches_and_one_writer(data: Path, tmp_path: Path) -> None:
+def test_train_under_torchrun_gives_each_rank_its_batches_and_one_writer(data: Path, tiny: list[str],
+                                                                         tmp_path: Path) -> None:
     """Two gloo ranks: the split is written once, each rank builds its own P×K sampler (the trainer refuses one
     built for another world size), rank 0 alone writes model.pt and run.json."""
     src = Path(__file__).resolve().parents[2] / "src"
@@ -219,7 +212,7 @@ def test_train_under_torchrun_gives_each_rank_its_batches_and_one_writer(data: P
     run = tmp_path / "run"
     script = Path(__file__).resolve().parent / "_ddp_train_script.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", str(script), str(data), str(run), *TINY]
+           f"--master_port={port}", str(script), str(data), str(run), *tiny]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("rank done: 2 epochs") == 2 and "× 2 processes" in proc.stdout

@@ -65,10 +65,26 @@ def test_split_train_index_evaluate_predict_export(data: Path, tiny: list[str], 
     _invoke(["retrieval", "index", "--run", str(run), "--add", str(new)])
     assert (pd.read_csv(run / "index" / "references.csv")["label"] == "cross").sum() == 12
 
+    details = json.loads(_invoke(["info", "--run", str(run), "--json"]))
+    assert details["job"] == "retrieval" and details["config"]["backbone"] == "test_efficientnet"
+
     pytest.importorskip("onnxruntime")
     _invoke(["retrieval", "export", "--run", str(run), "--samples", "2"])
     parity = json.loads((run / "model.parity.json").read_text())
     assert (run / "model.onnx").is_file() and parity["max_embedding_diff"] <= parity["tolerance"]
+
+
+def test_skip_bad_leaves_out_a_corrupt_image_that_otherwise_stops_the_split(data: Path, tiny: list[str],
+                                                                            tmp_path: Path, monkeypatch, capsys) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "circle" / "circle-99_0.png").write_bytes(b"not a png")
+    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(copy), "--out", str(tmp_path / "a"),
+                                        *_sets(tiny)])
+    assert "circle-99_0.png" in line and "--skip-bad" in line
+    _invoke(["retrieval", "split", "--data", str(copy), "--out", str(tmp_path / "b"), "--skip-bad", *_sets(tiny)])
+    items = pd.concat([pd.read_csv(tmp_path / "b" / "splits" / f"{p}.csv") for p in ("train", "val", "test")])["item"]
+    assert len(items) == 3 * 6 * 2 and not items.str.endswith("circle-99_0.png").any()
 
 
 def _error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str]) -> str:

@@ -64,6 +64,24 @@ def test_train_writes_the_run_and_selects_on_validation_recall(run: Path) -> Non
         assert set(table["label"]) == set(KNOWN)  # class_names: the fifth folder is skipped
 
 
+def test_validation_reuses_the_frozen_backbone_features_with_the_same_result(run: Path) -> None:
+    from fabml.data.retrieval_data import read_retrieval_split
+    from fabml.retrieval.pipeline import make_validator
+    from fabml.retrieval.runs import load_trained
+
+    cfg, model, _ = load_trained(run)
+    method = type("Holder", (), {"model": model})()
+    validate = make_validator(cfg, read_retrieval_split(run / "splits"), embed_batch=16)
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    model.backbone.requires_grad_(False)  # the warm-up: backbone frozen
+    first = validate(method)
+    n_first = len(calls)
+    assert validate(method) == pytest.approx(first) and len(calls) == n_first  # no backbone pass the second time
+    model.backbone.requires_grad_(True)  # fine-tuning: the whole model runs, same figures with unchanged weights
+    assert validate(method) == pytest.approx(first, abs=1e-6) and len(calls) > n_first
+
+
 def test_train_again_continues_and_a_changed_setting_is_refused_by_name(run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

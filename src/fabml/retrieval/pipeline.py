@@ -136,11 +136,14 @@ def class_codes(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
 
 @torch.no_grad()
 def embed_records(model: torch.nn.Module, records: Sequence[RetrievalRecord], image_size: int,
-                  batch_size: int = 64, num_workers: int = 0, what: str = "embedding") -> np.ndarray:
-    """L2-normalised embeddings ``[N, D]`` float32 of ``records`` (no augmentation) with ``model.embed``.
+                  batch_size: int = 64, num_workers: int = 0, what: str = "embedding",
+                  fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """L2-normalised embeddings ``[N, D]`` float32 of ``records`` (no augmentation) with ``model.embed``
+    (or ``fn(images)``, e.g. ``model.backbone`` for the pooled backbone features ``[N, C]``).
 
     The model stays on its device; it is put in eval mode for the pass and back in its mode afterwards.
     """
+    fn = fn or model.embed
     if not records:
         raise DataError(f"{what}: no images to embed")
     device = next(model.parameters()).device
@@ -151,7 +154,7 @@ def embed_records(model: torch.nn.Module, records: Sequence[RetrievalRecord], im
     model.eval()
     out = []
     for batch in track(loader, what, total=len(loader)):
-        out.append(model.embed(batch["image"].to(device, non_blocking=True)).float().cpu())
+        out.append(fn(batch["image"].to(device, non_blocking=True)).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
@@ -185,7 +188,11 @@ def retrieval_figures(index: VectorIndex, ref_codes: np.ndarray, query_emb: np.n
 def make_validator(cfg: RetrievalConfig, split_: RetrievalSplit, embed_batch: int) -> Callable[[Any], dict[str, float]]:
     """Per-epoch selection metric: Recall@k (``eval.recall_k_values``) and MAP@R of the val split queried
     against the train split (both embedded with the current model, exact search): ``val_recall_at_1`` is
-    the monitor of early stopping and of the best checkpoint."""
+    the monitor of early stopping and of the best checkpoint.
+
+    While the backbone is frozen (the warm-up epochs) its pooled features of both splits do not change: they
+    are computed once and only the neck runs each epoch (``embed = normalise(neck(pooled))``, the same
+    vectors); the cache is dropped as soon as the backbone trains."""
     if not split_.val:
         raise DataError("the val split is empty: validation Recall@1 needs validation images "
                         "(raise data.val_fraction or add images)")
@@ -193,10 +200,27 @@ def make_validator(cfg: RetrievalConfig, split_: RetrievalSplit, embed_batch: in
     val_codes = class_codes([r.label for r in split_.val], split_.classes)
     size, workers = int(cfg.data.image_size), _workers(cfg)
 
+    pooled: dict[str, np.ndarray] = {}  # the frozen backbone's features of each split
+
+    def embed(model: Any, part: str) -> np.ndarray:
+        records = split_.train if part == "train" else split_.val
+        if any(p.requires_grad for p in model.backbone.parameters()):
+            pooled.clear()
+            return embed_records(model, records, size, embed_batch, workers, what=f"validation: {part} split")
+        if part not in pooled:
+            pooled[part] = embed_records(model, records, size, embed_batch, workers, fn=model.backbone,
+                                         what=f"validation: {part} split (frozen backbone, once)")
+        device, was_training = next(model.parameters()).device, model.training
+        model.eval()
+        with torch.no_grad():
+            feats = torch.from_numpy(pooled[part]).to(device)
+            out = torch.nn.functional.normalize(model.neck(feats).float(), dim=1).cpu().numpy()
+        model.train(was_training)
+        return out
+
     def validate(method: Any) -> dict[str, float]:
         model = method.model
-        refs = embed_records(model, split_.train, size, embed_batch, workers, what="validation: train split")
-        queries = embed_records(model, split_.val, size, embed_batch, workers, what="validation: val split")
+        refs, queries = embed(model, "train"), embed(model, "val")
         index = VectorIndex(refs.shape[1])
         index.add(refs)
         figures, *_ = retrieval_figures(index, ref_codes, queries, val_codes, cfg.eval.recall_k_values, cfg.eval.top_k)

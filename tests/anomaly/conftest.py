@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-import torch
 
 from fabml.data.synthetic_inspection import make_inspection_set
 
@@ -17,9 +15,5 @@ def inspection_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: a second thread only contends on the shared CPU cores (and resume checks stay bit-exact)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread: None) -> None:
+    """Every test of this folder runs with one torch thread (tests/conftest.py)."""

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -25,12 +24,7 @@ LABELS = np.arange(64) % 4  # four classes of 16 toy samples
 COMMON = dict(epochs=3, t0_epochs=1, warmup_epochs=0.5, grad_clip=1.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread
 
 
 def _method(seed: int = 0) -> ToyMethod:

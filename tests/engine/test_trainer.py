@@ -6,7 +6,6 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -21,13 +20,7 @@ from fabml.errors import ConfigError, TrainingError  # noqa: E402
 TIMING_KEYS = set(MEASURED_KEYS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: extra threads only contend on the shared CI cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread
 
 
 def _method(seed: int = 0, **kwargs: object) -> ToyMethod:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-import torch
 
 from fabml.data.synthetic_shapes import make_shape_set
 
@@ -17,12 +15,8 @@ TINY_SETTINGS = ["data.image_size=32", "data.min_image_size=16", "model.backbone
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: a second thread only contends on the shared CPU cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread: None) -> None:
+    """Every test of this folder runs with one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

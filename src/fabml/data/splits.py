@@ -107,6 +107,17 @@ def groups_from_pattern(items: Sequence[str], pattern: str, setting: str = "grou
     return groups
 
 
+def _read_text_table(path: Path, what: str, kind: str, suffix: str = "") -> pd.DataFrame:
+    """A CSV file with every column as text (empty cells ``""``); a missing or unreadable file is a
+    DataError ``"{what} {path} does not exist{suffix}"`` or ``"... is not a readable {kind} (...){suffix}"``."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist{suffix}") from None
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise DataError(f"{what} {path} is not a readable {kind} ({err}){suffix}") from None
+
+
 def _path_keys(item: str) -> list[str]:
     """``a/b/c.jpg`` -> [``a/b/c.jpg``, ``b/c.jpg``, ``c.jpg``]: the item as written, then shorter tails."""
     parts = [p for p in PurePath(item).as_posix().split("/") if p]
@@ -122,12 +133,7 @@ def groups_from_table(
     ``x.jpg``; the longest tail listed wins), ``group_column`` its group. An item missing from the
     table is a DataError naming it and the setting."""
     path = Path(table).expanduser()
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"group file {path} does not exist (setting {setting})") from None
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise DataError(f"group file {path} is not a readable CSV table ({err}) (setting {setting})") from None
+    frame = _read_text_table(path, "group file", "CSV table", f" (setting {setting})")
     for column in (key_column, group_column):
         if column not in frame.columns:
             raise DataError(f"group file {path} has no column '{column}' (columns: {', '.join(frame.columns)})")
@@ -275,12 +281,7 @@ def read_split_file(path: str | Path) -> Split:
     """Read a split written by :func:`write_split_file` (every column as text; empty cells are
     ``""``); DataError when the file is missing or malformed, or an item or group leaks."""
     path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise DataError(f"split file {path} does not exist") from None
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise DataError(f"split file {path} is not a readable CSV file ({err})") from None
+    table = _read_text_table(path, "split file", "CSV file")
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"split file {path} lacks the column(s) {', '.join(missing)}: not a fabml split file")

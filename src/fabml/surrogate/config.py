@@ -1,0 +1,172 @@
+"""The surrogate job's configuration (saved as ``config.yaml`` beside every run).
+
+Defaults are the seed's (SimulGenVAE): main latent 32, hierarchical latent 8 per stage, encoder
+filters 1024-512-256-128 (``small``), KL weight ``alpha`` with the seed's annealing, conditioner
+dropout 0.3 and weight decay 1e-4, e2e latent regulariser weight 0.001. Fields are arrays
+``[N cases, T timesteps, M nodes, V variables]`` (``[N, T, M]`` means V = 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from fabml.config import load_config
+from fabml.engine.train_config import TrainConfig
+
+MODES = ("vae", "conditioner", "e2e", "all")
+LAYOUTS = ("1d", "grid")
+RECON_LOSSES = ("mse", "mae", "smoothl1", "huber")
+CONDITIONERS = ("auto", "mlp", "cnn", "vit")
+PRESETS = ("small", "large")
+
+
+@dataclass
+class SurrogateDataConfig:
+    """Where the simulation results and the case inputs are, and how they are read.
+
+    fields: ``.npy`` (memory-mapped), ``.npz``, ``.h5``/``.hdf5`` or (only with ``allow_pickle``)
+        a legacy pickle, holding ``[N, T, M, V]`` or ``[N, T, M]``. Case ``i`` of the array has id
+        ``i`` unless the file has a ``case_ids`` array (npz key / HDF5 dataset) of length N.
+    fields_key: the array's name inside ``.npz`` / HDF5 (empty = ``fields``, or the only array).
+    inputs: a CSV (one row per case, design parameters as numeric columns) or a folder of images
+        (``param_001.png`` ...; the case id is the last run of digits in the file name).
+    id_column: the CSV's case-id column (empty = row ``i`` is case ``i``).
+    layout: ``1d`` = the nodes axis M is a 1-D signal (neighbouring node numbers are treated as
+        neighbours: order nodes along the geometry, e.g. by a space-filling curve, for this to
+        hold); ``grid`` = the M nodes are a regular ``grid_shape`` [H, W] grid in row-major order.
+    time_stride / node_stride: keep every k-th time step / node; time_indices / node_indices: an
+        explicit list instead (takes precedence over the stride).
+    load_all: ``auto`` = preload when the (sub-sampled) fields fit in ``memory_budget_gb``, else
+        stream cases from the file; ``true`` preloads (to the training device); ``false`` streams.
+    scale_range: fields are scaled per variable to [-scale_range, scale_range] by a min-max scaler
+        fitted on the training cases only.
+    image_size: side (pixels) image inputs are resized to; image_channels: 1 (grey) or 3.
+    val_fraction / test_fraction: cases held out by the seeded split (``split_seed``).
+    """
+
+    fields: str = ""
+    fields_key: str = ""
+    allow_pickle: bool = False
+    inputs: str = ""
+    id_column: str = ""
+    layout: str = "1d"
+    grid_shape: list[int] = field(default_factory=list)
+    time_stride: int = 1
+    time_indices: list[int] = field(default_factory=list)
+    node_stride: int = 1
+    node_indices: list[int] = field(default_factory=list)
+    load_all: str = "auto"
+    memory_budget_gb: float = 4.0
+    scale_range: float = 0.7
+    image_size: int = 64
+    image_channels: int = 1
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+
+
+@dataclass
+class VAEConfig:
+    """The hierarchical VAE (:mod:`fabml.surrogate.models.hvae`).
+
+    preset: ``small`` (encoder filters 1024-512-256-128) or ``large``; ``filters`` overrides it.
+    latent_dim_end: size of the main latent z [N, 32]; latent_dim: size of each stage's
+        hierarchical latent, stored as [N, stages, latent_dim].
+    recon_loss: ``mse | mae | smoothl1 | huber``; alpha: weight of the KL term; the KL weight
+        is ``alpha * beta(progress)`` with the seed's annealing (beta = 1/init_beta_divisor for the
+        first 30% of the epochs, rising linearly to 1.0 at 80%, then 1.0).
+    gradient_checkpointing: recompute encoder/decoder activations in the backward pass (memory for time).
+    """
+
+    preset: str = "small"
+    filters: list[int] = field(default_factory=list)
+    latent_dim_end: int = 32
+    latent_dim: int = 8
+    recon_loss: str = "mse"
+    alpha: float = 1e-6
+    init_beta_divisor: float = 1000.0
+    anneal_start: float = 0.3
+    anneal_end: float = 0.8
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ConditionerConfig:
+    """The latent conditioner: case inputs -> (main latent [32], hierarchical latents [stages, 8]).
+
+    kind: ``mlp`` (parameter vectors), ``cnn`` / ``vit`` (images), ``auto`` = mlp for a CSV and
+    cnn for an image folder. hidden / blocks: width and depth (MLP hidden width, CNN base channels,
+    ViT embedding width). dropout: the seed's 0.3 (also the Monte-Carlo dropout of ``predict
+    --samples``). patch_size / heads / drop_path: ViT settings.
+    """
+
+    kind: str = "auto"
+    hidden: int = 256
+    blocks: int = 4
+    dropout: float = 0.3
+    patch_size: int = 16
+    heads: int = 4
+    drop_path: float = 0.1
+
+
+@dataclass
+class E2EConfig:
+    """End-to-end fine-tuning: inputs -> conditioner -> frozen decoder -> field.
+
+    loss: ``mse | mae | huber | smoothl1`` on the scaled field, plus ``latent_reg_weight`` times
+    the latent regulariser (see :mod:`fabml.surrogate.models.losses`).
+    """
+
+    loss: str = "mse"
+    latent_reg_weight: float = 0.001
+
+
+@dataclass
+class SurrogateTrainConfig(TrainConfig):
+    """:class:`~fabml.engine.train_config.TrainConfig` for one training mode (a subclass so a YAML
+    section keeps every other default). Each mode has its own section: ``train_vae``,
+    ``train_conditioner``, ``train_e2e``."""
+
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+    early_stop_patience: int = 0
+    auto_resume: bool = True
+
+
+@dataclass
+class SurrogateEvalConfig:
+    """validate_every: epochs between validation passes; overfit_ratio: warn when validation loss /
+    train loss exceeds it; samples: Monte-Carlo dropout samples of ``predict`` (1 = deterministic);
+    coverage_sigma: the predicted spread's interval is mean ± coverage_sigma * std."""
+
+    validate_every: int = 1
+    overfit_ratio: float = 3.0
+    samples: int = 1
+    coverage_sigma: float = 2.0
+
+
+@dataclass
+class SurrogateConfig:
+    """Everything a surrogate run needs (``RUN/config.yaml``)."""
+
+    mode: str = "all"
+    data: SurrogateDataConfig = field(default_factory=SurrogateDataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    conditioner: ConditionerConfig = field(default_factory=ConditionerConfig)
+    e2e: E2EConfig = field(default_factory=E2EConfig)
+    train_vae: SurrogateTrainConfig = field(default_factory=SurrogateTrainConfig)
+    train_conditioner: SurrogateTrainConfig = field(default_factory=SurrogateTrainConfig)
+    train_e2e: SurrogateTrainConfig = field(default_factory=lambda: SurrogateTrainConfig(lr=1e-4))
+    eval: SurrogateEvalConfig = field(default_factory=SurrogateEvalConfig)
+    seed: int = 0
+
+
+def load_surrogate_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> SurrogateConfig:
+    """The config from a YAML file (or the defaults) with ``key.sub=value`` overrides applied."""
+    return load_config(SurrogateConfig, path, overrides)

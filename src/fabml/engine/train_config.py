@@ -11,7 +11,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine_restarts", "constant")
 # Settings that change how a run is carried out, never what it computes: ignored by
 # ``auto_resume``'s comparison and by the changed-settings warning of a resume.
-OPERATIONAL_KEYS = frozenset({"num_workers", "tensorboard", "log_every", "auto_resume"})
+OPERATIONAL_KEYS = frozenset({"num_workers", "tensorboard", "log_every", "auto_resume", "compile", "overfit_ratio"})
 # Settings that may change between a run and its resume without a warning (the schedule
 # is rebuilt from the new length; see :class:`fabml.engine.trainer.Trainer`).
 RESUMABLE_CHANGES = OPERATIONAL_KEYS | {"epochs", "max_minutes", "max_steps", "early_stop_patience"}
@@ -58,6 +58,14 @@ class TrainConfig:
     ``auto_resume``: when the run folder already has ``checkpoints/latest.pt`` written with the
     same settings, continue it without ``--resume``; with other settings, stop with an error
     that names them.
+
+    ``compile``: run the loop's model through ``torch.compile`` (default backend; the first steps
+    pay the compilation, later ones run faster on a GPU; the state dict and checkpoints stay
+    those of the uncompiled method). ``validate_every``: run the ``validate`` callback every N
+    epochs of a stage (counted from the stage's first epoch) and always in a stage's last epoch;
+    in other epochs a monitor the callback provides is not compared, so they neither improve the
+    best checkpoint nor count towards ``early_stop_patience``. ``overfit_ratio``: print one
+    warning per run on stderr when ``val_loss / loss`` of an epoch exceeds it (0 = off).
     """
 
     epochs: int = 100
@@ -91,6 +99,9 @@ class TrainConfig:
     drop_last: bool = True
     stages: list[StageConfig] = field(default_factory=list)
     auto_resume: bool = False
+    compile: bool = False
+    validate_every: int = 1
+    overfit_ratio: float = 0.0  # warn when val_loss / loss exceeds it; 0 = off
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -103,10 +114,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("train.warmup_epochs needs train.scheduler=cosine_restarts")
     if cfg.monitor_mode not in ("min", "max"):
         raise ConfigError(f"train.monitor_mode '{cfg.monitor_mode}' must be min or max")
-    for name in ("epochs", "batch_size", "grad_accum_steps"):
+    for name in ("epochs", "batch_size", "grad_accum_steps", "validate_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"train.{name}={getattr(cfg, name)} must be >= 1")
-    for name in ("grad_clip", "max_minutes", "max_steps", "early_stop_patience", "warmup_epochs", "lr"):
+    for name in ("grad_clip", "max_minutes", "max_steps", "early_stop_patience", "warmup_epochs", "lr", "overfit_ratio"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"train.{name}={getattr(cfg, name)} must be >= 0")
     names = [stage.name for stage in cfg.stages]

@@ -136,6 +136,12 @@ class EpochBatchSampler(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
 
+def validates_in(epoch: int, span: StageSpan, every: int) -> bool:
+    """Whether 0-based ``epoch`` of the stage ``span`` runs validation: every ``every``-th epoch of the
+    stage (counted from its first epoch) and always the stage's last epoch."""
+    return (epoch + 1 - span.first_epoch) % max(1, int(every)) == 0 or epoch + 1 >= span.end_epoch
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of the loader generator for one (epoch, rank): fixes shuffling and worker seeds."""
     return ((seed * 1_000_003 + rank) * 1_000_003 + epoch) % 2**63
@@ -176,6 +182,10 @@ class Trainer:
       inside an epoch: that checkpoint records the batch position and the epoch's running sums,
       and the resumed run replays the epoch's seeded loader order, skips the batches already
       trained and restores the random state of the moment it stopped.
+    - **Validation every N epochs** (``train.validate_every``): the ``validate`` callback runs every
+      N-th epoch of a stage and in its last epoch; epochs without it keep no monitor value (no best
+      checkpoint, no patience count). ``train.overfit_ratio`` > 0 warns once per fit on stderr when
+      ``val_loss / loss`` exceeds it. ``train.compile`` runs the loop's model through ``torch.compile``.
     - **Batch sampler** (``batch_sampler``, e.g. P×K batches): the loader takes its batches from
       it instead of shuffling ``batch_size`` samples; it is told the epoch (``set_epoch``) before
       each one, and it must build each rank's own batches (its ``world_size`` is checked). Its
@@ -350,6 +360,7 @@ class Trainer:
         elif resume and self.is_main:
             console.print(f"no checkpoint in {self.checkpoints.dir}; starting from scratch")
         self._latest = None
+        self._overfit_warned = False
         self.global_step = loop.global_step
         self.method.on_fit_start(self.global_step, self.total_steps)
 
@@ -403,18 +414,23 @@ class Trainer:
                 row.update({k: float(v) for k, v in self.method.on_epoch_end(epoch).items()})
                 if type(self.method).no_grad_work is not Method.no_grad_work:
                     row.update(self._main_no_grad(lambda: self.method.no_grad_work(epoch)))
-                if self.validate is not None:
+                validated = self.validate is not None and validates_in(epoch, span, cfg.validate_every)
+                if validated:
                     row.update(self._main_no_grad(lambda: self.validate(self.method)))
-                if cfg.monitor not in row:
+                    self._warn_overfit(row, epoch)
+                skipped = self.validate is not None and not validated and cfg.monitor not in row
+                if cfg.monitor not in row and not skipped:
                     raise ConfigError(
                         f"train.monitor='{cfg.monitor}' is not a logged metric; available: {', '.join(row)}"
                     )
-                value = float(row[cfg.monitor])
-                is_best = self.checkpoints.is_better(value, loop.best)
-                if is_best:
-                    loop.best, loop.best_epoch, loop.bad_epochs = value, epoch + 1, 0
-                else:
-                    loop.bad_epochs += 1
+                is_best = False
+                if not skipped:  # an epoch without validation neither improves nor counts towards patience
+                    value = float(row[cfg.monitor])
+                    is_best = self.checkpoints.is_better(value, loop.best)
+                    if is_best:
+                        loop.best, loop.best_epoch, loop.bad_epochs = value, epoch + 1, 0
+                    else:
+                        loop.bad_epochs += 1
                 history.append(row)
                 loop.epoch, loop.batch, loop.partial, loop.global_step = epoch + 1, 0, None, self.global_step
                 rng_states = dist_utils.all_gather_object(capture_rng_state())
@@ -518,7 +534,8 @@ class Trainer:
         if self.batch_sampler is not None:
             self.batch_sampler.set_epoch(epoch)
         self._generator.manual_seed(_epoch_seed(cfg.seed, epoch, self.dist.rank))
-        is_ddp = isinstance(model, DistributedDataParallel)
+        inner = getattr(model, "_orig_mod", model)  # under torch.compile: the module it wraps
+        is_ddp = isinstance(inner, DistributedDataParallel)
         accum, n_batches, skip = cfg.grad_accum_steps, self.batches_per_epoch, loop.batch
         partial = loop.partial or {}
         sums: dict[str, torch.Tensor] = {k: torch.as_tensor(v).to(self.device) for k, v in (partial.get("sums") or {}).items()}
@@ -544,7 +561,7 @@ class Trainer:
                 last_in_group = i - group_start == group_size - 1
                 batch = move_to_device(batch, self.device, self.channels_last)
                 samples += _batch_len(batch)
-                sync = model.no_sync() if is_ddp and not last_in_group else nullcontext()
+                sync = inner.no_sync() if is_ddp and not last_in_group else nullcontext()
                 with sync:
                     with autocast:
                         out = model(batch)
@@ -648,7 +665,24 @@ class Trainer:
                 )
             else:
                 self._model = self.method
+            if self.cfg.compile:
+                self._model = torch.compile(self._model)
         return self._model
+
+    def _warn_overfit(self, row: Mapping[str, Any], epoch: int) -> None:
+        """One stderr warning per fit when ``val_loss / loss`` exceeds ``train.overfit_ratio`` (0 = off)."""
+        ratio_limit = self.cfg.overfit_ratio
+        if ratio_limit <= 0 or self._overfit_warned or "val_loss" not in row or "loss" not in row:
+            return
+        loss, val = float(row["loss"]), float(row["val_loss"])
+        if loss > 0 and val / loss > ratio_limit:
+            self._overfit_warned = True
+            if self.is_main:
+                console.print(
+                    f"warning: possible overfitting in epoch {epoch + 1}: val_loss {val:.4g} is {val / loss:.1f}x "
+                    f"the training loss {loss:.4g} (train.overfit_ratio={ratio_limit:g}); consider more data, "
+                    "more regularisation or early stopping (train.early_stop_patience)", highlight=False,
+                )
 
     # ----------------------------------------------------------- checkpoint
     def _checkpoint(self, loop: LoopState, span: StageSpan, rng_states: list[dict[str, Any]]) -> dict[str, Any]:

@@ -30,9 +30,12 @@ class SurrogateDataConfig:
         a legacy pickle, holding ``[N, T, M, V]`` or ``[N, T, M]``. Case ``i`` of the array has id
         ``i`` unless the file has a ``case_ids`` array (npz key / HDF5 dataset) of length N.
     fields_key: the array's name inside ``.npz`` / HDF5 (empty = ``fields``, or the only array).
+    expected_shape: the ``[N, T, M, V]`` (or ``[N, T, M]``) the fields file must hold before
+        sub-sampling (the seed's Dim1/Dim2/Dim3/num_var; 0 = any size; empty = no check).
     inputs: a CSV (one row per case, design parameters as numeric columns) or a folder of images
         (``param_001.png`` ...; the case id is the last run of digits in the file name).
-    id_column: the CSV's case-id column (empty = row ``i`` is case ``i``).
+    id_column: the CSV's case-id column (empty = a column named ``case_id`` if the CSV has one,
+        else row ``i`` is case ``i``). A CSV whose first line is all numbers has no header row.
     layout: ``1d`` = the nodes axis M is a 1-D signal (neighbouring node numbers are treated as
         neighbours: order nodes along the geometry, e.g. by a space-filling curve, for this to
         hold); ``grid`` = the M nodes are a regular ``grid_shape`` [H, W] grid in row-major order.
@@ -48,6 +51,7 @@ class SurrogateDataConfig:
 
     fields: str = ""
     fields_key: str = ""
+    expected_shape: list[int] = field(default_factory=list)
     allow_pickle: bool = False
     inputs: str = ""
     id_column: str = ""

@@ -144,3 +144,32 @@ def cosine_momentum(step: int, total_steps: int, start: float = 0.996, end: floa
         raise ConfigError(f"cosine_momentum needs total_steps >= 1, got {total_steps}")
     frac = min(max(step / total_steps, 0.0), 1.0)
     return end - (end - start) * (math.cos(math.pi * frac) + 1) / 2
+
+
+def kl_beta(progress: float, init_beta_divisor: float = 1000.0, start: float = 0.3, end: float = 0.8) -> float:
+    """KL-annealing weight at ``progress`` = fraction of training done (epochs done / epochs), in [0, 1].
+
+    The seed's schedule: ``1 / init_beta_divisor`` while ``progress < start``, rising linearly to
+    1.0 at ``end``, then 1.0::
+
+        beta(p) = b0                                  p <  start      (b0 = 1 / init_beta_divisor)
+        beta(p) = b0 + (1 - b0) (p - start) / (end - start)   start <= p < end
+        beta(p) = 1                                   p >= end
+
+    With the defaults: 0.001 at 0% and 30%, 0.5005 at 55%, 1.0 at 80% and 100%. Progress outside
+    [0, 1] is clamped; ``start == end`` makes the rise a step.
+    """
+    if init_beta_divisor < 1.0:
+        raise ConfigError(f"vae.init_beta_divisor={init_beta_divisor} must be >= 1 (beta starts at 1/divisor)")
+    if not 0.0 <= start <= end <= 1.0:
+        raise ConfigError(
+            f"KL annealing start={start} and end={end} must satisfy 0 <= start <= end <= 1 "
+            "(vae.anneal_start, vae.anneal_end)"
+        )
+    b0 = 1.0 / init_beta_divisor
+    p = min(max(float(progress), 0.0), 1.0)
+    if p < start:
+        return b0
+    if p >= end:
+        return 1.0
+    return b0 + (1.0 - b0) * (p - start) / (end - start)

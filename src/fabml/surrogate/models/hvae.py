@@ -1,0 +1,367 @@
+"""Hierarchical VAE over simulation fields ``[B, V, T, M]`` (V variables, T time steps, M nodes).
+
+Layout. The network is a 2-D convolutional encoder/decoder over two axes (A, B):
+
+- ``layout="1d"``: channels = V, axes = (T, M): time and the node index are both convolved, so
+  neighbouring node numbers are treated as spatial neighbours (order nodes along the geometry,
+  e.g. by a space-filling curve, for this to hold).
+- ``layout="grid"``: M = H*W nodes in row-major order on a regular grid ``grid_shape=(H, W)``;
+  the input is reshaped to ``[B, V*T, H, W]`` (time steps become channels) and axes = (H, W).
+
+Callers always pass and receive ``[B, V, T, M]``.
+
+Stages. ``filters`` lists the widths from the deepest (coarsest) level to the finest, as the
+seed lists them (``small`` = 1024-512-256-128): the decoder goes 1024 -> 512 -> 256 -> 128 ->
+data and the encoder mirrors it, so the widest layers run at the coarsest resolution and the
+full-resolution tensors are only the input and the output (C_in channels each). Encoder stage
+``i`` (0 = finest, width ``filters[S-1-i]``) is a strided conv (stride ``s = 2**h`` on each axis,
+kernel ``s + 2``, padding 1) + GroupNorm + SiLU + ``blocks`` residual blocks. The halvings per
+axis are ``k = max(min(S, floor(log2 n)), floor(log2(n / 4)))`` for an axis of ``n > 1``
+positions (0 for ``n = 1``: no stride on a singleton axis), spread over the stages front-loaded
+(downsample early), so one halving per stage while the axis allows it, and larger strides when
+the axis is long, which keeps the bottleneck below 8 positions per axis. The input is padded
+(replicate) to a multiple of ``2**k`` per axis and the output cropped back, so any T, M work.
+
+Latents. The main latent ``z`` (``latent_dim_end``) comes from the flattened deepest features;
+the hierarchical latent of stage ``i`` (``latent_dim``) from that stage's globally averaged
+features: ``xs`` is ``[B, S, L]`` with ``xs[:, i]`` belonging to stage ``i`` (0 = finest). The
+decoder maps ``z`` to the deepest feature map and reconstructs progressively; at each level it
+injects that level's hierarchical latent as a FiLM skip connection
+``h <- h * (1 + gamma(xs_i)) + beta(xs_i)`` (``gamma``, ``beta`` linear, zero-initialised),
+then residual blocks, then a transposed conv up to the next finer level. The output layer is
+linear (no tanh): data scaled to [-0.7, 0.7] sits well inside the range a linear output reaches,
+and a tanh would flatten the gradient near the extremes of the data.
+
+Size (per case, float32). With ``P_0 = A_pad * B_pad`` padded positions, ``P_i`` the positions
+after stage ``i`` and ``w_i`` its width, training keeps about::
+
+    activations ~= 4 bytes * [2 * C_in * P_0 + kappa * sum_i w_i * P_i],  kappa ~= 7 * (1 + blocks)
+
+(encoder + decoder; GroupNorm, SiLU and conv outputs per block). With
+``gradient_checkpointing`` only each stage's input is kept and one stage is recomputed at a time:
+``~= 4 bytes * [2 * C_in * P_0 + 2 * sum_i w_i * P_i + kappa * max_i w_i * P_i]``.
+Parameters: per stage ``C_prev * w_i * (s_A + 2)(s_B + 2)`` (strided conv, and the same for the
+transposed conv) ``+ 2 * blocks * 2 * 9 * w_i**2`` (residual blocks, encoder and decoder)
+``+ (w_0 * P_S) * 3 * Z`` (main latent heads) — :meth:`HierarchicalVAE.describe` gives the exact
+numbers for a built model. Example (an estimate): the seed's largest case, V=1, T=200,
+M=95,008, ``small``: T is padded to 224 (strides 4,2,2,2), M to 98,304 (strides 16,16,8,8),
+P_0 = 22.0 M, sum_i w_i P_i = 47 M, so ~2.8 GB of activations per case at kappa = 14.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fabml.errors import ConfigError, DataError
+from fabml.surrogate.config import LAYOUTS, VAEConfig
+from fabml.surrogate.models.blocks import ResBlock2d, group_norm
+
+#: preset -> (filters from the deepest level to the finest, residual blocks per stage)
+VAE_PRESETS: dict[str, tuple[list[int], int]] = {
+    "small": ([1024, 512, 256, 128], 1),  # the seed's encoder filters
+    "large": ([1024, 1024, 512, 256, 128], 2),  # one more stage and twice the residual blocks
+}
+#: an axis longer than this many positions at the bottleneck gets larger strides
+MAX_BOTTLENECK = 4
+#: logvar heads are clamped to this range before use (exp stays finite in fp16 and fp32)
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+@dataclass
+class VAEEncoding:
+    """Posterior parameters: ``mu``/``logvar`` [B, Z]; ``xs_mu``/``xs_logvar`` [B, S, L]."""
+
+    mu: Tensor
+    logvar: Tensor
+    xs_mu: Tensor
+    xs_logvar: Tensor
+
+
+@dataclass
+class VAEOutput:
+    """``recon`` [B, V, T, M]; posterior ``mu``/``logvar`` [B, Z], ``xs_mu``/``xs_logvar`` [B, S, L];
+    the latents decoded: ``z`` [B, Z], ``xs`` [B, S, L] (samples, or the means when ``sample=False``)."""
+
+    recon: Tensor
+    mu: Tensor
+    logvar: Tensor
+    xs_mu: Tensor
+    xs_logvar: Tensor
+    z: Tensor
+    xs: Tensor
+
+
+def axis_halvings(size: int, stages: int) -> list[int]:
+    """Halvings per stage along one axis of ``size`` positions (front-loaded; see module doc)."""
+    if size <= 1:
+        return [0] * stages
+    total = max(min(stages, int(math.floor(math.log2(size)))), int(math.floor(math.log2(size / MAX_BOTTLENECK))))
+    out: list[int] = []
+    left = total
+    for i in range(stages):
+        h = math.ceil(left / (stages - i))
+        out.append(h)
+        left -= h
+    return out
+
+
+def resolve_filters(cfg: VAEConfig) -> tuple[list[int], int]:
+    """``(filters deepest-first, residual blocks per stage)`` from the preset and ``filters``."""
+    if cfg.preset not in VAE_PRESETS:
+        raise ConfigError(f"vae.preset={cfg.preset!r} is unknown; use one of {sorted(VAE_PRESETS)}")
+    filters, blocks = VAE_PRESETS[cfg.preset]
+    if cfg.filters:
+        filters = [int(f) for f in cfg.filters]
+    if not filters or any(f < 1 for f in filters):
+        raise ConfigError(f"vae.filters={list(filters)} must be a non-empty list of positive widths")
+    if cfg.latent_dim_end < 1 or cfg.latent_dim < 1:
+        raise ConfigError(
+            f"vae.latent_dim_end={cfg.latent_dim_end} and vae.latent_dim={cfg.latent_dim} must both be >= 1"
+        )
+    return list(filters), blocks
+
+
+def _axis_conv(stride: int, size: int) -> tuple[int, int]:
+    """(kernel, padding) of a stage's strided / transposed conv along one axis."""
+    if stride > 1:
+        return stride + 2, 1
+    return (3, 1) if size > 1 else (1, 0)
+
+
+class EncoderStage(nn.Module):
+    """Strided conv (``[B, C_in, a, b] -> [B, w, a/s_a, b/s_b]``) + GN + SiLU + residual blocks."""
+
+    def __init__(
+        self, c_in: int, width: int, stride: tuple[int, int], in_sizes: tuple[int, int],
+        out_sizes: tuple[int, int], blocks: int,
+    ):
+        super().__init__()
+        (ka, pa), (kb, pb) = _axis_conv(stride[0], in_sizes[0]), _axis_conv(stride[1], in_sizes[1])
+        self.down = nn.Conv2d(c_in, width, (ka, kb), stride=stride, padding=(pa, pb))
+        self.norm = group_norm(width)
+        self.act = nn.SiLU()
+        self.blocks = nn.Sequential(*[ResBlock2d(width, out_sizes) for _ in range(blocks)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.act(self.norm(self.down(x))))
+
+
+class DecoderLevel(nn.Module):
+    """FiLM injection of one stage's hierarchical latent, residual blocks, then a transposed conv
+    to the next finer level (``[B, w, a, b] -> [B, c_out, a*s_a, b*s_b]``); GN + SiLU after it
+    unless it is the output layer."""
+
+    def __init__(
+        self, width: int, c_out: int, stride: tuple[int, int], in_sizes: tuple[int, int],
+        out_sizes: tuple[int, int], latent_dim: int, blocks: int, final: bool,
+    ):
+        super().__init__()
+        self.film = nn.Linear(latent_dim, 2 * width)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.blocks = nn.Sequential(*[ResBlock2d(width, in_sizes) for _ in range(blocks)])
+        (ka, pa), (kb, pb) = _axis_conv(stride[0], out_sizes[0]), _axis_conv(stride[1], out_sizes[1])
+        if final:
+            # the output layer sees normalised, activated features
+            self.pre = nn.Sequential(group_norm(width), nn.SiLU())
+        else:
+            self.pre = nn.Identity()
+        self.up = nn.ConvTranspose2d(width, c_out, (ka, kb), stride=stride, padding=(pa, pb))
+        self.post = nn.Identity() if final else nn.Sequential(group_norm(c_out), nn.SiLU())
+
+    def forward(self, h: Tensor, xs_i: Tensor) -> Tensor:
+        gamma, beta = self.film(xs_i).chunk(2, dim=1)
+        h = h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        return self.post(self.up(self.pre(self.blocks(h))))
+
+
+class Encoder(nn.Module):
+    """``[B, C_in, A_pad, B_pad] -> VAEEncoding`` (stages, hierarchical heads, main head).
+    ``sizes[i]`` is the resolution entering stage ``i`` (``sizes[S]`` the deepest)."""
+
+    def __init__(
+        self, c_in: int, widths: list[int], strides: list[tuple[int, int]], sizes: list[tuple[int, int]],
+        blocks: int, latent_dim_end: int, latent_dim: int, checkpointing: bool,
+    ):
+        super().__init__()
+        chans = [c_in] + widths
+        self.stages = nn.ModuleList(
+            EncoderStage(chans[i], widths[i], strides[i], sizes[i], sizes[i + 1], blocks) for i in range(len(widths))
+        )
+        self.xs_heads = nn.ModuleList(nn.Linear(w, 2 * latent_dim) for w in widths)
+        deepest = widths[-1] * sizes[-1][0] * sizes[-1][1]
+        self.head = nn.Linear(deepest, 2 * latent_dim_end)
+        self.checkpointing = checkpointing
+
+    def forward(self, x: Tensor) -> VAEEncoding:
+        h = x
+        xs = []
+        for stage, head in zip(self.stages, self.xs_heads):
+            if self.checkpointing and torch.is_grad_enabled():
+                h = checkpoint(stage, h, use_reentrant=False)
+            else:
+                h = stage(h)
+            xs.append(head(h.mean(dim=(2, 3))))
+        mu, logvar = self.head(h.flatten(1)).chunk(2, dim=1)
+        xs_mu, xs_logvar = torch.stack(xs, dim=1).chunk(2, dim=2)
+        return VAEEncoding(mu, logvar.clamp(*LOGVAR_RANGE), xs_mu, xs_logvar.clamp(*LOGVAR_RANGE))
+
+
+class Decoder(nn.Module):
+    """``(z [B, Z], xs [B, S, L]) -> [B, C_in, A_pad, B_pad]``, deepest level first; ``sizes`` as
+    for :class:`Encoder`."""
+
+    def __init__(
+        self, c_in: int, widths: list[int], strides: list[tuple[int, int]], sizes: list[tuple[int, int]],
+        blocks: int, latent_dim_end: int, latent_dim: int, checkpointing: bool,
+    ):
+        super().__init__()
+        self.bottleneck = (widths[-1], sizes[-1][0], sizes[-1][1])
+        self.fc = nn.Linear(latent_dim_end, widths[-1] * sizes[-1][0] * sizes[-1][1])
+        self.fc_post = nn.Sequential(group_norm(widths[-1]), nn.SiLU())
+        chans = [c_in] + widths
+        # levels[i] works at stage i's output resolution and goes up to stage i's input resolution
+        self.levels = nn.ModuleList(
+            DecoderLevel(widths[i], chans[i], strides[i], sizes[i + 1], sizes[i], latent_dim, blocks, final=i == 0)
+            for i in range(len(widths))
+        )
+        self.checkpointing = checkpointing
+
+    def forward(self, z: Tensor, xs: Tensor) -> Tensor:
+        h = self.fc_post(self.fc(z).view(z.shape[0], *self.bottleneck))
+        for i in reversed(range(len(self.levels))):
+            level = self.levels[i]
+            if self.checkpointing and torch.is_grad_enabled():
+                h = checkpoint(level, h, xs[:, i], use_reentrant=False)
+            else:
+                h = level(h, xs[:, i])
+        return h
+
+
+class HierarchicalVAE(nn.Module):
+    """Hierarchical VAE: ``[B, V, T, M] -> (z [B, Z], xs [B, S, L]) -> [B, V, T, M]``; see module doc.
+
+    ``stages`` = len(filters); ``latent_dim_end`` = Z; ``latent_dim`` = L. Submodules ``encoder``
+    and ``decoder`` (e2e freezes the whole ``vae``).
+    """
+
+    def __init__(
+        self,
+        variables: int,
+        time_steps: int,
+        nodes: int,
+        cfg: VAEConfig,
+        layout: str = "1d",
+        grid_shape: tuple[int, int] | list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ConfigError(f"data.layout={layout!r} is unknown; use one of {list(LAYOUTS)}")
+        if min(variables, time_steps, nodes) < 1:
+            raise ConfigError(f"field shape V={variables}, T={time_steps}, M={nodes} must be positive")
+        filters, blocks = resolve_filters(cfg)
+        self.variables, self.time_steps, self.nodes, self.layout = variables, time_steps, nodes, layout
+        if layout == "grid":
+            if not grid_shape or len(grid_shape) != 2 or int(grid_shape[0]) * int(grid_shape[1]) != nodes:
+                raise ConfigError(
+                    f"data.grid_shape={list(grid_shape or [])} must be [H, W] with H*W = {nodes} nodes for layout 'grid'"
+                )
+            self.grid_shape: tuple[int, int] | None = (int(grid_shape[0]), int(grid_shape[1]))
+            c_in, axes = variables * time_steps, self.grid_shape
+        else:
+            self.grid_shape = None
+            c_in, axes = variables, (time_steps, nodes)
+        self.stages = len(filters)
+        self.latent_dim_end = cfg.latent_dim_end
+        self.latent_dim = cfg.latent_dim
+        self.filters = filters
+        self.blocks_per_stage = blocks
+        self.in_channels = c_in
+        self.axes = axes
+        ha, hb = axis_halvings(axes[0], self.stages), axis_halvings(axes[1], self.stages)
+        fa, fb = 2 ** sum(ha), 2 ** sum(hb)
+        self.padded = (math.ceil(axes[0] / fa) * fa, math.ceil(axes[1] / fb) * fb)
+        self.strides = [(2**a, 2**b) for a, b in zip(ha, hb)]
+        sizes: list[tuple[int, int]] = []
+        a, b = self.padded
+        for sa, sb in self.strides:
+            a, b = a // sa, b // sb
+            sizes.append((a, b))
+        self.level_sizes = sizes  # resolution after each encoder stage
+        widths = list(reversed(filters))  # finest first
+        args = (c_in, widths, self.strides, [self.padded] + sizes, blocks, cfg.latent_dim_end, cfg.latent_dim,
+                cfg.gradient_checkpointing)
+        self.encoder = Encoder(*args)
+        self.decoder = Decoder(*args)
+
+    # ----------------------------------------------------------------- layout
+    def _to_net(self, x: Tensor) -> Tensor:
+        """[B, V, T, M] -> padded network input [B, C_in, A_pad, B_pad]."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.variables, self.time_steps, self.nodes):
+            raise DataError(
+                f"the VAE expects fields [B, V={self.variables}, T={self.time_steps}, M={self.nodes}], "
+                f"got {list(x.shape)}"
+            )
+        if self.layout == "grid":
+            assert self.grid_shape is not None
+            x = x.reshape(x.shape[0], self.in_channels, *self.grid_shape)
+        pa, pb = self.padded[0] - self.axes[0], self.padded[1] - self.axes[1]
+        if pa or pb:
+            x = F.pad(x, (0, pb, 0, pa), mode="replicate")
+        return x
+
+    def _from_net(self, h: Tensor) -> Tensor:
+        """padded network output -> [B, V, T, M] (crop, then undo the grid reshape)."""
+        h = h[:, :, : self.axes[0], : self.axes[1]]
+        return h.reshape(h.shape[0], self.variables, self.time_steps, self.nodes)
+
+    # ----------------------------------------------------------------- API
+    def encode(self, x: Tensor) -> VAEEncoding:
+        """Posterior of fields ``x`` [B, V, T, M]."""
+        return self.encoder(self._to_net(x))
+
+    def decode(self, z: Tensor, xs: Tensor) -> Tensor:
+        """Fields [B, V, T, M] from the main latent ``z`` [B, Z] and hierarchical latents ``xs`` [B, S, L]."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim_end or tuple(xs.shape[1:]) != (self.stages, self.latent_dim):
+            raise DataError(
+                f"decode expects z [B, {self.latent_dim_end}] and xs [B, {self.stages}, {self.latent_dim}], "
+                f"got {list(z.shape)} and {list(xs.shape)}"
+            )
+        return self._from_net(self.decoder(z, xs))
+
+    @staticmethod
+    def reparameterise(mu: Tensor, logvar: Tensor) -> Tensor:
+        """``mu + eps * exp(logvar / 2)``, eps ~ N(0, I)."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def forward(self, x: Tensor, sample: bool = True) -> VAEOutput:
+        """Encode, sample (or take the means when ``sample=False``), decode."""
+        enc = self.encode(x)
+        if sample:
+            z, xs = self.reparameterise(enc.mu, enc.logvar), self.reparameterise(enc.xs_mu, enc.xs_logvar)
+        else:
+            z, xs = enc.mu, enc.xs_mu
+        recon = self.decode(z, xs)
+        return VAEOutput(recon, enc.mu, enc.logvar, enc.xs_mu, enc.xs_logvar, z, xs)
+
+    def describe(self) -> dict[str, object]:
+        """Sizes a user plans memory with: parameters, padded axes, strides and positions per stage."""
+        widths = list(reversed(self.filters))
+        positions = [a * b for a, b in self.level_sizes]
+        return {
+            "parameters": sum(p.numel() for p in self.parameters()),
+            "layout": self.layout,
+            "in_channels": self.in_channels,
+            "axes": list(self.axes),
+            "padded": list(self.padded),
+            "strides": [list(s) for s in self.strides],
+            "level_sizes": [list(s) for s in self.level_sizes],
+            "widths_fine_to_coarse": widths,
+            "sum_width_positions": int(sum(w * p for w, p in zip(widths, positions))),
+        }

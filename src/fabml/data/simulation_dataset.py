@@ -90,20 +90,27 @@ def read_case_split(run_dir: str | Path, case_ids: np.ndarray | None = None) -> 
         except FileNotFoundError:
             raise DataError(f"split file {path} does not exist; train again with --fresh to make a new split") from None
         except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise DataError(f"split file {path} is not a readable index,case_id CSV ({type(err).__name__}: {err})") from None
+            raise DataError(
+                f"split file {path} is not a readable index,case_id CSV ({type(err).__name__}: {err})"
+            ) from None
         for i in idx:
             if int(i) in seen:
-                raise DataError(f"split file {path}: case index {int(i)} is also in {seen[int(i)]} (a leak); split again")
+                raise DataError(
+                    f"split file {path}: case index {int(i)} is also in {seen[int(i)]} (a leak); split again"
+                )
             seen[int(i)] = part
         if case_ids is not None:
             n = len(case_ids)
             bad = idx[(idx < 0) | (idx >= n)]
             if len(bad):
-                raise DataError(f"split file {path}: case index(es) {format_ids(bad)} outside the {n} cases of the fields")
+                raise DataError(
+                    f"split file {path}: case index(es) {format_ids(bad)} outside the {n} cases of the fields"
+                )
             changed = idx[np.asarray(case_ids, dtype=np.int64)[idx] != ids]
             if len(changed):
                 raise DataError(
-                    f"split file {path}: the case ids of index(es) {format_ids(changed)} differ from the fields file's; "
+                    f"split file {path}: the case ids of index(es) {format_ids(changed)} differ from the fields "
+                    "file's; "
                     "the data changed since the split was made: train again with --fresh"
                 )
         split[part] = idx

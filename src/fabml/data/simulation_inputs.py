@@ -111,7 +111,9 @@ def _read_csv(path: Path, id_column: str) -> CaseInputs:
     if missing.to_numpy().any():
         name = str(missing.columns[missing.any(axis=0).to_numpy()][0])
         row = int(np.flatnonzero(missing[name].to_numpy())[0])
-        raise DataError(f"inputs file {path}: column '{name}' is empty in row {row + 2}; every case needs every parameter")
+        raise DataError(
+            f"inputs file {path}: column '{name}' is empty in row {row + 2}; every case needs every parameter"
+        )
     params = values.to_numpy(dtype=np.float32)
     if not np.isfinite(params).all():
         row, col = np.argwhere(~np.isfinite(params))[0]
@@ -126,7 +128,9 @@ def _check_image(path: Path) -> None:
         with Image.open(path) as img:
             img.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"image file {path} is corrupt or not an image ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"image file {path} is corrupt or not an image ({type(err).__name__}); replace or remove it"
+        ) from None
 
 
 def _read_folder(folder: Path) -> CaseInputs:

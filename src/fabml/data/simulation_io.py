@@ -307,7 +307,8 @@ def _case_ids(ids: Any, n: int, path: Path) -> np.ndarray:
     arr = arr.astype(np.int64)
     uniq, counts = np.unique(arr, return_counts=True)
     if np.any(counts > 1):
-        raise DataError(f"fields file {path}: case id(s) {format_ids(uniq[counts > 1])} appear more than once in '{IDS_KEY}'")
+        dup = format_ids(uniq[counts > 1])
+        raise DataError(f"fields file {path}: case id(s) {dup} appear more than once in '{IDS_KEY}'")
     return arr
 
 
@@ -316,7 +317,8 @@ def _pick_key(keys: Sequence[str], wanted: str, path: Path, what: str) -> str:
     if wanted:
         if wanted not in keys:
             raise DataError(
-                f"fields file {path} has no {what} '{wanted}' (it has: {', '.join(keys) or 'none'}); fix data.fields_key"
+                f"fields file {path} has no {what} '{wanted}' (it has: {', '.join(keys) or 'none'}); "
+                "fix data.fields_key"
             )
         return wanted
     if DEFAULT_KEY in keys:
@@ -397,7 +399,9 @@ def _open_pickle(path: Path, allow_pickle: bool) -> dict[str, Any]:
             obj = pickle.load(fh)  # noqa: S301 (explicitly allowed by the user)
         array = np.asarray(obj)
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
-        raise DataError(f"fields file {path} is not a readable pickle of an array ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"fields file {path} is not a readable pickle of an array ({type(err).__name__}: {err})"
+        ) from None
     _check_dtype(array.dtype, path)
     raw = _as_4d_shape(array.shape, path)
     return {"raw": raw, "ids": None, "array": array.reshape(raw)}
@@ -430,7 +434,8 @@ def _check_layout(source: FieldSource, layout: str, grid_shape: Sequence[int]) -
         return
     if len(grid_shape) != 2 or any(int(g) < 1 for g in grid_shape):
         raise ConfigError(
-            f"setting 'data.grid_shape' = {list(grid_shape)} must be two positive integers [H, W] when data.layout is grid"
+            f"setting 'data.grid_shape' = {list(grid_shape)} must be two positive integers [H, W] when "
+            "data.layout is grid"
         )
     m = source.shape[2]
     h, w = int(grid_shape[0]), int(grid_shape[1])
@@ -512,7 +517,10 @@ class NpyCaseWriter:
         if arr.shape == self.shape[1:]:
             arr = arr[None]
         if arr.shape[1:] != self.shape[1:]:
-            raise DataError(f"{self.path}: a block of shape {_shape_text(arr.shape)} does not fit cases {_shape_text(self.shape[1:])}")
+            raise DataError(
+                f"{self.path}: a block of shape {_shape_text(arr.shape)} does not fit cases "
+                f"{_shape_text(self.shape[1:])}"
+            )
         if self.written + arr.shape[0] > self.shape[0]:
             raise DataError(f"{self.path}: more than the {self.shape[0]} cases of the header were written")
         self._fh.write(memoryview(np.ascontiguousarray(arr)).cast("B"))

@@ -146,5 +146,7 @@ class ParamScaler:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "ParamScaler":
         if state.get("kind") != "param_standard":
-            raise DataError(f"not a parameter scaler state (kind {state.get('kind')!r}); the run's scaler file is damaged")
+            raise DataError(
+                f"not a parameter scaler state (kind {state.get('kind')!r}); the run's scaler file is damaged"
+            )
         return cls(state["mean"], state["std"])

@@ -7,5 +7,7 @@
 ``retrieval_discovery`` / ``retrieval_split`` / ``retrieval_dataset`` (re-exported together by
 ``retrieval_data``): the retrieval job's class folders or list files, ID-grouped split and images.
 ``pk_sampler``: P×K batches (P classes × K images) for metric learning, per DDP rank.
-``wafer_io`` / ``g85`` / ``wafer_dataset``: wafer-map formats and tensors. ``synthetic_*``: generators.
+``wafer_io`` / ``g85`` / ``wafer_dataset``: wafer-map formats and tensors. ``simulation_io`` /
+``simulation_inputs`` / ``simulation_scaler`` / ``simulation_dataset``: the surrogate job's field
+files (streamed case by case), case inputs, scalers and datasets. ``synthetic_*``: generators.
 """

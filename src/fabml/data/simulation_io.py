@@ -15,7 +15,8 @@ Formats, by suffix:
   read goes through the page cache, which does not count toward RSS; resident memory stays at
   about one case (plus the batch being assembled) whatever the file size. With a time sub-sample
   only the kept time steps are read. The file is opened lazily, once per process, so a source
-  can be pickled into DataLoader workers.
+  can be pickled into DataLoader workers. (A Fortran-order ``.npy``, whose cases are not
+  contiguous, goes through a read-only memory map instead: save it in C order for bounded memory.)
 - ``.npz``: loaded into memory (a zip archive cannot be streamed case by case).
 - ``.h5`` / ``.hdf5``: read per case with h5py (the file opened lazily per process).
 - ``.pickle`` / ``.pkl``: the legacy ``[N, T, M]`` pickles, loaded into memory, and only with

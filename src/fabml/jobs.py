@@ -120,6 +120,20 @@ JOBS: dict[str, Job] = {
             summary="fabml.retrieval.runs:config_summary",
             artefact="embedding model (backbone, neck, ArcFace head) from the best checkpoint + classes (+ config)",
         ),
+        Job(
+            name="surrogate",
+            help="Simulation surrogate: hierarchical VAE over fields + latent conditioner, predict whole fields.",
+            app="fabml.surrogate.cli:app",
+            config="fabml.surrogate.config:SurrogateConfig",
+            build_method="fabml.surrogate.runs:build_method",
+            demo="fabml.surrogate.demo:run_demo",
+            save_artefact="fabml.surrogate.runs:save_model",
+            load_artefact="fabml.surrogate.runs:load_artefact",
+            open_run="fabml.surrogate.runs:open_run",
+            is_legacy_run="fabml.surrogate.runs:is_legacy_run",
+            summary="fabml.surrogate.runs:config_summary",
+            artefact="VAE + conditioner from each mode's best checkpoint, field/parameter scalers, shapes (+ config)",
+        ),
     )
 }
 

@@ -1,0 +1,186 @@
+"""How the surrogate job trains: one method, three stages (``vae``, ``conditioner``, ``e2e``).
+
+Batches (from :class:`fabml.data.simulation_dataset.SimulationDataset` / ``LatentDataset``)::
+
+    field  [B, V, T, M]  the case's field, scaled per variable to [-r, r]
+    inputs [B, P] (scaled parameters) or [B, C, S, S] (image in [0, 1])
+    z [B, Z], xs [B, S, L]   (standalone conditioner mode only: the VAE's saved posterior means)
+
+Stage losses (per-term values are logged beside ``loss``)::
+
+    vae:          out = vae(field, sample=True)
+                  loss = recon(out.recon, field) + alpha * beta(p) * (KL(mu, logvar) + KL(xs_mu, xs_logvar))
+                  beta(p) = kl_beta(p, init_beta_divisor, anneal_start, anneal_end), p = epoch / E
+                  (the seed's annealing: 1/divisor for the first 30% of the stage's E epochs,
+                  linear to 1 at 80%, then 1)
+    conditioner:  (z^, xs^) = conditioner(inputs);  (z, xs) = the frozen encoder's means of field
+                  (or the batch's saved z / xs)
+                  loss = MSE(z^, z) + MSE(xs^, xs)
+    e2e:          (z^, xs^) = conditioner(inputs);  field^ = frozen vae.decode(z^, xs^)
+                  loss = e2e_loss(field^, field) + e2e.latent_reg_weight * mean([z^, xs^]^2)
+
+What trains: in a single-mode run (``train --mode vae|conditioner|e2e``) only that mode's part is
+in the optimizer (``vae`` for vae, ``conditioner`` otherwise) and the other part has
+``requires_grad=False``; in mode ``all`` the trainer's stages name the trainable part. Whenever the
+stage is not ``vae`` the VAE is kept in eval mode (no dropout, no statistics updates), so the
+decoder e2e trains through is exactly the trained one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fabml.engine.method import Method
+from fabml.engine.param_groups import decay_groups
+from fabml.engine.schedules import kl_beta
+from fabml.errors import ConfigError, DataError
+from fabml.surrogate.config import SurrogateConfig
+from fabml.surrogate.models.losses import kl_divergence, latent_regulariser, reconstruction_loss
+
+STAGES = ("vae", "conditioner", "e2e")
+#: the trainable module of each stage (StageConfig.trainable / the single-mode optimizer)
+STAGE_MODULE = {"vae": "vae", "conditioner": "conditioner", "e2e": "conditioner"}
+
+
+class SurrogateMethod(Method):
+    """Trains a :class:`~fabml.surrogate.models.hvae.HierarchicalVAE` (``vae``) and a latent
+    conditioner (``conditioner``) in the stages of the module docstring.
+
+    ``stage``: the stage of a single-mode run (the trainer's default stage is called ``train``);
+    in mode ``all`` the trainer's :meth:`set_stage` switches it. ``train_all``: every parameter is in
+    the optimizer (mode ``all``, the stages freeze); else only the stage's module is.
+    ``weight_decay``: per-module weight decay for the optimizer groups (None = ``train.weight_decay``).
+    """
+
+    def __init__(self, vae: nn.Module, conditioner: nn.Module, cfg: SurrogateConfig, stage: str = "vae",
+                 train_all: bool = False, weight_decay: dict[str, float] | None = None) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ConfigError(f"surrogate stage {stage!r} is unknown; choose one of: {', '.join(STAGES)}")
+        self.vae = vae
+        self.conditioner = conditioner
+        self.cfg = cfg
+        self.stage = stage
+        self.stage_epochs = 1
+        self.epoch = 0
+        self.train_all = bool(train_all)
+        self.weight_decay = dict(weight_decay or {})
+        if not self.train_all:
+            trained = STAGE_MODULE[stage]
+            for name, module in (("vae", self.vae), ("conditioner", self.conditioner)):
+                module.requires_grad_(name == trained)
+
+    # ------------------------------------------------------------------ trainer hooks
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The trained modules (both in mode ``all``), each split into a decayed group and a no-decay group
+        of biases and norm weights."""
+        names = ("vae", "conditioner") if self.train_all else (STAGE_MODULE[self.stage],)
+        groups: list[dict[str, Any]] = []
+        for name in names:
+            module = getattr(self, name)
+            groups += decay_groups(((f"{name}.{n}", p) for n, p in module.named_parameters()), name=name,
+                                   weight_decay=self.weight_decay.get(name))
+        return groups
+
+    def set_stage(self, stage: Any) -> None:
+        """Switch the loss to ``stage.name`` (``train`` = this run's single stage) and record its length."""
+        name = str(stage.name)
+        if name in STAGES:
+            self.stage = name
+        elif name != "train":
+            raise ConfigError(f"train.stages: stage {name!r} is not a surrogate stage ({', '.join(STAGES)})")
+        self.active_stage = self.stage
+        self.stage_epochs = max(1, int(stage.epochs))
+        self.train(self.training)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def train(self, mode: bool = True) -> "SurrogateMethod":
+        """As ``nn.Module.train``, but the VAE stays in eval mode outside the ``vae`` stage."""
+        super().train(mode)
+        if self.stage != "vae":
+            self.vae.eval()
+        return self
+
+    # ------------------------------------------------------------------ schedule
+    def beta(self) -> float:
+        """KL weight multiplier of the current epoch: the seed's annealing over the vae stage.
+
+        The vae stage is the first stage of every run that has one, so its 0-based epoch ``e`` gives the
+        progress ``e / E`` (the fraction of the stage's E epochs done when the epoch starts)."""
+        progress = min(1.0, self.epoch / self.stage_epochs)
+        v = self.cfg.vae
+        return float(kl_beta(progress, v.init_beta_divisor, v.anneal_start, v.anneal_end))
+
+    # ------------------------------------------------------------------ losses
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss of the active stage (module docstring); returns ``loss`` and its terms."""
+        return self.stage_losses(batch, train=True)
+
+    def stage_losses(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
+        """The active stage's loss terms. ``train=False`` (validation): the VAE uses its posterior means
+        (no sampling) and the vae loss weighs the KL by ``alpha`` alone (beta = 1), so validation losses
+        of different epochs compare."""
+        if self.stage == "vae":
+            return self._vae_losses(batch, train)
+        if self.stage == "conditioner":
+            return self._conditioner_losses(batch)
+        return self._e2e_losses(batch)
+
+    def _vae_losses(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
+        field = _field(batch)
+        out = self.vae(field, sample=train)
+        recon = reconstruction_loss(out.recon.float(), field.float(), self.cfg.vae.recon_loss)
+        kl = kl_divergence(out.mu, out.logvar) + kl_divergence(out.xs_mu, out.xs_logvar)
+        beta = self.beta() if train else 1.0
+        loss = recon + float(self.cfg.vae.alpha) * beta * kl
+        return {"loss": loss, "recon": recon.detach(), "kl": kl.detach(),
+                "beta": torch.tensor(beta, device=loss.device)}
+
+    def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latents the conditioner learns: the batch's saved ``z``/``xs``, or the frozen encoder's means."""
+        if "z" in batch and "xs" in batch:
+            return batch["z"].float(), batch["xs"].float()
+        with torch.no_grad():
+            enc = self.vae.encode(_field(batch))
+        return enc.mu.detach().float(), enc.xs_mu.detach().float()
+
+    def _conditioner_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        z_true, xs_true = self._targets(batch)
+        z, xs = self.conditioner(batch["inputs"])
+        z_mse = F.mse_loss(z.float(), z_true)
+        xs_mse = F.mse_loss(xs.float(), xs_true)
+        return {"loss": z_mse + xs_mse, "z_mse": z_mse.detach(), "xs_mse": xs_mse.detach()}
+
+    def _e2e_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        field = _field(batch)
+        z, xs = self.conditioner(batch["inputs"])
+        pred = self.vae.decode(z, xs)
+        field_loss = reconstruction_loss(pred.float(), field.float(), self.cfg.e2e.loss, setting="e2e.loss")
+        reg = latent_regulariser(z, xs)
+        loss = field_loss + float(self.cfg.e2e.latent_reg_weight) * reg
+        return {"loss": loss, "field_loss": field_loss.detach(), "latent_reg": reg.detach()}
+
+
+def _field(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if "field" not in batch:
+        raise DataError("this surrogate stage needs the cases' fields, but the batch has none "
+                        "(the standalone conditioner mode's latent batches only train the conditioner stage)")
+    return batch["field"]
+
+
+def build_method(vae: nn.Module, conditioner: nn.Module, cfg: SurrogateConfig, mode: str) -> SurrogateMethod:
+    """The method for ``train --mode``: ``all`` puts both modules in the optimizer (the stages freeze) with
+    each module's weight decay from its section (``train_vae`` / ``train_conditioner``); a single mode
+    trains only its module with that mode's ``train_<mode>`` settings."""
+    if mode == "all":
+        decay = {"vae": cfg.train_vae.weight_decay, "conditioner": cfg.train_conditioner.weight_decay}
+        return SurrogateMethod(vae, conditioner, cfg, stage="vae", train_all=True, weight_decay=decay)
+    if mode not in STAGES:
+        raise ConfigError(f"--mode {mode!r} is unknown; choose one of: vae, conditioner, e2e, all")
+    return SurrogateMethod(vae, conditioner, cfg, stage=mode)

@@ -47,6 +47,13 @@ def test_csv_with_id_column_and_in_row_order(tmp_path: Path) -> None:
     assert read_inputs(SurrogateDataConfig(inputs=str(csv))).ids.tolist() == [2, 1]
 
 
+def test_path_argument_overrides_the_setting(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("a\n1\n2\n")
+    (tmp_path / "new.csv").write_text("a\n5\n")
+    got = read_inputs(SurrogateDataConfig(inputs=str(tmp_path / "train.csv")), tmp_path / "new.csv")
+    assert got.source == tmp_path / "new.csv" and got.params.tolist() == [[5.0]]
+
+
 def test_headerless_csv_of_the_seed(tmp_path: Path) -> None:
     csv = tmp_path / "p.csv"
     csv.write_text("1.0,2.0\n3.0,4.0\n5,6\n")

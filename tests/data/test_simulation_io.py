@@ -57,6 +57,13 @@ def test_three_d_arrays_have_one_variable_and_other_dtypes_become_float32(tmp_pa
     assert src.get(2).dtype == np.float32
 
 
+def test_fortran_order_npy_reads_the_same_cases(tmp_path: Path) -> None:
+    arr = _fields(t=7)
+    np.save(tmp_path / "f.npy", np.asfortranarray(arr))
+    src = open_fields(_cfg(tmp_path / "f.npy", time_stride=3))
+    np.testing.assert_array_equal(src.load_all(), arr[:, ::3])
+
+
 def test_case_ids_come_from_the_file_when_present(tmp_path: Path) -> None:
     arr = _fields(n=3)
     np.savez(tmp_path / "f.npz", fields=arr, case_ids=np.array([10, 20, 30]))

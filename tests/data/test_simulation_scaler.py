@@ -41,6 +41,7 @@ def test_round_trip_numpy_and_torch_on_any_axis(tmp_path: Path) -> None:
     arr = (rng.normal(size=(5, 3, 7, 3)) * [1.0, 50.0, 0.01] + [0.0, 300.0, -2.0]).astype(np.float32)
     scaler = FieldScaler.fit(_source(tmp_path, arr), range(5), 0.7)
     back = scaler.inverse(scaler.transform(arr))
+    np.testing.assert_array_equal(scaler.transform(arr.copy(), inplace=True), scaler.transform(arr))
     np.testing.assert_allclose(back, arr, rtol=1e-5, atol=1e-4)
     assert back.dtype == np.float32
     tensor = torch.from_numpy(arr).permute(0, 3, 1, 2)  # [B, V, T, M] as the model sees it

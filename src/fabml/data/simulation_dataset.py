@@ -252,9 +252,9 @@ class SimulationDataset(Dataset):
         return self.encoder.shape
 
     def _field(self, i: int) -> torch.Tensor:
-        case = self.source.get(i)  # [T, M, V] float32
+        case = self.source.get(i)  # [T, M, V] float32, a fresh array: scaled in place
         if self.field_scaler is not None:
-            case = self.field_scaler.transform(case)
+            case = self.field_scaler.transform(case, inplace=True)
         return torch.from_numpy(np.ascontiguousarray(case.transpose(2, 0, 1), dtype=np.float32))
 
     def _input(self, i: int) -> torch.Tensor:

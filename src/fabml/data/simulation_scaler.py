@@ -87,9 +87,14 @@ class FieldScaler:
             hi = c_hi if hi is None else np.maximum(hi, c_hi)
         return cls(lo, hi, scale_range)
 
-    def transform(self, x: Array, axis: int = -1) -> Array:
-        """Scaled copy of ``x`` (numpy or torch) whose variables lie along ``axis`` (default last)."""
+    def transform(self, x: Array, axis: int = -1, inplace: bool = False) -> Array:
+        """Scaled copy of ``x`` (numpy or torch) whose variables lie along ``axis`` (default last).
+        ``inplace``: overwrite a float numpy ``x`` instead (same values, no temporaries)."""
         _check_axis(x, axis, self.variables, "field scaler")
+        if inplace and isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+            x -= _like(self.centre, x, axis)
+            x *= _like(self.forward_scale, x, axis)
+            return x
         return (x - _like(self.centre, x, axis)) * _like(self.forward_scale, x, axis)
 
     def inverse(self, x: Array, axis: int = -1) -> Array:

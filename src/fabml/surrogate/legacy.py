@@ -62,7 +62,7 @@ NO_COUNTERPART = {
     "num_aug_f": "augmentation count has no fabml setting",
     "num_aug_a": "augmentation count has no fabml setting",
     "rec_graph": "plotting switch; fabml evaluate writes the figures",
-    "Recon_iter": "reconstruction passes at evaluation; fabml evaluate makes one pass (MC dropout: predict --samples)",
+    "Recon_iter": "reconstruction passes at evaluation; fabml evaluate makes one pass, MC dropout is predict --samples",
     "num_param": "fabml counts the parameters in the inputs CSV",
     "n_sample": "fabml counts the cases in the fields file",
     "param_data_type": "fabml reads .png .jpg .bmp .tif images of a folder, or a CSV, by path",

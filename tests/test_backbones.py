@@ -265,3 +265,21 @@ def test_onnx_export_matches_torch(tmp_path, in_chans, mode):
     assert len(outputs) == 2
     for got, want in zip(outputs, expected):
         assert np.abs(got - want.numpy()).max() < 1e-4
+
+
+def test_feature_extractor_skips_blocks_after_its_last_layer_with_the_same_features() -> None:
+    import timm
+
+    extractor = FeatureExtractor("tf_efficientnet_lite0", [2, 3], pretrained=False)
+    full = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(2, 3)).eval()
+    assert list(extractor.model.state_dict()) == list(full.state_dict())  # weights load as before
+    full.load_state_dict(extractor.model.state_dict())
+    ran: list[int] = []
+    for i, block in enumerate(extractor.model.blocks._modules.values()):
+        block.register_forward_hook(lambda *_, i=i: ran.append(i))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = extractor(x)
+        theirs = full((x - extractor.mean) / extractor.std)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert ran == [0, 1, 2, 3, 4]  # stage 3 (112 channels) is block 4; blocks 5 and 6 never run

@@ -12,6 +12,8 @@ every extractor built with ``pretrained=True``) or :func:`fabml.weights.load_pre
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from collections.abc import Sequence
 
 import torch
@@ -102,6 +104,37 @@ def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     )
 
 
+class _BlockPrefix(nn.Sequential):
+    """The blocks of a timm feature model, of which iteration yields only the first ``run``.
+
+    timm's EfficientNet / MobileNetV3 feature models loop over *every* block even when the last
+    ``out_indices`` stage ends earlier (e.g. EfficientNet-Lite0 with ``out_indices`` (2, 3) also runs
+    its two last stages: about a quarter of its multiply-adds at 256 px). Their forward iterates
+    ``self.blocks``; this container keeps every block (same names, so the state dict and weight
+    loading are unchanged) and stops the iteration after the last block a feature comes from.
+    """
+
+    def __init__(self, blocks: nn.Sequential, run: int) -> None:
+        super().__init__(OrderedDict(blocks.named_children()))  # same names ("0", "1", ...) and modules
+        self.run = run
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._modules.values())[: self.run])
+
+
+def _skip_unused_blocks(model: nn.Module) -> None:
+    """Stop a timm EfficientNet-style feature model after its last used block (see :class:`_BlockPrefix`)."""
+    stages = getattr(model, "_stage_out_idx", None)
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(stages, dict) or not stages or not isinstance(blocks, nn.Sequential):
+        return
+    if getattr(model, "feature_hooks", None) is not None:
+        return
+    run = max(int(stage) for stage in stages)  # block i feeds stage i + 1
+    if run < len(blocks):
+        model.blocks = _BlockPrefix(blocks, run)
+
+
 class FeatureExtractor(nn.Module):
     """Multi-scale features of a timm backbone for images in [0, 1].
 
@@ -162,6 +195,7 @@ class FeatureExtractor(nn.Module):
         if self.folded:
             parent, attr, conv = _first_conv(model)
             setattr(parent, attr, _FoldedConv(conv, mean, std))
+        _skip_unused_blocks(model)
         self.model = model
         self.channels: list[int] = list(model.feature_info.channels())
         self.reductions: list[int] = list(model.feature_info.reduction())

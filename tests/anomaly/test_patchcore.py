@@ -160,6 +160,38 @@ def test_streaming_coreset_in_one_chunk_is_the_papers_coreset() -> None:
     assert coreset.radius == radius and coreset.n_chunks == 1
 
 
+def test_streaming_coreset_keeps_every_chunk_for_the_exact_pass_when_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fabml.anomaly.methods.patchcore as pc
+
+    g = torch.Generator().manual_seed(6)
+    rows = torch.randn(1000, 24, generator=g)
+    proj = random_projection(24, 8, seed=0)
+
+    def build(exact_max_bytes: float) -> tuple[torch.Tensor, StreamingCoreset]:
+        coreset = StreamingCoreset(0.05, chunk=300, projection=proj, seed=3, oversample=2.0,
+                                   exact_max_bytes=exact_max_bytes)
+        for part in rows.split(70):
+            coreset.add(part)
+        return coreset.finish(), coreset
+
+    # 4 chunks, all kept: the paper's coreset of all 1000 rows, as if they were one chunk
+    bank, coreset = build(1e9)
+    first = int(torch.randint(1000, (1,), generator=torch.Generator().manual_seed(3)))
+    idx, radius = greedy_kcenter(rows @ proj, 50, first)
+    assert coreset.exact and coreset.n_chunks == 4
+    assert torch.equal(bank, rows[idx]) and coreset.radius == radius
+    # a memory limit that two chunks break switches to streaming: the same bank as streaming throughout
+    streamed, coreset0 = build(0.0)
+    assert not coreset0.exact
+    two_chunks = 4.0 * 600 * (24 + 8 + 2)
+    limited, coreset1 = build(two_chunks - 1)
+    assert not coreset1.exact and torch.equal(limited, streamed)
+    # so does a work limit below N * M
+    monkeypatch.setattr(pc, "GLOBAL_PASS_MAX_WORK", 900 * 45)
+    worked, coreset2 = build(1e9)
+    assert not coreset2.exact and torch.equal(worked, streamed)
+
+
 def test_oversampled_chunks_cover_better_than_fixed_shares() -> None:
     # two well-separated blobs, streamed one after the other: a fixed share per chunk gives the
     # tight blob as many centres as the wide one; the global pass moves them where they are needed

@@ -15,8 +15,15 @@ largest current gap ``g_j = max_{x in j} min_c ||x - c||``). A new centre ``c`` 
 the gap of a point of cell ``j`` if ``||c - z_j|| - R_j < g_j`` (triangle inequality), so only
 those cells are updated. The choices are those of the plain loop (up to floating-point ties).
 
-Streaming: patches arrive batch by batch and are cut into consecutive chunks of
-``coreset_chunk`` patches. Chunk ``i`` has the quota ``k_i = ceil(r·N_1..i) - ceil(r·N_1..i-1)``
+Exact when it fits: patches arrive batch by batch and are cut into consecutive chunks of
+``coreset_chunk`` patches. While every chunk so far fits in ``exact_max_bytes`` (features and
+projections, float32) and one greedy pass over all of them costs at most ``GLOBAL_PASS_MAX_WORK``
+distance updates (N × ceil(r·N)), the chunks are kept whole, and ``finish`` runs one greedy
+k-center pass over all N patches: the paper's coreset (e.g. 613k patches of 152 dims at ratio
+0.002 = 0.37 GB and 0.75·2^30 updates). The first chunk that breaks either limit switches the fit
+to streaming, and the chunks kept so far are reduced in order as if they had been streamed.
+
+Streaming: the chunks are reduced as they arrive. Chunk ``i`` has the quota ``k_i = ceil(r·N_1..i) - ceil(r·N_1..i-1)``
 (the quotas add up to exactly ``M = ceil(r·N)``); greedy k-center keeps ``ceil(oversample·k_i)``
 *candidates* of it. When the stream ends, one global greedy k-center pass over the union of
 the candidates chooses the ``M`` bank rows. When all patches fit in one chunk, the global pass
@@ -37,7 +44,8 @@ reports the oversampling used (``coreset_oversample_used``).
 Peak memory of ``fit`` (float32 bytes, D = embedding dim, p = projection dim, S =
 ``coreset_chunk``, n_b = patches per batch, M = ceil(r·N) bank rows, o = oversample):
 ``4·[(S + n_b)·D + S·(p + 2) + o·M·(D + p + 2)]`` plus the backbone activations of one batch —
-independent of the number of training images except through the bank itself.
+independent of the number of training images except through the bank itself — or, on the exact
+path, up to ``exact_max_bytes`` plus one copy of the patches while they are joined.
 """
 
 from __future__ import annotations
@@ -179,11 +187,16 @@ class StreamingCoreset:
 
     ``add`` rows ``[n, D]`` as they come; ``finish`` returns the bank ``[ceil(ratio·N), D]`` float32.
     ``oversample``: candidates kept per chunk as a multiple of its quota (>= 1).
+    ``exact_max_bytes``: memory the exact single pass over all patches may hold (0 = stream from the
+    second chunk on); ``exact`` says after ``finish`` whether the bank is the single pass's.
     """
 
     def __init__(self, ratio: float, chunk: int, projection: torch.Tensor | None, seed: int = 0,
-                 oversample: float = 2.0) -> None:
+                 oversample: float = 2.0, exact_max_bytes: float = 0.0) -> None:
         self.ratio = ratio
+        self.exact_max_bytes = float(exact_max_bytes)
+        self.exact = True  # every chunk so far is kept whole (module docstring: "exact when it fits")
+        self.whole: list[torch.Tensor] = []  # those chunks
         self.chunk = chunk
         self.projection = projection
         self.oversample = max(1.0, float(oversample))
@@ -192,7 +205,6 @@ class StreamingCoreset:
         self.n_pending = 0
         self.n_seen = 0
         self.n_chunks = 0
-        self.first_chunk: torch.Tensor | None = None  # kept whole until a second chunk arrives
         self.chunk_rows: list[int] = []  # rows of each reduced chunk
         self.greedy_ordered: list[bool] = []  # whether each chunk's candidates are in greedy order
         self.kept: list[torch.Tensor] = []  # candidate rows [c_i, D]
@@ -216,13 +228,22 @@ class StreamingCoreset:
 
     def _take_chunk(self, block: torch.Tensor) -> None:
         self.n_chunks += 1
-        if self.n_chunks == 1:  # the whole data may be this one chunk: decide in finish / on the next chunk
-            self.first_chunk = block.clone()
+        if not self.exact:
+            self._reduce(block)
             return
-        if self.first_chunk is not None:
-            first, self.first_chunk = self.first_chunk, None
-            self._reduce(first)
-        self._reduce(block)
+        self.whole.append(block.clone())
+        if len(self.whole) == 1 or self._exact_fits(sum(len(b) for b in self.whole), block.shape[1]):
+            return  # one chunk is always kept whole: the data may end with it
+        self.exact = False
+        whole, self.whole = self.whole, []
+        for kept in whole:
+            self._reduce(kept)
+
+    def _exact_fits(self, rows: int, dim: int) -> bool:
+        """Whether ``rows`` patches of ``dim`` features fit the exact pass's memory and work limits."""
+        proj_dim = dim if self.projection is None else self.projection.shape[1]
+        nbytes = 4.0 * rows * (dim + proj_dim + 2)
+        return nbytes <= self.exact_max_bytes and rows * coreset_size(rows, self.ratio) <= GLOBAL_PASS_MAX_WORK
 
     def _chunk_rows_cumulative(self) -> list[int]:
         """Patches seen after each reduced chunk (N_1..i), in order."""
@@ -259,8 +280,9 @@ class StreamingCoreset:
             block = torch.cat(self.pending)
             self.pending, self.n_pending = [], 0
             self._take_chunk(block)
-        if self.first_chunk is not None:  # everything in one chunk: the paper's coreset of it
-            block, self.first_chunk = self.first_chunk, None
+        if self.exact and self.whole:  # every patch kept: the paper's coreset of all of them
+            block = self.whole[0] if len(self.whole) == 1 else torch.cat(self.whole)
+            self.whole = []
             self.n_seen = block.shape[0]
             candidates, candidates_proj = block, self._project(block)
         else:
@@ -310,7 +332,8 @@ class PatchCoreMethod(AnomalyMethod):
     def fit(self, loader: Iterable[Any]) -> dict[str, float]:
         """Build the memory bank from every batch of ``loader`` (normal images ``[B, C, H, W]`` in [0, 1]).
 
-        Returns ``memory_bank_size`` (M), ``n_images``, ``n_patches``, ``n_chunks``,
+        Returns ``memory_bank_size`` (M), ``n_images``, ``n_patches``, ``n_chunks``, ``coreset_exact``
+        (True: one greedy pass over all patches, the paper's coreset),
         ``coverage_radius`` (the bank's covering radius of the candidates, plus the largest chunk
         radius when there was more than one chunk: an upper bound on the distance of any training
         patch to the bank, projected feature units) and ``fit_seconds``.
@@ -320,7 +343,8 @@ class PatchCoreMethod(AnomalyMethod):
         model.eval()
         device = model.memory_bank.device
         projection = random_projection(model.embedding_dim, cfg.projection_dim, cfg.seed)
-        coreset = StreamingCoreset(cfg.coreset_ratio, cfg.coreset_chunk, projection, cfg.seed, cfg.coreset_oversample)
+        coreset = StreamingCoreset(cfg.coreset_ratio, cfg.coreset_chunk, projection, cfg.seed, cfg.coreset_oversample,
+                                   exact_max_bytes=cfg.coreset_exact_max_mb * 2**20)
         n_images = 0
         for batch in loader:
             images = batch_images(batch).to(device)
@@ -337,6 +361,7 @@ class PatchCoreMethod(AnomalyMethod):
             "n_patches": coreset.n_seen,
             "n_chunks": coreset.n_chunks,
             "coreset_oversample_used": coreset.oversample_used,
+            "coreset_exact": coreset.exact,
             "coverage_radius": coreset.radius + chunk_radius,
             "fit_seconds": time.perf_counter() - start,
         }

@@ -61,7 +61,9 @@ class PatchCoreConfig(BackboneModelConfig):
     rows) per distance block. coreset_chunk: training patches per greedy k-center run during
     ``fit`` (bounds fit memory; see the method). coreset_oversample: candidates each chunk keeps
     for the final global greedy pass, as a multiple of its share of the bank (1-4; 1 = each chunk
-    keeps its share). search: ``exact`` (torch, blocks of ``chunk_size``) or ``faiss`` (a Faiss
+    keeps its share). coreset_exact_max_mb: memory (MB of float32 features and projections) the
+    fit may use to keep every training patch and select the paper's coreset in one greedy pass
+    over all of them (when that pass also fits the work limit; 0 = always stream). search: ``exact`` (torch, blocks of ``chunk_size``) or ``faiss`` (a Faiss
     flat L2 index for ``predict``; same nearest neighbours, for large banks). seed: coreset start
     point and projection.
     """
@@ -75,6 +77,7 @@ class PatchCoreConfig(BackboneModelConfig):
     chunk_size: int = 4096
     coreset_chunk: int = 16384
     coreset_oversample: float = 2.0
+    coreset_exact_max_mb: float = 1024.0
     search: str = "exact"
     seed: int = 0
 
@@ -94,6 +97,8 @@ def check_patchcore_config(cfg: PatchCoreConfig) -> None:
         raise ConfigError(f"model.num_neighbors={cfg.num_neighbors} must be >= 1")
     if cfg.blur_sigma < 0:
         raise ConfigError(f"model.blur_sigma={cfg.blur_sigma} must be >= 0 (0 = no blur)")
+    if cfg.coreset_exact_max_mb < 0:
+        raise ConfigError(f"model.coreset_exact_max_mb={cfg.coreset_exact_max_mb} must be >= 0 (0 = always stream)")
     if cfg.chunk_size < 1 or cfg.coreset_chunk < 1:
         raise ConfigError(f"model.chunk_size={cfg.chunk_size} and model.coreset_chunk={cfg.coreset_chunk} must be >= 1")
     if not 1.0 <= cfg.coreset_oversample <= 16.0:

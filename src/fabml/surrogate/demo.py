@@ -26,9 +26,9 @@ from fabml.surrogate.config import SurrogateConfig
 # A CPU recipe: a two-stage VAE with narrow filters and a small MLP, batch 16, the seed's loss settings.
 DEMO_OVERRIDES = [
     "vae.filters=[64,32]", "conditioner.hidden=64", "conditioner.blocks=2", "conditioner.dropout=0.1",
-    "train_vae.epochs=30", "train_vae.lr=2e-3", "train_conditioner.epochs=30", "train_conditioner.lr=2e-3",
-    "train_e2e.epochs=15", "train_e2e.lr=5e-4", "train_vae.batch_size=16", "train_vae.num_workers=0",
-    "train_vae.device=cpu", "train_vae.precision=fp32", "eval.validate_every=5", "eval.samples=8",
+    "train_vae.epochs=80", "train_vae.lr=2e-3", "train_conditioner.epochs=60", "train_conditioner.lr=2e-3",
+    "train_e2e.epochs=30", "train_e2e.lr=5e-4", "train_vae.batch_size=16", "train_vae.num_workers=0",
+    "train_vae.device=cpu", "train_vae.precision=fp32", "eval.validate_every=10", "eval.samples=8",
     "data.val_fraction=0.15", "data.test_fraction=0.15",
 ]
 N_CASES, TIME_STEPS, NODES = 96, 16, 64

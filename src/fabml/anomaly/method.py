@@ -34,6 +34,7 @@ METHOD_MODULES = {
     "stfpm": "fabml.anomaly.methods.stfpm",
     "fastflow": "fabml.anomaly.methods.fastflow",
     "draem": "fabml.anomaly.methods.draem",
+    "draem_severity": "fabml.anomaly.methods.draem_severity",
     "efficient_ad": "fabml.anomaly.methods.efficient_ad",
     "autoencoder": "fabml.anomaly.methods.autoencoder",
 }

@@ -36,6 +36,19 @@ class AnomalyOutput(NamedTuple):
     anomaly_map: torch.Tensor
 
 
+class SeverityOutput(NamedTuple):
+    """:class:`AnomalyOutput` plus a severity per image, returned by models with ``has_severity``.
+
+    pred_score / anomaly_map: as :class:`AnomalyOutput` (same names and positions, so code that reads
+    them by name or by index 0 and 1 works unchanged); pred_severity: ``[B]`` predicted fault
+    severity in [0, severity_max] (0 = no fault), in the units of the synthetic faults it learnt from.
+    """
+
+    pred_score: torch.Tensor
+    anomaly_map: torch.Tensor
+    pred_severity: torch.Tensor
+
+
 @dataclass
 class PoolingConfig:
     """How a pixel anomaly map becomes one image score.
@@ -171,6 +184,8 @@ class AnomalyModel(nn.Module):
     ``AnomalyOutput``) and ``compute_anomaly_map(...)`` with their own arguments, and call
     :meth:`output` at the end of eval-mode ``forward``.
     """
+
+    has_severity: bool = False  # True: eval forward returns SeverityOutput (pred_severity [B] as well)
 
     def __init__(self, image_size: tuple[int, int], in_chans: int, pooling: PoolingConfig | None = None) -> None:
         super().__init__()

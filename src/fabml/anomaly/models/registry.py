@@ -32,6 +32,7 @@ MODEL_MODULES = {
     "stfpm": "fabml.anomaly.models.stfpm",
     "fastflow": "fabml.anomaly.models.fastflow",
     "draem": "fabml.anomaly.models.draem",
+    "draem_severity": "fabml.anomaly.models.draem_severity",
     "efficient_ad": "fabml.anomaly.models.efficient_ad",
     "autoencoder": "fabml.anomaly.models.autoencoder",
 }

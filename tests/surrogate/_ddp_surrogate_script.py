@@ -1,0 +1,22 @@
+"""Run by test_surrogate_ddp under torchrun (2 gloo ranks): ``fabml.surrogate.pipeline.train`` (mode all) on the
+generated cases in DATA into RUN."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import fabml  # noqa: F401  (the torchvision shim)
+from fabml.data.synthetic_simulation import SyntheticSimulation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tiny_surrogate import N_CASES, tiny_config  # noqa: E402
+
+from fabml.surrogate.pipeline import train  # noqa: E402
+
+if __name__ == "__main__":
+    data_dir, run = Path(sys.argv[1]), Path(sys.argv[2])
+    data = SyntheticSimulation(data_dir / "fields.npy", data_dir / "params.csv", data_dir / "images", N_CASES)
+    report = train(tiny_config(data), run, "all")
+    print(f"rank done: {report.result.epochs_completed} epochs, trained {','.join(report.trained)}, "
+          f"model {'written' if report.model_path else 'not written'}")

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-wafer bench-anomaly bench-retrieval clean
+.PHONY: demo test install bench-wafer bench-anomaly bench-retrieval bench-surrogate clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PYTHON)': set PYTHON=/path/to/python3.11"; exit 1; }
@@ -31,6 +31,11 @@ bench-anomaly: $(STAMP)
 # about 35 minutes on 2 CPU cores: GroceryStore and magnetic-tile defect types, frozen / softmax / ArcFace
 bench-retrieval: $(STAMP)
 	$(PY) benchmarks/retrieval_grocery.py
+
+# about 45 minutes on 2 CPU cores: Darcy 16x16 (CNN / ViT e2e, VAE floor, ridge, kernel ridge), neuraloperator's FNO
+# from its own environment (NEURALOP_PYTHON; see benchmarks/fno_darcy_peer.py) and an 8 GB lazy-mode scale check
+bench-surrogate: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) benchmarks/surrogate_darcy.py
 
 clean:
 	rm -rf $(VENV) outputs

@@ -137,3 +137,21 @@ def test_a_finished_mode_run_again_continues_without_training(data: SyntheticSim
     report = train(tiny_config(data), run, "vae")
     assert report.result.epochs_completed == 2 and len(pd.read_csv(run / "train" / "vae" / "metrics.csv")) == 2
     assert _same_state(before, _model(run)["vae"])
+
+
+def test_default_config_file_is_the_seed_defaults_and_mode_all_stages_come_from_each_section() -> None:
+    from fabml.config import load_config, to_dict
+    from fabml.surrogate.config import SurrogateConfig
+    from fabml.surrogate.pipeline import mode_train_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    assert to_dict(load_config(SurrogateConfig, configs / "surrogate_default.yaml")) == to_dict(SurrogateConfig())
+    cfg = load_config(SurrogateConfig, configs / "surrogate_cpu.yaml", ["train_vae.early_stop_patience=5",
+                                                                         "eval.validate_every=3", "seed=7"])
+    tcfg, notes = mode_train_config(cfg, "all")
+    assert [(s.name, s.epochs, s.lr, s.trainable) for s in tcfg.stages] == [
+        ("vae", 100, 0.002, ["vae"]), ("conditioner", 100, 0.002, ["conditioner"]), ("e2e", 50, 0.0005, ["conditioner"])]
+    assert tcfg.early_stop_patience == 0 and any("early_stop_patience" in n for n in notes)
+    assert tcfg.max_minutes == 60 and tcfg.validate_every == 3 and tcfg.seed == 7
+    single, _ = mode_train_config(load_config(SurrogateConfig, None, ["train_e2e.validate_every=2"]), "e2e")
+    assert single.validate_every == 2 and single.lr == 1e-4 and not single.stages

@@ -21,7 +21,8 @@ Modes (:mod:`fabml.surrogate.method` has the losses):
   and lr from ``train_vae`` / ``train_conditioner`` / ``train_e2e``; trainable ``vae``, then
   ``conditioner``, then ``conditioner``); the conditioner stage takes its targets from the frozen encoder's
   means of each batch. Everything else (batch size, precision, device, clipping, ...) comes from
-  ``train_vae``; early stopping is off (it would end the run inside the vae stage).
+  ``train_vae``; early stopping is off (it would end the run inside the vae stage) and the time budget is the
+  sum of the three sections' ``max_minutes`` (when each has one).
 
 Validation (every ``eval.validate_every`` epochs and in each stage's last epoch) computes the stage's loss
 on the val split without sampling (``val_loss``, the monitor); ``eval.overfit_ratio`` warns once when
@@ -115,6 +116,11 @@ def mode_train_config(cfg: SurrogateConfig, mode: str) -> tuple[TrainConfig, lis
                     ("e2e", cfg.train_e2e, "conditioner"))
         tcfg.stages = [StageConfig(name=name, epochs=int(section.epochs), lr=float(section.lr), trainable=[module])
                        for name, section, module in sections]
+        budgets = [float(section.max_minutes) for _, section, _ in sections]
+        tcfg.max_minutes = sum(budgets) if all(b > 0 for b in budgets) else 0.0
+        if any(b > 0 for b in budgets) and not tcfg.max_minutes:
+            notes.append("train_*.max_minutes is not used in mode all unless every mode has a budget (their sum "
+                         "is the run's)")
         if tcfg.early_stop_patience:
             notes.append(f"train_vae.early_stop_patience={tcfg.early_stop_patience} is not used in mode all "
                          "(it would end the run inside the vae stage); train the modes one by one to stop each early")

@@ -23,7 +23,7 @@ SizeOpt = Annotated[Optional[int], typer.Option(help="Square image size (sets da
 
 @app.command()
 def fit(
-    model: Annotated[str, typer.Option(help="patchcore | padim | stfpm | fastflow | draem | efficient_ad | autoencoder")],
+    model: Annotated[str, typer.Option(help="patchcore | padim | stfpm | fastflow | draem | draem_severity | efficient_ad | autoencoder")],
     data: DataOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/anomaly/MODEL).")] = None,
     image_size: SizeOpt = None,
@@ -56,14 +56,17 @@ def predict(
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write normalised maps (maps.npz).")] = False,
     overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlays.png.")] = True,
 ) -> None:
-    """Score images: normalised score (threshold 0.5), pass/fail, 5-level grade, defect area; writes predictions.csv."""
+    """Score images: normalised score (threshold 0.5), pass/fail, 5-level grade, defect area (and severity, for a
+    model with a severity head); writes predictions.csv."""
     from fabml.anomaly.pipeline import predict as predict_run
 
     out = out or run / "predictions"
     result = predict_run(run, inputs, out, overlays=overlays, save_maps=save_maps)
-    print_table(["image", "score", "decision", "grade"],
+    severity = "severity" in result.table.columns
+    print_table(["image", "score", "decision", "grade", *(["severity"] if severity else [])],
                 [[Path(row["path"]).name, row["score"], "FAIL" if row["anomalous"] else "pass",
-                  f"{row['grade']} {row['grade_name']}"] for _, row in result.table.head(20).iterrows()])
+                  f"{row['grade']} {row['grade_name']}", *([row["severity"]] if severity else [])]
+                 for _, row in result.table.head(20).iterrows()])
     if len(result.table) > 20:
         console.print(f"(first 20 of {len(result.table)} images; all in predictions.csv)")
     n_fail = int(result.table["anomalous"].sum())
@@ -106,7 +109,8 @@ def export(
 
     report = export_run(run, out, samples, tolerance)
     console.print(f"wrote {report.path}")
-    console.print(f"max |ONNX - torch|: score {report.max_score_diff:.2e}, map {report.max_map_diff:.2e} "
+    severity = "" if report.max_severity_diff is None else f", severity {report.max_severity_diff:.2e}"
+    console.print(f"max |ONNX - torch|: score {report.max_score_diff:.2e}, map {report.max_map_diff:.2e}{severity} "
                   f"on {report.n_images} images -> {report.parity}")
 
 
@@ -129,3 +133,31 @@ def compare(
     rows = compare_runs(base, per_model, out)
     print_table(["model", *COLUMNS], compare_rows(rows))
     console.print(f"-> {out / 'compare.md'}")
+
+
+@app.command()
+def ablation(
+    model: Annotated[str, typer.Option(help="The model every combination trains, e.g. draem_severity.")],
+    grid: Annotated[list[str], typer.Option("--grid", "-g", help="An axis KEY=V1,V2 (repeat for more axes); a key "
+                                            "without a config section is a model setting: severity_input_mode=a,b")],
+    data: DataOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder for the runs, the table and the figure.")] = Path("runs/anomaly-ablation"),
+    image_size: SizeOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    faults: Annotated[int, typer.Option(help="Held-out synthetic faults of known severity for MAE and Spearman.")] = 500,
+    fault_seed: Annotated[int, typer.Option(help="Seed of the held-out synthetic faults.")] = 0,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Each run's evaluation figures too.")] = False,
+) -> None:
+    """Train every combination of the --grid axes on one split, each in its own process; one table and one figure.
+
+    Detection metrics on the real test set, severity MAE and Spearman on held-out synthetic faults, training time:
+    OUT/ablation.md, .csv, .json and ablation.png.
+    """
+    from fabml.anomaly.ablation import ablation as run_ablation, parse_grid, table_rows
+
+    axes = parse_grid(grid)
+    base = anomaly_config(config, set_, model, data, image_size)
+    rows = run_ablation(base, axes, out, n_faults=faults, fault_seed=fault_seed, figures=figures)
+    print_table(*table_rows(rows, [k for k, _ in axes]))
+    console.print(f"-> {out / 'ablation.md'}, {out / 'ablation.png'}")

@@ -1,7 +1,8 @@
 """Fit several models on one split and put their metrics and costs in one table.
 
 Each model is fitted and evaluated in its own spawned process, so its peak memory
-(VmHWM) is its own and one model's failure does not stop the others.
+(VmHWM) is its own and one model's failure does not stop the others. The ablation runner
+(:mod:`fabml.anomaly.ablation`) uses the same child process, with an extra measurement.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import multiprocessing as mp
 import queue as queue_module
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fabml.anomaly.config import AnomalyConfig
 from fabml.config import from_dict, to_dict
@@ -21,8 +22,12 @@ COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold", "
            "infer_ms_per_image", "model_mb", "peak_rss_mb")
 
 
-def _fit_and_evaluate(cfg_dict: dict[str, Any], run_dir: str, queue: Any) -> None:
-    """Child process: fit, evaluate, send one row (or the error line) back."""
+ExtraMeasure = Callable[[str], dict[str, Any]]
+
+
+def _fit_and_evaluate(cfg_dict: dict[str, Any], run_dir: str, queue: Any, extra: ExtraMeasure | None = None,
+                      figures: bool = True) -> None:
+    """Child process: fit, evaluate (+ ``extra(run_dir)``'s entries), send one row (or the error line) back."""
     try:
         from fabml.anomaly.pipeline import evaluate, fit
         from fabml.engine.hardware import peak_rss_mb
@@ -30,7 +35,7 @@ def _fit_and_evaluate(cfg_dict: dict[str, Any], run_dir: str, queue: Any) -> Non
         cfg = from_dict(AnomalyConfig, cfg_dict)
         report = fit(cfg, run_dir, fresh=True)
         fit_rss = peak_rss_mb()
-        evaluation = evaluate(run_dir)
+        evaluation = evaluate(run_dir, figures=figures)
         metrics = evaluation.metrics
         row = {key: metrics.get(key) for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")}
         row.update(
@@ -44,16 +49,24 @@ def _fit_and_evaluate(cfg_dict: dict[str, Any], run_dir: str, queue: Any) -> Non
             notes=metrics.get("notes", []),
             per_type=evaluation.per_type,
         )
+        if extra is not None:
+            row.update(extra(run_dir))
         queue.put(row)
     except Exception as err:  # report any failure as one line for the table; the other models go on
         queue.put({"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
 
 
-def run_in_child(cfg: AnomalyConfig, run_dir: Path) -> dict[str, Any]:
-    """Fit + evaluate ``cfg`` in a spawned process and return its row."""
+def run_in_child(cfg: AnomalyConfig, run_dir: Path, extra: ExtraMeasure | None = None,
+                 figures: bool = True) -> dict[str, Any]:
+    """Fit + evaluate ``cfg`` in a spawned process and return its row.
+
+    ``extra``: a picklable function (module level, or a ``functools.partial`` of one) called in the child
+    with the run folder after the evaluation; its entries are added to the row. ``figures``: whether the
+    evaluation writes its PNG figures (``RUN/evaluation/``).
+    """
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_fit_and_evaluate, args=(to_dict(cfg), str(run_dir), queue))
+    process = context.Process(target=_fit_and_evaluate, args=(to_dict(cfg), str(run_dir), queue, extra, figures))
     process.start()
     while True:
         try:

@@ -3,7 +3,8 @@
 The graph takes ``image``: float32 ``[B, C, H, W]`` with raw pixel values in [0, 255] at any
 height and width (resized inside to the fitted size, bilinear), and returns
 ``score`` ``[B]`` (normalised: threshold = 0.5), ``anomaly_map`` ``[B, 1, h, w]`` (normalised,
-at the fitted size) and ``raw_score`` ``[B]``. The export is checked against the torch model on
+at the fitted size) and ``raw_score`` ``[B]``, plus ``severity`` ``[B]`` (the predicted fault severity,
+unnormalised) for a model with a severity head (``draem_severity``). The export is checked against the torch model on
 sample images; a difference above ``tolerance`` is an error. The check's figures are written beside
 the model as ``<name>.parity.json`` (see :func:`parity_path`). Export and check are
 :mod:`fabml.onnx_export`, shared with the other jobs.
@@ -38,11 +39,14 @@ class DeployModel(nn.Module):
         span = torch.clamp(high - low, min=1e-12)
         return torch.clamp((x - threshold) / span + 0.5, 0.0, 1.0)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False) / 255.0
-        raw_score, raw_map = self.model(x)
+        out = self.model(x)
+        raw_score, raw_map = out.pred_score, out.anomaly_map
         score = self._normalise(raw_score, self.image_threshold, self.image_min, self.image_max)
         amap = self._normalise(raw_map, self.pixel_threshold, self.pixel_min, self.pixel_max)
+        if getattr(self.model, "has_severity", False):
+            return score, amap, raw_score, out.pred_severity
         return score, amap, raw_score
 
 
@@ -51,7 +55,8 @@ class ExportReport:
     """What :func:`export_onnx` wrote and how closely ONNX Runtime matched torch.
 
     max_score_diff: max over the sample images of ``|score_onnx - score_torch|`` (normalised score, unitless);
-    max_map_diff: the same for the normalised anomaly map (max over pixels too); parity: the JSON file
+    max_map_diff: the same for the normalised anomaly map (max over pixels too); max_severity_diff: the same for
+    the predicted severity (severity units; None for a model without a severity head); parity: the JSON file
     holding these figures.
     """
 
@@ -61,20 +66,27 @@ class ExportReport:
     n_images: int
     tolerance: float = 1e-4
     parity: Path | None = None
+    max_severity_diff: float | None = None
 
 
 def export_onnx(fitted: FittedModel, path: str | Path, samples: torch.Tensor, tolerance: float = 1e-4) -> ExportReport:
     """Write the ONNX file and compare its outputs with torch on ``samples`` ``[N, C, H, W]`` in [0, 255]."""
     path = Path(path)
     deploy = DeployModel(fitted.model.cpu(), fitted.normalizer, fitted.image_size).eval()
+    severity = bool(getattr(fitted.model, "has_severity", False))
+    outputs = ["score", "anomaly_map", "raw_score", *(["severity"] if severity else [])]
+    checked = ["score", "anomaly_map", *(["severity"] if severity else [])]
     diffs = export_checked(
-        deploy, samples, path, "image", ["score", "anomaly_map", "raw_score"],
-        {"image": {0: "batch", 2: "height", 3: "width"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"},
-         "raw_score": {0: "batch"}},
-        what=fitted.name, tolerance=tolerance, checked=["score", "anomaly_map"],
+        deploy, samples, path, "image", outputs,
+        {"image": {0: "batch", 2: "height", 3: "width"}, **{name: {0: "batch"} for name in outputs}},
+        what=fitted.name, tolerance=tolerance, checked=checked,
     )
     score_diff, map_diff = diffs["score"], diffs["anomaly_map"]
-    report = ExportReport(path, score_diff, map_diff, int(len(samples)), float(tolerance), parity_path(path))
-    write_parity(path, {"model": fitted.name, "n_images": report.n_images, "max_score_diff": score_diff,
-                        "max_map_diff": map_diff, "tolerance": report.tolerance})
+    report = ExportReport(path, score_diff, map_diff, int(len(samples)), float(tolerance), parity_path(path),
+                          diffs.get("severity"))
+    figures = {"model": fitted.name, "n_images": report.n_images, "max_score_diff": score_diff,
+               "max_map_diff": map_diff, "tolerance": report.tolerance}
+    if severity:
+        figures["max_severity_diff"] = diffs["severity"]
+    write_parity(path, figures)
     return report

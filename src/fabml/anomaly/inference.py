@@ -18,7 +18,8 @@ class ScoredSet:
     """Raw model outputs for a set of images, in loader order.
 
     scores: ``[N]`` raw image scores; maps: ``[N, H, W]`` float32 raw pixel scores (or None when
-    not kept); labels: ``[N]`` 0/1; masks: ``[N, H, W]`` uint8 {0,1}; indices: ``[N]`` dataset indices.
+    not kept); labels: ``[N]`` 0/1; masks: ``[N, H, W]`` uint8 {0,1}; indices: ``[N]`` dataset indices;
+    severities: ``[N]`` predicted fault severities of a model with a severity head (``pred_severity``), else None.
     """
 
     scores: np.ndarray
@@ -26,6 +27,7 @@ class ScoredSet:
     labels: np.ndarray
     masks: np.ndarray
     indices: np.ndarray
+    severities: np.ndarray | None = None
 
 
 def track_batches(loader: Iterable, description: str, total: int | None = None) -> Iterable:
@@ -43,7 +45,7 @@ def score_batches(
 ) -> ScoredSet:
     """Run ``model`` (eval mode) over every batch; NaN outputs raise a one-line TrainingError."""
     model.eval()
-    scores, maps, labels, masks, indices = [], [], [], [], []
+    scores, maps, labels, masks, indices, severities = [], [], [], [], [], []
     total = len(loader) if hasattr(loader, "__len__") else None
     for batch in track_batches(loader, description, total):
         out = model(batch["image"].to(device))
@@ -54,6 +56,9 @@ def score_batches(
                 "train.lr or check the training images"
             )
         scores.append(score.numpy())
+        severity = getattr(out, "pred_severity", None)
+        if severity is not None:
+            severities.append(severity.float().cpu().numpy())
         if keep_maps:
             maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
         labels.append(batch["label"].numpy())
@@ -67,4 +72,5 @@ def score_batches(
         labels=np.concatenate(labels),
         masks=np.concatenate(masks),
         indices=np.concatenate(indices),
+        severities=np.concatenate(severities) if severities else None,
     )

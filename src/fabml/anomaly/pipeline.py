@@ -173,7 +173,7 @@ def _calibrate_and_save(run: RunFolder, cfg: AnomalyConfig, split: Any, method: 
 class Predictions:
     """Normalised outputs for a set of images (threshold at 0.5), plus the raw ones."""
 
-    table: pd.DataFrame  # path, defect_type, label, raw_score, score, anomalous, grade, grade_name
+    table: pd.DataFrame  # path, defect_type, label, raw_score, score, anomalous, grade, grade_name[, severity]
     scored: ScoredSet
     maps: np.ndarray | None  # [N, H, W] normalised maps in [0, 1]
     infer_ms_per_image: float
@@ -203,6 +203,8 @@ def run_predictions(fitted: FittedModel, records: list[ImageRecord], batch_size:
         "grade": grades,
         "grade_name": [GRADE_NAMES[g] for g in grades],
     })
+    if scored.severities is not None:  # a model with a severity head: its prediction beside score and grade
+        table["severity"] = scored.severities
     if maps is not None:
         table["defect_area_fraction"] = (maps >= 0.5).reshape(len(maps), -1).mean(axis=1)
     return Predictions(table, scored, maps, ms)

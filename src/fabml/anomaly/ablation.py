@@ -1,0 +1,209 @@
+"""The ablation runner: train every combination of a settings grid on one split, one table and one figure.
+
+``fabml anomaly ablation --model draem_severity --grid severity_input_mode=discriminative_only,multi_modal
+--grid faults.probability=0.3,0.5`` fits every combination (here 2 x 2) on the same split (the split depends
+only on ``data``), each in its own spawned process through :func:`fabml.anomaly.compare.run_in_child`, and
+measures for each:
+
+- detection on the real test set: image AUROC, pixel AUROC, AUPRO (as ``compare``);
+- severity on held-out synthetic faults of known severity (models with a severity head): ``n_faults``
+  faults made by :class:`~fabml.anomaly.cutpaste_faults.CutPasteFaults` (the run's own fault settings,
+  every image faulty) on the normal images of the test split, seeded by ``fault_seed``; the mean absolute
+  error and Spearman's rank correlation (:func:`scipy.stats.spearmanr`) between predicted and true severity;
+- training time (``fit_seconds``).
+
+A grid axis is ``KEY=V1,V2,...`` with each value read as YAML (``[64, 64]`` stays one value: commas inside
+brackets do not split). KEY is any setting: a dotted path that starts with a section of the anomaly config
+(``train.lr``, ``data.image_size``, ``model.severity_weight``, ``seed``) is used as written; any other key is a
+model setting (``severity_input_mode`` = ``model.severity_input_mode``, ``faults.probability`` =
+``model.faults.probability``). Writes ``ablation.json``, ``ablation.csv``, ``ablation.md`` and
+``ablation.png`` in the output folder, and one run folder per combination (``run_00``, ``run_01``, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from fabml.anomaly.compare import run_in_child
+from fabml.anomaly.config import AnomalyConfig
+from fabml.config import apply_overrides, from_dict, to_dict
+from fabml.console import table_lines
+from fabml.errors import ConfigError
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "severity_mae", "severity_spearman", "fit_seconds")
+SECTIONS = {f.name for f in fields(AnomalyConfig)}
+
+
+def split_values(text: str) -> list[str]:
+    """``"a,[1, 2],b"`` -> ``["a", "[1, 2]", "b"]``: split on commas outside brackets and braces."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts]
+
+
+def config_key(key: str) -> str:
+    """The full dotted path of a grid key: as written when it starts with a config section, else under ``model.``."""
+    key = key.strip()
+    return key if key.split(".")[0] in SECTIONS else f"model.{key}"
+
+
+def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """``["severity_input_mode=a,b", "faults.probability=0.3,0.5"]`` -> ``[(full key, [values]), ...]``."""
+    axes: list[tuple[str, list[Any]]] = []
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        values = split_values(raw) if sep else []
+        if not key.strip() or not values or any(v == "" for v in values):
+            raise ConfigError(f"--grid {spec!r} must be KEY=V1,V2,... e.g. --grid faults.probability=0.3,0.5")
+        try:
+            parsed = [yaml.safe_load(v) for v in values]
+        except yaml.YAMLError:
+            raise ConfigError(f"--grid {spec!r}: a value is not valid YAML") from None
+        full = config_key(key)
+        if full == "model.name":
+            raise ConfigError("--grid model.name: the ablation runs one model; use `fabml anomaly compare` for several")
+        if any(full == k for k, _ in axes):
+            raise ConfigError(f"--grid names {full} twice; give each setting once with all its values")
+        axes.append((full, parsed))
+    if not axes:
+        raise ConfigError("the ablation needs at least one --grid KEY=V1,V2,... axis")
+    return axes
+
+
+def grid_configs(base: AnomalyConfig, axes: list[tuple[str, list[Any]]]) -> list[tuple[dict[str, Any], AnomalyConfig]]:
+    """Every combination of the axes (the first axis varies slowest) as ``(settings, config)``; a bad value
+    is a ConfigError naming the setting, before anything is trained."""
+    combos = []
+    for values in itertools.product(*(vals for _, vals in axes)):
+        settings = {key: value for (key, _), value in zip(axes, values)}
+        data = apply_overrides(to_dict(base), [f"{key}={json.dumps(value)}" for key, value in settings.items()])
+        cfg = from_dict(AnomalyConfig, data)
+        _check_model_settings(cfg)
+        combos.append((settings, cfg))
+    return combos
+
+
+def _check_model_settings(cfg: AnomalyConfig) -> None:
+    """Build the model config (not the model) so an unknown or invalid model setting fails now."""
+    from fabml.anomaly.models.registry import model_config
+
+    settings = {k: v for k, v in cfg.model.items() if k != "name"}
+    model_config(str(cfg.model.get("name", "")), {**settings, "image_size": list(cfg.data.image_size),
+                                                  "in_chans": cfg.data.channels or 1})
+
+
+def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+    """Severity MAE and Spearman correlation on ``n_faults`` held-out synthetic faults of known severity.
+
+    The faults are pasted by the run's own :class:`CutPasteFaults` settings (probability 1) on the normal images
+    of its test split (the held-out calibration normals when the test split has none), cycling through them;
+    a generator seeded with ``seed`` makes the set the same for every run of an ablation. Returns
+    ``severity_mae`` (severity units), ``severity_spearman`` (NaN when either side is constant) and
+    ``severity_n``; ``{}`` for a model without a severity head.
+    """
+    from scipy.stats import spearmanr
+
+    from fabml.anomaly.cutpaste_faults import CutPasteFaults
+    from fabml.anomaly.pipeline import SPLIT_FILE
+    from fabml.anomaly.runs import load_fitted
+    from fabml.data.anomaly_data import AnomalyImageDataset, read_split
+
+    if n_faults < 2:
+        raise ConfigError(f"n_faults={n_faults}: the severity evaluation needs at least 2 faults")
+    fitted = load_fitted(run_dir, "cpu")
+    model = fitted.model
+    if not getattr(model, "has_severity", False):
+        return {}
+    split = read_split(Path(run_dir) / SPLIT_FILE)
+    normals = [r for r in split.test if r.label == 0] or list(split.val)
+    dataset = AnomalyImageDataset(normals, fitted.image_size, fitted.channels)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    faults = CutPasteFaults(replace(model.config.faults, probability=1.0))
+    generator = torch.Generator().manual_seed(seed)
+    true, pred = [], []
+    with torch.no_grad():
+        for start in range(0, n_faults, batch_size):
+            index = torch.arange(start, min(n_faults, start + batch_size)) % len(images)
+            batch = faults(images[index], generator)
+            true.append(batch.severity.numpy())
+            pred.append(model(batch.images).pred_severity.float().numpy())
+    t, p = np.concatenate(true), np.concatenate(pred)
+    rho = float(spearmanr(t, p).statistic) if np.ptp(p) > 0 and np.ptp(t) > 0 else float("nan")
+    return {"severity_mae": float(np.abs(p - t).mean()), "severity_spearman": rho, "severity_n": int(len(t))}
+
+
+def run_label(settings: dict[str, Any]) -> str:
+    """``{"model.severity_input_mode": "x", "train.lr": 0.1}`` -> ``"severity_input_mode=x train.lr=0.1"``."""
+    return " ".join(f"{key.removeprefix('model.')}={value}" for key, value in settings.items())
+
+
+def ablation(base: AnomalyConfig, axes: list[tuple[str, list[Any]]], out_dir: str | Path, n_faults: int = 500,
+             fault_seed: int = 0, figures: bool = False) -> list[dict[str, Any]]:
+    """Fit and measure every combination of ``axes`` on ``base`` (see the module doc); returns the rows.
+
+    A failed combination's row holds ``error`` (and ``traceback``); the others go on. ``figures``: each run's
+    evaluation also writes its own PNG figures (off by default: the ablation's figure is ``ablation.png``, and
+    ``fabml anomaly evaluate --run OUT/run_NN`` draws them for any run later).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    combos = grid_configs(base, axes)
+    measure = functools.partial(evaluate_severity, n_faults=n_faults, seed=fault_seed)
+    rows: list[dict[str, Any]] = []
+    for i, (settings, cfg) in enumerate(combos):
+        name = f"run_{i:02d}"
+        row = {"run": name, **settings, **run_in_child(cfg, out_dir / name, measure, figures)}
+        rows.append(row)
+        (out_dir / "ablation.json").write_text(json.dumps(rows, indent=2, default=str))
+    write_outputs(rows, [k for k, _ in axes], out_dir)
+    return rows
+
+
+def table_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows of the ablation table: run, each axis, then :data:`METRICS` (or ``failed: ...``)."""
+    headers = ["run", *(k.removeprefix("model.") for k in keys), *METRICS]
+    body = []
+    for row in rows:
+        cells = [row["run"], *(row.get(k) for k in keys)]
+        body.append(cells + [f"failed: {row['error']}"] if "error" in row else cells + [row.get(m) for m in METRICS])
+    return headers, body
+
+
+def write_outputs(rows: list[dict[str, Any]], keys: list[str], out_dir: Path) -> None:
+    """ablation.json (every field), ablation.csv and ablation.md (the table), ablation.png (the figure)."""
+    from fabml.viz.ablation import plot_ablation
+
+    (out_dir / "ablation.json").write_text(json.dumps(rows, indent=2, default=str))
+    headers, body = table_rows(rows, keys)
+    flat = [{"run": r["run"], **{k.removeprefix("model."): r.get(k) for k in keys},
+             **{m: r.get(m) for m in METRICS}, "error": r.get("error", "")} for r in rows]
+    pd.DataFrame(flat).to_csv(out_dir / "ablation.csv", index=False)
+    (out_dir / "ablation.md").write_text("\n".join(table_lines(headers, body)) + "\n")
+    ok = [r for r in rows if "error" not in r]
+    plot_ablation([run_label({k: r.get(k) for k in keys}) for r in ok],
+                  {m: [_number(r.get(m)) for r in ok] for m in METRICS}, out_dir / "ablation.png")
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

@@ -63,7 +63,8 @@ def demo(
 ) -> None:
     """Run each job on generated data (wafer: train, embed, cluster, search, evaluate, report;
     anomaly: fit PatchCore, evaluate, predict, export ONNX; retrieval: split, train, index, evaluate,
-    predict, add a new class without retraining, export ONNX)."""
+    predict, add a new class without retraining, export ONNX; surrogate: train VAE, conditioner and e2e,
+    evaluate, predict with a Monte-Carlo-dropout spread, report)."""
     if job != "all" and job not in JOBS:
         raise ConfigError(f"--job {job!r} is unknown; choose one of: {', '.join(JOBS)}, all")
     names = job_names() if job == "all" else [job]

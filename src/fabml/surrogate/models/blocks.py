@@ -30,15 +30,19 @@ def axis_kernel(size: int) -> tuple[int, int]:
 
 class ResBlock2d(nn.Module):
     """Pre-activation residual block on ``[B, C, A, B']`` keeping shape; ``sizes`` = (A, B') picks
-    the kernel per axis (see :func:`axis_kernel`)."""
+    the kernel per axis (see :func:`axis_kernel`). ``zero_init`` starts the branch's last conv at
+    zero, so each block begins as the identity (faster, steadier early training)."""
 
-    def __init__(self, channels: int, sizes: tuple[int, int]) -> None:
+    def __init__(self, channels: int, sizes: tuple[int, int], zero_init: bool = True) -> None:
         super().__init__()
         (ka, pa), (kb, pb) = axis_kernel(sizes[0]), axis_kernel(sizes[1])
         self.norm1 = group_norm(channels)
         self.conv1 = nn.Conv2d(channels, channels, (ka, kb), padding=(pa, pb))
         self.norm2 = group_norm(channels)
         self.conv2 = nn.Conv2d(channels, channels, (ka, kb), padding=(pa, pb))
+        if zero_init:
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
         self.act = nn.SiLU()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -5,7 +5,7 @@
     h = SiLU(GN(conv3x3(x)))                               [B, W0, S, S]   (W0 = cfg.hidden)
     h = SEResBlock_i(h)                                    x cfg.blocks
     f = AdaptiveAvgPool(h, 4x4).flatten()                  [B, W * 16]  (fewer cells if S < 4 at the end)
-    out = Linear(Dropout(SiLU(Linear(Dropout(f)))))       [B, Z + S*L] -> z, xs
+    out = Linear(Dropout(SiLU(Linear(Dropout(f)))))       [B, Z + S*L] -> z, xs   (inner width W)
 
 A residual block (ResNet "basic" block) is ``SiLU(shortcut(h) + SE(GN(conv(SiLU(GN(conv(h)))))))``
 with spectrally normalised 3x3 convs (Miyato et al. 2018: each conv's largest singular value is
@@ -93,10 +93,10 @@ class CNNConditioner(nn.Module):
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(cfg.dropout),
-            nn.Linear(width * cells * cells, cfg.hidden),
+            nn.Linear(width * cells * cells, width),
             nn.SiLU(),
             nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.hidden, latent_dim_end + stages * latent_dim),
+            nn.Linear(width, latent_dim_end + stages * latent_dim),
         )
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:

@@ -124,6 +124,7 @@ def test_streaming_coreset_size_coverage_and_determinism() -> None:
     proj = random_projection(24, 8, seed=0)
     assert proj is not None and proj.shape == (24, 8)
     assert random_projection(24, 0, 0) is None and random_projection(24, 24, 0) is None
+    assert random_projection(24, 12, 0) is not None and random_projection(24, 13, 0) is None  # halves or nothing
 
     def build(seed: int, oversample: float = 2.0) -> tuple[torch.Tensor, StreamingCoreset]:
         coreset = StreamingCoreset(0.1, chunk=300, projection=proj, seed=seed, oversample=oversample)

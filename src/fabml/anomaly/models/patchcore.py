@@ -55,7 +55,8 @@ class PatchCoreConfig(BackboneModelConfig):
     = strides 8, 16, channels 40 + 112, the mid-level pair the paper takes from WRN-50
     layer2 + layer3). coreset_ratio: fraction of the training patches kept in the bank (1.0 =
     all). projection_dim: dimensions of the fixed Gaussian random projection used only to
-    *select* the coreset (0 = select in the full feature space). num_neighbors: ``b`` of the
+    *select* the coreset (0 = select in the full feature space; also used unless it at least
+    halves the embedding dimension). num_neighbors: ``b`` of the
     re-weighting. reweight: use the paper's re-weighted image score instead of ``pooling``.
     blur_sigma: Gaussian blur of the map in pixels (0 = none). chunk_size: bank rows (and query
     rows) per distance block. coreset_chunk: training patches per greedy k-center run during

@@ -32,6 +32,7 @@ SMALL = {  # per model: settings that keep it small on a CPU
     "stfpm": {"backbone": "resnet18", "layers": [1, 2]},
     "fastflow": {"backbone": "resnet18", "layers": [1, 2], "flow_steps": 2},
     "draem": {"base_width": 8, "disc_base_width": 8},
+    "draem_severity": {"base_width": 8, "disc_base_width": 8, "severity_width": 4},
     "efficient_ad": {"out_channels": 8, "width_scale": 1 / 16},
     "autoencoder": {},
 }

@@ -1,4 +1,4 @@
-"""Visual anomaly detection: seven models on one contract, thresholds, grades, metrics, ONNX export.
+"""Visual anomaly detection: eight models on one contract (one with a fault-severity head), thresholds, grades, metrics, ONNX export.
 
 The public Python API (imported on first use, so ``import fabml.anomaly`` stays light)::
 
@@ -21,6 +21,10 @@ _EXPORTS = {
     "ANOMALY_MODELS": "fabml.anomaly.models",
     "AnomalyModel": "fabml.anomaly.models",
     "AnomalyOutput": "fabml.anomaly.models",
+    "SeverityOutput": "fabml.anomaly.models.base",
+    "CutPasteFaults": "fabml.anomaly.cutpaste_faults",
+    "CutPasteFaultConfig": "fabml.anomaly.cutpaste_faults",
+    "evaluate_severity": "fabml.anomaly.ablation",
     "BackboneModelConfig": "fabml.anomaly.models",
     "COMMON_SETTINGS": "fabml.anomaly.models",
     "PoolingConfig": "fabml.anomaly.models",

@@ -101,11 +101,11 @@ def test_compile_wraps_the_loop_model_and_trains_like_eager(tmp_path: Path, monk
         return real(model, backend="eager")
 
     torch.manual_seed(0)
-    plain = Trainer(ToyMethod(dropout=0.0), toy_config(epochs=2), tmp_path / "plain", toy_dataset()).fit()
+    plain = Trainer(ToyMethod(dropout=0.0), toy_config(epochs=1), tmp_path / "plain", toy_dataset()).fit()
     monkeypatch.setattr(torch, "compile", spy)
     torch.manual_seed(0)
     method = ToyMethod(dropout=0.0)
-    trainer = Trainer(method, toy_config(epochs=2, compile=True), tmp_path / "compiled", toy_dataset())
+    trainer = Trainer(method, toy_config(epochs=1, compile=True), tmp_path / "compiled", toy_dataset())
     compiled = trainer.fit()
     assert calls == [ToyMethod]
     assert [r["loss"] for r in compiled.history] == pytest.approx([r["loss"] for r in plain.history], rel=1e-4)

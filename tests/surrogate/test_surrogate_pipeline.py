@@ -155,3 +155,13 @@ def test_default_config_file_is_the_seed_defaults_and_mode_all_stages_come_from_
     assert tcfg.max_minutes == 60 and tcfg.validate_every == 3 and tcfg.seed == 7
     single, _ = mode_train_config(load_config(SurrogateConfig, None, ["train_e2e.validate_every=2"]), "e2e")
     assert single.validate_every == 2 and single.lr == 1e-4 and not single.stages
+
+
+def test_the_job_tables_builder_reads_the_sizes_from_the_data(data: SyntheticSimulation) -> None:
+    from fabml.jobs import get_job
+
+    method = get_job("surrogate").part("build_method")(tiny_config(data, images=True))
+    assert isinstance(method, SurrogateMethod) and method.train_all  # cfg.mode defaults to all
+    z, xs = method.conditioner(torch.zeros(2, 1, 16, 16))
+    assert z.shape == (2, 32) and xs.shape == (2, method.vae.stages, 8)
+    assert method.vae.decode(z, xs).shape == (2, 1, TIME_STEPS, NODES)

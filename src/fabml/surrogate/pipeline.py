@@ -72,7 +72,6 @@ from fabml.surrogate.runs import (
     build_models,
     load_trained,
     open_run,
-    read_model,
     save_model,
 )
 

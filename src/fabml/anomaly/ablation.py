@@ -173,7 +173,7 @@ def ablation(base: AnomalyConfig, axes: list[tuple[str, list[Any]]], out_dir: st
         row = {"run": name, **settings, **run_in_child(cfg, out_dir / name, measure, figures)}
         rows.append(row)
         (out_dir / "ablation.json").write_text(json.dumps(rows, indent=2, default=str))
-    write_outputs(rows, [k for k, _ in axes], out_dir)
+    write_outputs(rows, [k for k, _ in axes], out_dir, f"ablation of {base.model.get('name')}: {len(rows)} combinations")
     return rows
 
 
@@ -187,7 +187,7 @@ def table_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], 
     return headers, body
 
 
-def write_outputs(rows: list[dict[str, Any]], keys: list[str], out_dir: Path) -> None:
+def write_outputs(rows: list[dict[str, Any]], keys: list[str], out_dir: Path, title: str = "ablation") -> None:
     """ablation.json (every field), ablation.csv and ablation.md (the table), ablation.png (the figure)."""
     from fabml.viz.ablation import plot_ablation
 
@@ -199,7 +199,7 @@ def write_outputs(rows: list[dict[str, Any]], keys: list[str], out_dir: Path) ->
     (out_dir / "ablation.md").write_text("\n".join(table_lines(headers, body)) + "\n")
     ok = [r for r in rows if "error" not in r]
     plot_ablation([run_label({k: r.get(k) for k in keys}) for r in ok],
-                  {m: [_number(r.get(m)) for r in ok] for m in METRICS}, out_dir / "ablation.png")
+                  {m: [_number(r.get(m)) for r in ok] for m in METRICS}, out_dir / "ablation.png", title)
 
 
 def _number(value: Any) -> float:

@@ -140,7 +140,9 @@ class CutPasteFaults:
         """Faults for ``images`` ``[B, C, H, W]`` float in [0, 1]; deterministic given ``generator``."""
         cfg = self.config
         if images.ndim != 4 or not images.is_floating_point():
-            raise DataError(f"CutPasteFaults expects float images [B, C, H, W], got {tuple(images.shape)} {images.dtype}")
+            raise DataError(
+                f"CutPasteFaults expects float images [B, C, H, W], got {tuple(images.shape)} {images.dtype}"
+            )
         b, _, height, width = images.shape
         faulty = images.clone()
         masks = torch.zeros(b, 1, height, width, dtype=images.dtype, device=images.device)

@@ -148,8 +148,8 @@ class DraemSeverityModel(AnomalyModel):
     def severity_inputs(self, images: torch.Tensor, reconstruction: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The ``[B, c, H, W]`` stack the severity network reads in the configured mode."""
         maps = {"image": images, "reconstruction": reconstruction, "error": (images - reconstruction).abs()}
-        stack = torch.cat([torch.softmax(logits, dim=1), *(maps[k] for k in INPUT_MODES[self.config.severity_input_mode])],
-                          dim=1)
+        extra = [maps[k] for k in INPUT_MODES[self.config.severity_input_mode]]
+        stack = torch.cat([torch.softmax(logits, dim=1), *extra], dim=1)
         return stack.detach() if self.config.severity_detach else stack
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | SeverityOutput:

@@ -115,7 +115,8 @@ def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, b
 
     The faults are pasted by the run's own :class:`CutPasteFaults` settings (probability 1) on the normal images
     of its test split (the held-out calibration normals when the test split has none), cycling through them;
-    a generator seeded with ``seed`` makes the set the same for every run of an ablation. Returns
+    a generator seeded with ``seed`` (on the CPU) makes the set the same for every run of an ablation and on any
+    device; the model runs on the best device available. Returns
     ``severity_mae`` (severity units), ``severity_spearman`` (NaN when either side is constant) and
     ``severity_n``; ``{}`` for a model without a severity head.
     """
@@ -125,10 +126,12 @@ def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, b
     from fabml.anomaly.pipeline import SPLIT_FILE
     from fabml.anomaly.runs import load_fitted
     from fabml.data.anomaly_data import AnomalyImageDataset, read_split
+    from fabml.engine.hardware import resolve_device
 
     if n_faults < 2:
         raise ConfigError(f"n_faults={n_faults}: the severity evaluation needs at least 2 faults")
-    fitted = load_fitted(run_dir, "cpu")
+    device = resolve_device("auto")
+    fitted = load_fitted(run_dir, device)
     model = fitted.model
     if not getattr(model, "has_severity", False):
         return {}
@@ -144,7 +147,7 @@ def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, b
             index = torch.arange(start, min(n_faults, start + batch_size)) % len(images)
             batch = faults(images[index], generator)
             true.append(batch.severity.numpy())
-            pred.append(model(batch.images).pred_severity.float().numpy())
+            pred.append(model(batch.images.to(device)).pred_severity.float().cpu().numpy())
     t, p = np.concatenate(true), np.concatenate(pred)
     rho = float(spearmanr(t, p).statistic) if np.ptp(p) > 0 and np.ptp(t) > 0 else float("nan")
     return {"severity_mae": float(np.abs(p - t).mean()), "severity_spearman": rho, "severity_n": int(len(t))}

@@ -165,3 +165,15 @@ def test_the_job_tables_builder_reads_the_sizes_from_the_data(data: SyntheticSim
     z, xs = method.conditioner(torch.zeros(2, 1, 16, 16))
     assert z.shape == (2, 32) and xs.shape == (2, method.vae.stages, 8)
     assert method.vae.decode(z, xs).shape == (2, 1, TIME_STEPS, NODES)
+
+
+def test_lazy_and_preloaded_data_and_gradient_checkpointing_train_the_same_vae(data: SyntheticSimulation,
+                                                                               tmp_path: Path) -> None:
+    runs = {"lazy": ["data.load_all=false"], "preloaded": ["data.load_all=true"],
+            "checkpointed": ["data.load_all=false", "vae.gradient_checkpointing=true"]}
+    reports = {name: train(tiny_config(data, extra=extra), tmp_path / name, "vae") for name, extra in runs.items()}
+    assert not reports["lazy"].preload and reports["preloaded"].preload
+    states = {name: _model(tmp_path / name)["vae"] for name in runs}
+    assert _same_state(states["lazy"], states["preloaded"])
+    for key, value in states["lazy"].items():
+        assert torch.allclose(value, states["checkpointed"][key], atol=1e-5), key

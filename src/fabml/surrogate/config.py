@@ -61,7 +61,7 @@ class SurrogateDataConfig:
     time_indices: list[int] = field(default_factory=list)
     node_stride: int = 1
     node_indices: list[int] = field(default_factory=list)
-    load_all: str = "auto"
+    load_all: str | bool = "auto"  # auto | true | false (YAML reads true/false as booleans)
     memory_budget_gb: float = 4.0
     scale_range: float = 0.7
     image_size: int = 64

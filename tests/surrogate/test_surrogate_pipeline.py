@@ -71,6 +71,15 @@ def test_modes_vae_conditioner_e2e_train_in_sequence_and_predict(data: Synthetic
     truth = np.load(data.fields)
     assert fields.min() >= truth.min() - 1.0 and fields.max() <= truth.max() + 1.0  # original units, not scaled
 
+    table = pd.read_csv(data.params_csv)
+    shuffled = tmp_path / "shuffled.csv"
+    table[list(reversed(table.columns))].to_csv(shuffled, index=False)  # same parameters, other column order
+    reordered = predict(run, shuffled, tmp_path / "shuffled")
+    assert np.array_equal(np.load(reordered.fields_path), fields) and reordered.notes
+    table.drop(columns=[table.columns[-1]]).to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(DataError, match="columns"):
+        predict(run, tmp_path / "short.csv")
+
 
 def test_mode_all_with_images_runs_the_three_stages_and_predict_spread(data: SyntheticSimulation,
                                                                         tmp_path: Path) -> None:

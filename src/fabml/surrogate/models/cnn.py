@@ -4,7 +4,7 @@
 
     h = SiLU(GN(conv3x3(x)))                               [B, W0, S, S]   (W0 = cfg.hidden)
     h = SEResBlock_i(h)                                    x cfg.blocks
-    f = AdaptiveAvgPool(h, 4x4).flatten()                  [B, W * 16]  (fewer cells if S < 4 at the end)
+    f = AdaptiveAvgPool(h, 4x4).flatten()                  [B, W * 16]  (W = last block's width; fewer cells if S < 4)
     out = Linear(Dropout(SiLU(Linear(Dropout(f)))))       [B, Z + S*L] -> z, xs   (inner width W)
 
 A residual block (ResNet "basic" block) is ``SiLU(shortcut(h) + SE(GN(conv(SiLU(GN(conv(h)))))))``
@@ -16,8 +16,11 @@ Pooling to a 4x4 grid rather than a single cell keeps where things are in the im
 field depends on. The two dropouts are plain :class:`torch.nn.Dropout` (``cfg.dropout``; Monte-Carlo
 dropout at predict time).
 
-Cost per image: about ``9 * sum_i C_i^2 * P_i`` multiply-adds (P_i positions of block i); with
-``hidden = 32`` on 16x16 images ~ 10 M, on 64x64 images ~ 45 M.
+Cost per image (measured with ``torch.utils.flop_counter``, ``blocks = 4``): ``hidden = 32`` on
+16x16 images 17 M multiply-adds and 1.2 M parameters, on 64x64 images 144 M and 1.2 M;
+``hidden = 256`` (the config default, a GPU size) on 64x64 images 9.1 G and 77 M. Roughly
+``9 * sum_i C_i^2 * P_i`` (C_i channels, P_i positions of block i): the cost grows with
+``hidden**2`` and with the image area.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Progressive dropout: block ``i`` (0-based) of ``n`` drops with ``p_i = cfg.dropo
 so the first blocks keep most of the (few) input features and the last one uses the full rate
 (the seed's 0.3). The dropout layers are plain :class:`torch.nn.Dropout`, so putting them in
 training mode at predict time gives Monte-Carlo dropout samples. Inputs are expected standardised
-(``ParamScaler``).
+(``ParamScaler``). The defaults (H = 256, 4 blocks) are 1.1 M parameters.
 """
 
 from __future__ import annotations

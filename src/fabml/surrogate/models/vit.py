@@ -13,7 +13,9 @@ position embedding, one vector per patch. The MLP is ``Linear(D, 4D) -> GELU -> 
 Linear(4D, D)``. Stochastic depth rises linearly over the blocks from 0 to ``cfg.drop_path``.
 The dropouts are plain :class:`torch.nn.Dropout` (``cfg.dropout``; Monte-Carlo dropout at
 predict time). ``image_size`` must be a multiple of ``patch_size`` (16 by default, the seed's;
-use 2 or 4 for 16x16 images). Attention costs ``O(N^2 D)`` per block.
+use 2 or 4 for 16x16 images). Attention costs ``O(N^2 D)`` per block; the defaults (D = 256,
+4 blocks) are 3.2 M parameters and ~50 M multiply-adds per image at 16 patches (64x64 images
+with 16x16 patches, or 16x16 images with 4x4 patches).
 """
 
 from __future__ import annotations

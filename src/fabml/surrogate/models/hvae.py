@@ -354,9 +354,13 @@ class HierarchicalVAE(nn.Module):
         return VAEOutput(recon, enc.mu, enc.logvar, enc.xs_mu, enc.xs_logvar, z, xs)
 
     def describe(self) -> dict[str, object]:
-        """Sizes a user plans memory with: parameters, padded axes, strides and positions per stage."""
+        """Sizes a user plans memory with: parameters, padded axes, strides, positions per stage and
+        the activation estimate of the module docstring (float32 bytes per case kept for the backward
+        pass, without and with gradient checkpointing)."""
         widths = list(reversed(self.filters))
-        positions = [a * b for a, b in self.level_sizes]
+        wp = [w * a * b for w, (a, b) in zip(widths, self.level_sizes)]
+        p0 = self.padded[0] * self.padded[1]
+        kappa = 4 + 12 * self.blocks_per_stage
         return {
             "parameters": sum(p.numel() for p in self.parameters()),
             "layout": self.layout,
@@ -366,5 +370,9 @@ class HierarchicalVAE(nn.Module):
             "strides": [list(s) for s in self.strides],
             "level_sizes": [list(s) for s in self.level_sizes],
             "widths_fine_to_coarse": widths,
-            "sum_width_positions": int(sum(w * p for w, p in zip(widths, positions))),
+            "sum_width_positions": int(sum(wp)),
+            "activation_bytes_per_case": int(4 * (2 * self.in_channels * p0 + kappa * sum(wp))),
+            "activation_bytes_per_case_checkpointed": int(
+                4 * (2 * self.in_channels * p0 + 2 * sum(wp) + kappa / 2 * max(wp))
+            ),
         }

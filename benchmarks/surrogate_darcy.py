@@ -422,10 +422,10 @@ def scale_row(args: argparse.Namespace) -> dict[str, Any]:
 def gpu_estimate() -> dict[str, Any]:
     """Memory arithmetic for the seed's largest case (484 x 200 x 95,008, V = 1) on a 12 GB GPU (an estimate).
 
-    The VAE is built on the ``meta`` device (no memory) for its exact sizes (:meth:`HierarchicalVAE.describe`);
-    activations per case follow the formula in :mod:`fabml.surrogate.models.hvae`:
-    ``4 B * [2 C_in P_0 + kappa sum_i w_i P_i]`` (kappa ~ 14 with one residual block per stage), and with gradient
-    checkpointing ``4 B * [2 C_in P_0 + 2 sum_i w_i P_i + kappa max_i w_i P_i]``.
+    The VAE is built on the ``meta`` device (no memory) for its exact sizes; :meth:`HierarchicalVAE.describe`
+    gives the activation bytes per case kept for the backward pass, ``4 B * [2 C_in P_0 + kappa sum_i w_i P_i]``
+    with kappa = 4 + 12 * blocks measured with saved-tensor hooks (see :mod:`fabml.surrogate.models.hvae`), and the
+    figure with gradient checkpointing.
     """
     from fabml.surrogate.config import VAEConfig
     from fabml.surrogate.models.hvae import HierarchicalVAE
@@ -434,11 +434,6 @@ def gpu_estimate() -> dict[str, Any]:
     with torch.device("meta"):
         vae = HierarchicalVAE(1, t, m, VAEConfig(preset="small"), layout="1d")
     d = vae.describe()
-    p0 = d["padded"][0] * d["padded"][1]
-    wp = [w * a * b for w, (a, b) in zip(d["widths_fine_to_coarse"], d["level_sizes"])]
-    kappa = 7 * (1 + vae.blocks_per_stage)
-    act_full = 4 * (2 * p0 + kappa * sum(wp))
-    act_ckpt = 4 * (2 * p0 + 2 * sum(wp) + kappa * max(wp))
     params = int(d["parameters"])
     return {
         "estimate": True,
@@ -446,9 +441,8 @@ def gpu_estimate() -> dict[str, Any]:
         "dataset_gb": cases * t * m * 4 / 1e9,
         "padded": d["padded"], "strides": d["strides"], "level_sizes": d["level_sizes"],
         "parameters": params, "weights_and_adamw_gb": params * 16 / 1e9,
-        "activations_gb_per_case_fp32": act_full / 1e9,
-        "activations_gb_per_case_fp32_checkpointed": act_ckpt / 1e9,
-        "activations_gb_per_case_bf16_checkpointed": act_ckpt / 2e9,
+        "activations_gb_per_case_fp32": int(d["activation_bytes_per_case"]) / 1e9,
+        "activations_gb_per_case_fp32_checkpointed": int(d["activation_bytes_per_case_checkpointed"]) / 1e9,
     }
 
 
@@ -670,7 +664,11 @@ def main() -> None:
 def gpu_lines(g: dict[str, Any]) -> list[str]:
     free = 12.0 - g["weights_and_adamw_gb"] - 1.0  # 1 GB for the CUDA context, allocator slack and the batch itself
     fp32, bf16 = g["activations_gb_per_case_fp32"], g["activations_gb_per_case_fp32"] / 2
-    b32, b16 = int(free // fp32), int(free // bf16)
+    ck32 = g["activations_gb_per_case_fp32_checkpointed"]
+    ck16 = ck32 / 2
+    b32, b16, c16 = int(free // fp32), int(free // bf16), int(free // ck16)
+    best = max(b16, c16)
+    use_ckpt = c16 > b16
     return [
         f"The seed's largest data set: {g['case']['cases']} cases x {g['case']['time_steps']} steps x "
         f"{g['case']['nodes']:,} nodes x 1 variable = {g['dataset_gb']:.1f} GB float32: more than a 12 GB card and "
@@ -679,14 +677,15 @@ def gpu_lines(g: dict[str, Any]) -> list[str]:
         f"The VAE (`small`, filters 1024-512-256-128, {g['parameters'] / 1e6:.1f} M parameters) pads a case to "
         f"{g['padded'][0]} x {g['padded'][1]} (strides per stage {g['strides']}, levels {g['level_sizes']}). "
         f"Memory arithmetic: weights + gradients + AdamW moments = 16 B x {g['parameters'] / 1e6:.1f} M = "
-        f"{g['weights_and_adamw_gb']:.2f} GB; activations kept for the backward pass ~ 4 B x [2 P_0 + 14 sum_i w_i P_i] "
-        f"= {fp32:.2f} GB per case in fp32, ~{bf16:.2f} GB with bf16 autocast; per-stage gradient checkpointing "
-        f"does not help here ({g['activations_gb_per_case_fp32_checkpointed']:.2f} GB per case in fp32: the finest "
-        f"stage dominates and is recomputed whole). With ~{free:.1f} GB left after weights and ~1 GB of CUDA "
-        f"context: batch {b32} per step in fp32, {b16} in bf16.",
+        f"{g['weights_and_adamw_gb']:.2f} GB; activations kept for the backward pass ~ 4 B x [2 P_0 + 16 sum_i w_i P_i] "
+        f"(kappa = 16 measured for `small`) = {fp32:.2f} GB per case in fp32, ~{bf16:.2f} GB with bf16 autocast; "
+        f"with per-stage gradient checkpointing {ck32:.2f} GB in fp32, ~{ck16:.2f} GB in bf16. With ~{free:.1f} GB "
+        f"left after the weights and ~1 GB of CUDA context: batch {b32} per step in fp32, {b16} in bf16, {c16} in bf16 "
+        f"with checkpointing.",
         f"Settings for a 12 GB GPU (estimate, not measured): `train_vae.precision=bf16` (fp16 on cards without "
-        f"bf16), `train_vae.batch_size={max(1, min(b16, 4))}` with `train_vae.grad_accum_steps="
-        f"{max(1, 16 // max(1, min(b16, 4)))}` (effective batch 16), `vae.gradient_checkpointing=false`, "
+        f"bf16), `train_vae.batch_size={max(1, min(best, 8))}` with `train_vae.grad_accum_steps="
+        f"{max(1, 16 // max(1, min(best, 8)))}` (effective batch 16), "
+        f"`vae.gradient_checkpointing={'true' if use_ckpt else 'false'}`, "
         f"`data.load_all=false`, `train_vae.num_workers=4` (lazy reads of {g['case']['time_steps'] * g['case']['nodes'] * 4 / 1e6:.0f} MB "
         f"per case overlap the GPU); if that does not fit, `data.node_stride=2` halves the activations.",
     ]

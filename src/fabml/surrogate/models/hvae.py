@@ -28,14 +28,17 @@ is padded (replicate) to a multiple of ``2**k`` per axis and the output cropped 
 M work. A 3-tap kernel on an axis of size 1 is replaced by a 1-tap one.
 
 Latents. The main latent ``z`` (``latent_dim_end``) comes from the flattened deepest features;
-the hierarchical latent of stage ``i`` (``latent_dim``) from that stage's globally averaged
-features: ``xs`` is ``[B, S, L]`` with ``xs[:, i]`` belonging to stage ``i`` (0 = finest). The
-decoder maps ``z`` to the deepest feature map and reconstructs progressively; at each level it
-injects that level's hierarchical latent as a FiLM skip connection
-``h <- h * (1 + gamma(xs_i)) + beta(xs_i)`` (``gamma``, ``beta`` linear, zero-initialised),
-then residual blocks, then a transposed conv up to the next finer level. The output layer is
-linear (no tanh): data scaled to [-0.7, 0.7] sits well inside the range a linear output reaches,
-and a tanh would flatten the gradient near the extremes of the data.
+the hierarchical latent of stage ``i`` (``latent_dim``) from that stage's features averaged onto
+a coarse grid of at most 4 x 4 cells (so it can say *where* as well as *how much*): ``xs`` is
+``[B, S, L]`` with ``xs[:, i]`` belonging to stage ``i`` (0 = finest). The decoder maps ``z`` to
+the deepest feature map and reconstructs progressively; at each level it injects that level's
+hierarchical latent as a skip connection
+``h <- h * (1 + gamma(xs_i)) + beta(xs_i) + up(paint(xs_i))`` (FiLM ``gamma``/``beta`` per
+channel, and ``paint`` a linear map to a <= 4 x 4 grid of channel values, bilinearly upsampled to
+the level's resolution; all zero-initialised, so a fresh decoder starts from ``z`` alone), then
+residual blocks, then a transposed conv up to the next finer level. The output layer is linear
+(no tanh): data scaled to [-0.7, 0.7] sits well inside the range a linear output reaches, and a
+tanh would flatten the gradient near the extremes of the data.
 
 Size. With ``P_0 = A_pad * B_pad`` padded positions, ``P_i`` the positions after stage ``i``
 and ``w_i`` its width, the tensors kept for the backward pass per case (float32) are::
@@ -76,6 +79,8 @@ VAE_PRESETS: dict[str, tuple[list[int], int]] = {
 }
 #: an axis longer than this many positions at the bottleneck gets larger strides
 MAX_BOTTLENECK = 4
+#: the hierarchical latents see / paint a grid of at most this many cells per axis
+LATENT_CELLS = 4
 #: logvar heads are clamped to this range before use (exp stays finite in fp16 and fp32)
 LOGVAR_RANGE = (-30.0, 20.0)
 
@@ -172,8 +177,11 @@ class DecoderLevel(nn.Module):
     ):
         super().__init__()
         self.film = nn.Linear(latent_dim, 2 * width)
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)
+        self.cells = (min(LATENT_CELLS, in_sizes[0]), min(LATENT_CELLS, in_sizes[1]))
+        self.paint = nn.Linear(latent_dim, width * self.cells[0] * self.cells[1])
+        for lin in (self.film, self.paint):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
         self.blocks = nn.Sequential(*[ResBlock2d(width, in_sizes) for _ in range(blocks)])
         self.act = nn.SiLU()
         (ka, pa), (kb, pb) = _axis_conv(stride[0], out_sizes[0]), _axis_conv(stride[1], out_sizes[1])
@@ -181,7 +189,10 @@ class DecoderLevel(nn.Module):
 
     def forward(self, h: Tensor, xs_i: Tensor) -> Tensor:
         gamma, beta = self.film(xs_i).chunk(2, dim=1)
-        h = h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        coarse = self.paint(xs_i).view(h.shape[0], h.shape[1], *self.cells)
+        if self.cells != tuple(h.shape[2:]):
+            coarse = F.interpolate(coarse, size=h.shape[2:], mode="bilinear", align_corners=False)
+        h = h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None] + coarse
         return self.up(self.act(self.blocks(h)))
 
 
@@ -198,7 +209,11 @@ class Encoder(nn.Module):
         self.stages = nn.ModuleList(
             EncoderStage(chans[i], widths[i], strides[i], sizes[i], sizes[i + 1], blocks) for i in range(len(widths))
         )
-        self.xs_heads = nn.ModuleList(nn.Linear(w, 2 * latent_dim) for w in widths)
+        self.cells = [(min(LATENT_CELLS, a), min(LATENT_CELLS, b)) for a, b in sizes[1:]]
+        self.xs_heads = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(c), nn.Flatten(), nn.Linear(w * c[0] * c[1], 2 * latent_dim))
+            for w, c in zip(widths, self.cells)
+        )
         deepest = widths[-1] * sizes[-1][0] * sizes[-1][1]
         self.head = nn.Linear(deepest, 2 * latent_dim_end)
         self.checkpointing = checkpointing
@@ -211,7 +226,7 @@ class Encoder(nn.Module):
                 h = checkpoint(stage, h, use_reentrant=False)
             else:
                 h = stage(h)
-            xs.append(head(h.mean(dim=(2, 3))))
+            xs.append(head(h))
         mu, logvar = self.head(h.flatten(1)).chunk(2, dim=1)
         xs_mu, xs_logvar = torch.stack(xs, dim=1).chunk(2, dim=2)
         return VAEEncoding(mu, logvar.clamp(*LOGVAR_RANGE), xs_mu, xs_logvar.clamp(*LOGVAR_RANGE))

@@ -223,6 +223,8 @@ def fabml_rows(imported: dict[str, Any], work: Path, args: argparse.Namespace) -
         shutil.copytree(vae_run, run)
         kcfg = base_config(imported["train"], args)
         kcfg.conditioner.kind = kind
+        if kind == "vit":
+            kcfg.conditioner.hidden, kcfg.conditioner.blocks = args.vit_hidden, args.vit_blocks
         reset_peak_rss()
         steps = [run_mode(kcfg, run, "conditioner"), run_mode(kcfg, run, "e2e")]
         peak = max(peak_rss_mb(), vae_peak)
@@ -562,25 +564,27 @@ def main() -> None:
     p.add_argument("--latent-dim-end", type=int, default=64)
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--vae-epochs", type=int, default=50)
+    p.add_argument("--vae-epochs", type=int, default=80)
     p.add_argument("--vae-lr", type=float, default=3e-3)
-    p.add_argument("--cond-epochs", type=int, default=15)
+    p.add_argument("--cond-epochs", type=int, default=40)
     p.add_argument("--cond-lr", type=float, default=1e-3)
-    p.add_argument("--e2e-epochs", type=int, default=40)
+    p.add_argument("--e2e-epochs", type=int, default=80)
     p.add_argument("--e2e-lr", type=float, default=1e-3)
     p.add_argument("--cond-hidden", type=int, default=32)
     p.add_argument("--cond-blocks", type=int, default=3)
+    p.add_argument("--vit-hidden", type=int, default=64, help="ViT embedding width")
+    p.add_argument("--vit-blocks", type=int, default=3, help="ViT transformer blocks")
     p.add_argument("--patch-size", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--budget-minutes", type=float, default=12.0, help="wall-clock cap per training step / FNO run")
-    p.add_argument("--fno-epochs", type=int, default=50)
+    p.add_argument("--fno-epochs", type=int, default=100)
     p.add_argument("--scale-gb", type=float, default=8.2)
     p.add_argument("--scale-t", type=int, default=64)
     p.add_argument("--scale-m", type=int, default=16384)
     p.add_argument("--scale-filters", default="8,8,8,8")
     p.add_argument("--scale-batch", type=int, default=16)
-    p.add_argument("--scale-node-stride", type=int, default=32,
+    p.add_argument("--scale-node-stride", type=int, default=8,
                    help="data.node_stride of the scale runs: every case is read whole, the model sees every k-th node")
     p.add_argument("--scale-subset", type=int, default=512)
     p.add_argument("--scale-val-fraction", type=float, default=0.02)
@@ -633,7 +637,7 @@ def main() -> None:
                           f"{len(cfg.vae.filters)}x{cfg.vae.latent_dim}, "
                           f"alpha {cfg.vae.alpha}, MSE, {args.vae_epochs} epochs lr {args.vae_lr}; conditioner "
                           f"hidden {args.cond_hidden}, blocks {args.cond_blocks}, dropout {args.dropout} "
-                          f"(ViT patch {args.patch_size}, {args.heads} heads), {args.cond_epochs} epochs on the saved "
+                          f"(ViT: width {args.vit_hidden}, {args.vit_blocks} blocks, patch {args.patch_size}, {args.heads} heads), {args.cond_epochs} epochs on the saved "
                           f"latents lr {args.cond_lr}, then {args.e2e_epochs} e2e epochs lr {args.e2e_lr}; batch "
                           f"{args.batch_size}, AdamW, one cosine cycle per mode with warm-up, fp32, cap "
                           f"{args.budget_minutes} min per mode"),

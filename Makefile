@@ -32,7 +32,7 @@ bench-anomaly: $(STAMP)
 bench-retrieval: $(STAMP)
 	$(PY) benchmarks/retrieval_grocery.py
 
-# about 45 minutes on 2 CPU cores: Darcy 16x16 (CNN / ViT e2e, VAE floor, ridge, kernel ridge), neuraloperator's FNO
+# about 20 minutes on 2 CPU cores: Darcy 16x16 (CNN / ViT e2e, VAE floor, ridge, kernel ridge), neuraloperator's FNO
 # from its own environment (NEURALOP_PYTHON; see benchmarks/fno_darcy_peer.py) and an 8 GB lazy-mode scale check
 bench-surrogate: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) benchmarks/surrogate_darcy.py

@@ -33,7 +33,7 @@ Install the FNO peer once (not a dependency of fabml)::
 
 Run::
 
-    python benchmarks/surrogate_darcy.py                      # the committed run (about 45 min on 2 shared cores)
+    python benchmarks/surrogate_darcy.py --threads 1          # the committed run (19 min on 2 shared cores, 1 thread)
     python benchmarks/surrogate_darcy.py --smoke --results /tmp/sd   # a few-minute smoke run of every row
 
 Writes benchmarks/results/surrogate_darcy.{md,json}. Environment: ``NEURALOP_PYTHON`` (default

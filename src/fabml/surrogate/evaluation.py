@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -273,9 +273,3 @@ def _figures(loaded: Any, source: Any, inputs: Any, rows: np.ndarray, indices: n
                                              f"PCA of latent_vectors.npy, all {len(z)} cases", name))
     return drawn
 
-
-def report_dict(report: EvaluationReport) -> dict[str, Any]:
-    """The report as plain JSON-ready values (paths as strings)."""
-    d = asdict(report)
-    return {k: ([str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v)
-            for k, v in d.items()}

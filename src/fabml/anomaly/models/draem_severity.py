@@ -31,14 +31,8 @@ import torch
 from torch import nn
 
 from fabml.anomaly.cutpaste_faults import CutPasteFaultConfig
-from fabml.anomaly.models.base import AnomalyModel, PoolingConfig, SeverityOutput
-from fabml.anomaly.models.draem import (
-    DiscriminativeNetwork,
-    ReconstructiveNetwork,
-    check_config as check_draem_config,
-    conv_bn_relu,
-    mean_filter,
-)
+from fabml.anomaly.models.base import PoolingConfig, SeverityOutput
+from fabml.anomaly.models.draem import DraemModel, conv_bn_relu
 from fabml.anomaly.models.registry import ANOMALY_MODELS
 from fabml.errors import ConfigError
 
@@ -124,22 +118,23 @@ class SeverityNetwork(nn.Module):
 
 
 @ANOMALY_MODELS.register("draem_severity")
-class DraemSeverityModel(AnomalyModel):
+class DraemSeverityModel(DraemModel):
     """DRAEM + severity head on raw images ``[B, in_chans, H, W]`` in [0, 1]; ``H, W`` multiples of 32.
+
+    DRAEM's two networks, checks, anomaly map and score come from :class:`DraemModel` (the config
+    has every field DRAEM reads); this class adds the severity network.
 
     Train mode: ``forward(images) -> (reconstruction [B, C, H, W], logits [B, 2, H, W], severity [B])``.
     Eval mode: ``forward(images) -> SeverityOutput(pred_score [B], anomaly_map [B, 1, H, W], pred_severity [B])``.
     """
 
-    config_class = DraemSeverityConfig
+    config_class = DraemSeverityConfig  # type: ignore[assignment]
     has_severity = True
+    config: DraemSeverityConfig  # type: ignore[assignment]
 
     def __init__(self, config: DraemSeverityConfig) -> None:
-        super().__init__(config.image_size, config.in_chans, config.pooling)
-        check_config(config)
-        self.config = config
-        self.reconstructive = ReconstructiveNetwork(config.in_chans, config.base_width)
-        self.discriminative = DiscriminativeNetwork(2 * config.in_chans, config.disc_base_width)
+        super().__init__(config)  # type: ignore[arg-type]  (DRAEM's checks and networks)
+        check_head_config(config)
         self.severity = SeverityNetwork(
             severity_input_channels(config.severity_input_mode, config.in_chans), config.severity_width,
             config.severity_hidden, config.severity_dropout, config.faults.severity_max,
@@ -162,18 +157,10 @@ class DraemSeverityModel(AnomalyModel):
         anomaly_map = self.compute_anomaly_map(logits)
         return SeverityOutput(self.compute_anomaly_score(anomaly_map), anomaly_map, severity)
 
-    def compute_anomaly_map(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[B, 2, H, W]`` logits -> ``[B, 1, H, W]`` anomalous-class probability (optionally smoothed), as DRAEM."""
-        return mean_filter(torch.softmax(logits, dim=1)[:, 1:2], self.config.map_smoothing)
 
-    def compute_anomaly_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """``[B]``: the configured pooling of the ``score_smoothing``-filtered map, as DRAEM."""
-        return super().compute_anomaly_score(mean_filter(anomaly_map, self.config.score_smoothing))
-
-
-def check_config(config: DraemSeverityConfig) -> None:
-    """One-line ConfigError for settings the model cannot run with (DRAEM's checks, then the head's)."""
-    check_draem_config(config)  # type: ignore[arg-type]  (reads only the fields both configs share)
+def check_head_config(config: DraemSeverityConfig) -> None:
+    """One-line ConfigError for settings of the faults and the severity head (DRAEM's own are checked by
+    :class:`DraemModel`)."""
     config.faults.validate()
     severity_input_channels(config.severity_input_mode, config.in_chans)
     for name in ("severity_width", "severity_hidden"):

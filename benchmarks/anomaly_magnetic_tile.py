@@ -48,6 +48,7 @@ from fabml.anomaly.config import AnomalyConfig  # noqa: E402
 from fabml.weights import resolve_weights  # noqa: E402
 from fabml.config import from_dict, to_dict  # noqa: E402
 from fabml.data.anomaly_data import read_split  # noqa: E402
+from provenance import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 RECIPE = ROOT / "configs" / "anomaly_magnetic_tile.yaml"
@@ -66,15 +67,6 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "fabml": __version__,
             "device": "cpu", "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
             "note": "shared machine: other jobs ran on the same cores during the benchmark (see each row's loadavg)"}
-
-
-def commit() -> str:
-    """Short hash of HEAD, with ``+dirty`` when src/, benchmarks/ or configs/ differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "src", "benchmarks", "configs") else "")
 
 
 def stamped(row: dict, before: list[float], rev: str) -> dict:

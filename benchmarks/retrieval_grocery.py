@@ -52,7 +52,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -88,6 +87,7 @@ from fabml.retrieval.method import build_method  # noqa: E402
 from fabml.retrieval.model import PooledBackbone  # noqa: E402
 from fabml.retrieval.pipeline import class_codes, retrieval_figures  # noqa: E402
 from fabml.weights import load_pretrained  # noqa: E402
+from provenance import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 DATA = ROOT.parent / "shared" / "data"
 GROCERY = DATA / "grocery"
@@ -100,13 +100,6 @@ REPORT_KEYS = ["recall_at_1", "recall_at_5", "accuracy", "coarse_accuracy", "map
 
 
 # ----------------------------------------------------------------------------------------- machine
-def commit() -> str:
-    """Short hash of HEAD, with ``+dirty`` when src/, benchmarks/ or configs/ differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "src", "benchmarks", "configs") else "")
 
 
 def machine() -> dict[str, Any]:

@@ -66,6 +66,7 @@ from fabml.console import err, out, table_lines  # noqa: E402
 from fabml.engine.hardware import peak_rss_mb  # noqa: E402
 from fabml.metrics.regression import relative_l2  # noqa: E402
 from fabml.surrogate.config import SurrogateConfig  # noqa: E402
+from provenance import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 DATA = ROOT.parent / "shared" / "data" / "darcy"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,14 +84,6 @@ def say(message: str) -> None:
 
 def show(message: str) -> None:
     out.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--", "src", "benchmarks", "configs") else "")
 
 
 def machine() -> dict[str, Any]:

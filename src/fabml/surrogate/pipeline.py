@@ -73,6 +73,7 @@ from fabml.surrogate.runs import (
     load_trained,
     open_run,
     save_model,
+    shapes_of,
 )
 
 #: the config sections a mode's result depends on (compared by train.auto_resume, beside the train section)
@@ -168,7 +169,7 @@ def open_case_data(cfg: SurrogateConfig, run: RunFolder, new_split: bool = False
     source = open_fields(cfg.data)
     inputs = read_inputs(cfg.data)
     rows = match_cases(source, inputs)
-    n, t, m, v = (int(s) for s in source.shape)
+    n = int(source.shape[0])
     folder = run.sub(SPLITS)
 
     def make_split() -> None:
@@ -178,12 +179,7 @@ def open_case_data(cfg: SurrogateConfig, run: RunFolder, new_split: bool = False
 
     main_process_only(make_split, "the case split")
     split = read_case_split(run.root, source.case_ids)
-    if inputs.kind == "params":
-        input_shape = [int(inputs.params.shape[1])]
-    else:
-        input_shape = [int(cfg.data.image_channels), int(cfg.data.image_size), int(cfg.data.image_size)]
-    shapes = SurrogateShapes(n, t, m, v, inputs.kind, input_shape, input_columns=list(inputs.columns))
-    return CaseData(source, inputs, rows, split, shapes)
+    return CaseData(source, inputs, rows, split, shapes_of(cfg, source, inputs))
 
 
 def fit_scalers(cfg: SurrogateConfig, data: CaseData) -> tuple[Any, Any | None]:

@@ -118,11 +118,15 @@ def data_shapes(cfg: SurrogateConfig) -> SurrogateShapes:
     from fabml.data.simulation_inputs import read_inputs
     from fabml.data.simulation_io import open_fields
 
-    source = open_fields(cfg.data)
-    inputs = read_inputs(cfg.data)
+    return shapes_of(cfg, open_fields(cfg.data), read_inputs(cfg.data))
+
+
+def shapes_of(cfg: SurrogateConfig, source: Any, inputs: Any) -> SurrogateShapes:
+    """The sizes of an opened :class:`~fabml.data.simulation_io.FieldSource` (``[N, T, M, V]``) and its
+    :class:`~fabml.data.simulation_inputs.CaseInputs` (``[P]`` parameters or ``[C, S, S]`` images)."""
     n, t, m, v = (int(s) for s in source.shape)
     if inputs.kind == "params":
-        shape = [int(inputs.params.shape[1])]  # type: ignore[union-attr]
+        shape = [int(inputs.params.shape[1])]
     else:
         shape = [int(cfg.data.image_channels), int(cfg.data.image_size), int(cfg.data.image_size)]
     return SurrogateShapes(n, t, m, v, inputs.kind, shape, input_columns=list(inputs.columns))

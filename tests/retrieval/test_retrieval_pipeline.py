@@ -233,7 +233,9 @@ def test_train_under_torchrun_gives_each_rank_its_batches_and_one_writer(data: P
            f"--master_port={port}", str(script), str(data), str(run), *tiny]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("rank done: 2 epochs") == 2 and "× 2 processes" in proc.stdout
+    done = {int(p.stem[4:]): json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
+    assert set(done) == {0, 1}
+    assert all(rank["epochs"] == 2 and "× 2 processes" in rank["batch"] for rank in done.values())
     info = json.loads((run / "run.json").read_text())
     assert info["job"] == "retrieval" and info["world_size"] == 2
     assert len(pd.read_csv(run / "metrics.csv")) == 2

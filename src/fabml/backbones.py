@@ -196,7 +196,9 @@ class FeatureExtractor(nn.Module):
             parent, attr, conv = _first_conv(model)
             setattr(parent, attr, _FoldedConv(conv, mean, std))
         _skip_unused_blocks(model)
-        self.model = model
+        # channels_last (NHWC) convolutions: the oneDNN CPU kernels and GPU tensor cores run them about twice as
+        # fast as NCHW for these backbones (tf_efficientnet_lite0, 16x3x256x256, 2 cores: 60 -> 33 ms/image)
+        self.model = model.to(memory_format=torch.channels_last)
         self.channels: list[int] = list(model.feature_info.channels())
         self.reductions: list[int] = list(model.feature_info.reduction())
         self.freeze()
@@ -232,4 +234,5 @@ class FeatureExtractor(nn.Module):
             if self.in_chans == 1:
                 x = x.expand(-1, 3, -1, -1)
             x = (x - self.mean) / self.std
-        return list(self.model(x))
+        feats = self.model(x.contiguous(memory_format=torch.channels_last))
+        return [f.contiguous() for f in feats]  # callers view/reshape in NCHW order

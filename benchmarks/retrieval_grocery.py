@@ -51,7 +51,6 @@ import copy
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -68,7 +67,6 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fabml import __version__  # noqa: E402
 from fabml.config import to_dict  # noqa: E402
 from fabml.console import err, out, table_lines  # noqa: E402
 from fabml.data.pk_sampler import PKBatchSampler  # noqa: E402
@@ -87,7 +85,7 @@ from fabml.retrieval.method import build_method  # noqa: E402
 from fabml.retrieval.model import PooledBackbone  # noqa: E402
 from fabml.retrieval.pipeline import class_codes, retrieval_figures  # noqa: E402
 from fabml.weights import load_pretrained  # noqa: E402
-from provenance import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from provenance import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 DATA = ROOT.parent / "shared" / "data"
 GROCERY = DATA / "grocery"
@@ -102,11 +100,6 @@ REPORT_KEYS = ["recall_at_1", "recall_at_5", "accuracy", "coarse_accuracy", "map
 # ----------------------------------------------------------------------------------------- machine
 
 
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "fabml": __version__,
-            "device": "cpu", "commit": commit(), "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def say(message: str) -> None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -60,13 +59,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from fabml import __version__  # noqa: E402
 from fabml.config import to_dict  # noqa: E402
 from fabml.console import err, out, table_lines  # noqa: E402
 from fabml.engine.hardware import peak_rss_mb  # noqa: E402
 from fabml.metrics.regression import relative_l2  # noqa: E402
 from fabml.surrogate.config import SurrogateConfig  # noqa: E402
-from provenance import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from provenance import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 DATA = ROOT.parent / "shared" / "data" / "darcy"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -86,11 +84,6 @@ def show(message: str) -> None:
     out.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "fabml": __version__,
-            "device": "cpu", "commit": commit(), "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def reset_peak_rss() -> None:

@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from provenance import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
-from fabml import __version__  # noqa: E402
 from fabml.config import load_config, to_dict  # noqa: E402
 from fabml.engine.hardware import peak_rss_mb  # noqa: E402
 from fabml.wafer.config import WaferConfig  # noqa: E402
@@ -45,10 +43,6 @@ PUBLISHED = "BYOL ResNet-18, 150 GPU epochs: kNN (k=5) macro accuracy 0.767 on t
 CPU_RECIPE = ROOT / "configs" / "wafer_cpu.yaml"  # tiny encoder, 32x32 maps, radial channel, 10 epochs in ~30 min
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__, "fabml": __version__, "cuda": torch.cuda.is_available()}
 
 
 def pick(res: dict, extra: dict) -> dict:

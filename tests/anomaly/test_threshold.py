@@ -10,6 +10,7 @@ import torch
 
 import fabml  # noqa: F401  (torchvision shim before onnx export pulls torchvision in)
 from fabml.anomaly.threshold import (
+    DEFAULT_CUTS,
     GRADE_NAMES,
     GradeConfig,
     ScoreNormalizer,
@@ -134,35 +135,87 @@ def test_pixel_threshold_errors():
 
 def test_threshold_maps_to_half_exactly_and_hand_values():
     norm = ScoreNormalizer(2.0, 0.0, 4.0, 0.25, 0.0, 1.0)
-    # (x - 2) / 4 + 0.5, clipped
-    assert norm.normalize_scores(np.array([2.0, 3.0, 0.0, 10.0, -5.0])).tolist() == [0.5, 0.75, 0.0, 1.0, 0.0]
-    maps = torch.tensor([[[[0.25, 0.5], [0.0, 1.0]]]])
-    assert norm.normalize_maps(maps).tolist() == [[[[0.5, 0.75], [0.25, 1.0]]]]
+    # s = (4 - 0) / 2 = 2; d = (x - 2) / 2; 0.5 + 0.5 d / (1 + |d|)
+    # x=2: d=0 -> 0.5; x=4: d=1 -> 0.75; x=0: d=-1 -> 0.25; x=10: d=4 -> 0.9; x=-6: d=-4 -> 0.1
+    got = norm.normalize_scores(np.array([2.0, 4.0, 0.0, 10.0, -6.0]))
+    assert np.allclose(got, [0.5, 0.75, 0.25, 0.9, 0.1], rtol=0, atol=1e-15) and got[0] == 0.5
+    # pixels: s = 0.5; x=0.75: d=1 -> 0.75; x=0: d=-0.5 -> 1/3; x=1.25: d=2 -> 5/6
+    maps = torch.tensor([[[[0.25, 0.75], [0.0, 1.25]]]])
+    assert torch.allclose(norm.normalize_maps(maps), torch.tensor([[[[0.5, 0.75], [1 / 3, 5 / 6]]]]), atol=1e-7)
+    assert norm.normalize_maps(maps)[0, 0, 0, 0].item() == 0.5
     # a float32 observed score used as threshold stays exactly at 0.5 in float32 arithmetic
     t = float(np.float32(0.4213))
     fitted = ScoreNormalizer.fit(np.array([0.1, 0.9], dtype=np.float32), t)
     assert fitted.normalize_scores(np.float32([t]))[0] == 0.5
+    assert fitted.normalize_scores(np.float32([t])).dtype == np.float32
     assert fitted.normalize_scores(torch.tensor([t], dtype=torch.float32)).item() == 0.5
 
 
-def test_normalisation_is_monotone_and_bounded():
+def test_default_grade_cuts_sit_at_t_plus_third_one_and_three_scales():
+    norm = ScoreNormalizer(1.0, 0.0, 2.0, 1.0, 0.0, 2.0)  # t = 1, s = 1
+    assert np.allclose(norm.normalize_scores([1.0, 1.0 + 1 / 3, 2.0, 4.0]), DEFAULT_CUTS, atol=1e-12)
+
+
+def test_normalisation_keeps_order_never_reaches_one_and_never_clips():
     rng = np.random.default_rng(0)
-    scores = rng.normal(5.0, 2.0, 200)
-    norm = ScoreNormalizer.fit(scores, image_threshold=6.0)
-    x = np.sort(rng.normal(5.0, 4.0, 500))
+    norm = ScoreNormalizer.fit(rng.normal(5.0, 2.0, 200), image_threshold=6.0)
+    huge = [1e3, 1e6, 1e9, 1e12, -1e9]
+    x = np.r_[rng.normal(5.0, 4.0, 500), rng.uniform(6.0, 1e4, 200), 10.0 ** rng.uniform(3, 12, 200), huge]
     y = norm.normalize_scores(x)
-    assert np.all(np.diff(y) >= 0) and y.min() >= 0.0 and y.max() <= 1.0
+    # float64: strictly order-preserving, even for scores 1e12 calibration spans above the threshold
+    assert len(np.unique(x)) == len(np.unique(y))
+    assert np.array_equal(np.argsort(x, kind="stable"), np.argsort(y, kind="stable"))
     assert np.array_equal(decide(y), x >= 6.0)
+    above = y[x > 6.0]
+    assert above.min() > 0.5 and above.max() < 1.0 and (y[x < 6.0] < 0.5).all() and (y > 0).all()
+    # torch float32: order kept (never reversed) over the whole float32 range, nothing equals 1
+    xt = torch.tensor(np.sort(np.r_[x, 1e20, 3e38, -3e38]), dtype=torch.float32)
+    yt = norm.normalize_scores(xt)
+    assert (yt[1:] >= yt[:-1]).all() and (yt < 1.0).all() and (yt >= 0).all()
+    # strictly increasing in float32 up to about 1e6 spans above the threshold
+    xs = torch.tensor(np.sort(np.unique(np.r_[6.0, 6.5, 10.0, 1e2, 1e3, 1e4, 1e5, 1e6])), dtype=torch.float32)
+    assert (torch.diff(norm.normalize_scores(xs)) > 0).all()
+    # maps: the same function, order kept per pixel
+    maps = rng.gamma(2.0, 1.0, (3, 8, 8)).astype(np.float32) * np.float32([1, 100, 1e5])[:, None, None]
+    pix = ScoreNormalizer.fit([0.0, 1.0], 0.5, maps=maps[:1], pixel_threshold=3.0).normalize_maps(maps)
+    assert pix.dtype == np.float32 and pix.max() < 1.0
+    order = np.argsort(maps.ravel(), kind="stable")
+    assert (np.diff(pix.ravel()[order]) >= 0).all()
+
+
+def test_grades_stay_distinct_for_very_large_anomalies():
+    norm = ScoreNormalizer.fit(np.linspace(0.0, 1.0, 50), image_threshold=0.8)  # t = 0.8, s = 0.5
+    s = norm.image_scale
+    raw = np.array([0.79, 0.8 + s / 6, 0.8 + s / 2, 0.8 + 2 * s, 50.0, 5e3, 5e6])
+    for values in (raw, torch.tensor(raw, dtype=torch.float32)):
+        normed = norm.normalize_scores(values)
+        assert np.asarray(grade(normed)).tolist() == [0, 1, 2, 3, 4, 4, 4]
+        tail = np.asarray(normed)[-3:]
+        assert (np.diff(tail) > 0).all() and (tail < 1.0).all()  # severe anomalies keep their order
+    # the old min-max clip gave these three exactly 1.0; now a grade reads the distance to the threshold
+    assert len({round(float(v), 6) for v in norm.normalize_scores(raw[-3:])}) == 3
 
 
 def test_fit_statistics_and_zero_range_guard():
     maps = np.array([[[0.0, 3.0]], [[1.0, 2.0]]])
     norm = ScoreNormalizer.fit(torch.tensor([1.0, 5.0]), 3.0, maps=maps, pixel_threshold=1.5)
     assert norm == ScoreNormalizer(3.0, 1.0, 5.0, 1.5, 0.0, 3.0)
+    assert (norm.image_scale, norm.pixel_scale) == (2.0, 1.5)
     image_only = ScoreNormalizer.fit([1.0, 5.0], 3.0)
     assert (image_only.pixel_threshold, image_only.pixel_min, image_only.pixel_max) == (3.0, 1.0, 5.0)
-    flat = ScoreNormalizer.fit([2.0, 2.0], 2.0)  # max == min: span 1
-    assert flat.normalize_scores([2.0, 2.25]).tolist() == [0.5, 0.75]
+    flat = ScoreNormalizer.fit([2.0, 2.0], 2.0)  # max == min: s = 0.5
+    assert flat.normalize_scores([2.0, 2.5]).tolist() == [0.5, 0.75]
+
+
+def test_saved_normaliser_of_an_older_run_loads_and_keeps_its_threshold():
+    # the dict an older model.pt holds (written by the min-max normaliser): same six keys
+    old = {"image_threshold": 0.42, "image_min": 0.1, "image_max": 0.9,
+           "pixel_threshold": 0.3, "pixel_min": 0.0, "pixel_max": 1.2}
+    norm = ScoreNormalizer.from_dict(old)
+    assert norm.normalize_scores([0.42])[0] == 0.5 and norm.normalize_maps(np.array([0.3]))[0] == 0.5
+    # near the threshold the slope is the old one: (x - t) / (max - min) + 0.5 to first order
+    assert abs(norm.normalize_scores([0.421])[0] - (0.001 / 0.8 + 0.5)) < 1e-5
+    assert norm.normalize_scores([5.0])[0] < 1.0  # the old normaliser clipped this to 1.0
 
 
 def test_to_dict_round_trip_and_bad_dicts():

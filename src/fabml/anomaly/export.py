@@ -2,8 +2,8 @@
 
 The graph takes ``image``: float32 ``[B, C, H, W]`` with raw pixel values in [0, 255] at any
 height and width (resized inside to the fitted size, bilinear), and returns
-``score`` ``[B]`` (normalised: threshold = 0.5), ``anomaly_map`` ``[B, 1, h, w]`` (normalised,
-at the fitted size) and ``raw_score`` ``[B]``, plus ``severity`` ``[B]`` (the predicted fault severity,
+``score`` ``[B]`` (normalised: threshold = 0.5, in (0, 1), order kept), ``anomaly_map`` ``[B, 1, h, w]``
+(normalised the same way, at the fitted size) and ``raw_score`` ``[B]``, plus ``severity`` ``[B]`` (the predicted fault severity,
 unnormalised) for a model with a severity head (``draem_severity``). The export is checked against the torch model on
 sample images; a difference above ``tolerance`` is an error. The check's figures are written beside
 the model as ``<name>.parity.json`` (see :func:`parity_path`). Export and check are
@@ -25,26 +25,25 @@ from fabml.onnx_export import OPSET, export_checked, parity_path, write_parity  
 
 
 class DeployModel(nn.Module):
-    """Fitted model + resize + scaling + score normalisation, as one module (eval only)."""
+    """Fitted model + resize + scaling + score normalisation, as one module (eval only).
+
+    The normalisation is :meth:`ScoreNormalizer.normalize_scores` / ``normalize_maps`` itself (the
+    order-keeping softsign with the threshold at 0.5, :mod:`fabml.anomaly.threshold`), traced with its
+    threshold and scale as graph constants, so ONNX and torch use one formula.
+    """
 
     def __init__(self, model: nn.Module, normalizer: ScoreNormalizer, image_size: tuple[int, int]) -> None:
         super().__init__()
         self.model = model.eval()
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        for name in ("image_threshold", "image_min", "image_max", "pixel_threshold", "pixel_min", "pixel_max"):
-            self.register_buffer(name, torch.tensor(float(getattr(normalizer, name))), persistent=False)
-
-    @staticmethod
-    def _normalise(x: torch.Tensor, threshold: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        span = torch.clamp(high - low, min=1e-12)
-        return torch.clamp((x - threshold) / span + 0.5, 0.0, 1.0)
+        self.normalizer = normalizer
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = F.interpolate(image, size=self.image_size, mode="bilinear", align_corners=False) / 255.0
         out = self.model(x)
         raw_score, raw_map = out.pred_score, out.anomaly_map
-        score = self._normalise(raw_score, self.image_threshold, self.image_min, self.image_max)
-        amap = self._normalise(raw_map, self.pixel_threshold, self.pixel_min, self.pixel_max)
+        score = self.normalizer.normalize_scores(raw_score)
+        amap = self.normalizer.normalize_maps(raw_map)
         if getattr(self.model, "has_severity", False):
             return score, amap, raw_score, out.pred_severity
         return score, amap, raw_score

@@ -7,10 +7,12 @@ synthetic-anomaly images when there are some), never the test set:
 - ``quantile``: the ``quantile`` of the normal scores (linear interpolation, ``np.quantile``);
 - ``auto``: ``f1`` when anomalous scores are given, else ``quantile``.
 
-:class:`ScoreNormalizer` maps raw scores so that the threshold lands exactly on 0.5:
-``norm = clip((x - threshold) / (max - min) + 0.5, 0, 1)`` with min/max of the validation scores
-(anomalib's min-max normalisation). Decisions, pixel masks and grades then read normalised values:
-anomalous when ``>= 0.5``; grade = number of cut points ``<= score`` (0 = normal ... 4 = severe).
+:class:`ScoreNormalizer` maps raw scores so that the threshold lands exactly on 0.5 and nothing
+saturates (the "softsign" normalisation, equation in its docstring): below the threshold values fall
+monotonically into (0, 0.5), above it they rise monotonically into (0.5, 1) and never reach 1, so a
+very large anomaly still reads larger than a large one. Decisions, pixel masks and grades then read
+normalised values: anomalous when ``>= 0.5``; grade = number of cut points ``<= score``
+(0 = normal ... 4 = severe).
 """
 
 from __future__ import annotations
@@ -196,25 +198,64 @@ def calibrate_pixel_threshold(
 # ---------------------------------------------------------------- normalisation
 
 
-def _min_max_norm(x: Any, threshold: float, lo: float, hi: float) -> Any:
-    """``clip((x - threshold) / (hi - lo) + 0.5, 0, 1)``; a zero range uses a span of 1.
+def _largest_below_one(dtype: Any) -> float:
+    """The largest value below 1 of a float dtype: ``1 - eps / 2`` (e.g. ``1 - 2**-24`` for float32)."""
+    eps = torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) else np.finfo(dtype).eps
+    return 1.0 - float(eps) / 2.0
 
-    Torch in, torch out (constants only: ONNX-exportable); anything else -> numpy (float dtype kept).
+
+def _softsign_norm(x: Any, threshold: float, scale: float) -> Any:
+    """``0.5 + 0.5 * d / (1 + |d|)`` with ``d = (x - threshold) / scale`` (see :class:`ScoreNormalizer`).
+
+    Computed as ``q = 0.5 / (1 + |d|)``, ``norm = 1 - q`` where ``d >= 0`` else ``q``: each step is a
+    monotone rounding, so the result never reverses the order of two inputs in floating point, and
+    ``x == threshold`` gives exactly 0.5. The only bound is the representation guard
+    ``norm <= 1 - eps/2`` of the dtype (reached only for ``d`` > ~1.7e7 in float32, ~9e15 in float64),
+    so no value equals 1. Torch in, torch out (constants only: ONNX-exportable); anything else ->
+    numpy (a float dtype is kept, others become float64).
     """
-    span = hi - lo if hi > lo else 1.0
     if isinstance(x, torch.Tensor):
-        return ((x - threshold) / span + 0.5).clamp(0.0, 1.0)
+        d = (x - threshold) / scale
+        q = 0.5 / (1.0 + d.abs())
+        return torch.where(d >= 0, 1.0 - q, q).clamp(max=_largest_below_one(d.dtype))
     arr = np.asarray(x)
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
-    return np.clip((arr - threshold) / span + 0.5, 0.0, 1.0).astype(arr.dtype, copy=False)
+    d = (arr - arr.dtype.type(threshold)) / arr.dtype.type(scale)
+    q = arr.dtype.type(0.5) / (arr.dtype.type(1.0) + np.abs(d))
+    out = np.where(d >= 0, arr.dtype.type(1.0) - q, q)
+    return np.minimum(out, arr.dtype.type(_largest_below_one(arr.dtype))).astype(arr.dtype, copy=False)
+
+
+def normalisation_scale(low: float, high: float) -> float:
+    """``(high - low) / 2``, or 0.5 when ``high <= low`` (a zero range): the softsign scale, raw units."""
+    return (high - low) / 2.0 if high > low else 0.5
 
 
 @dataclass
 class ScoreNormalizer:
-    """Min-max normalisation with the calibrated threshold at 0.5, for image scores and pixel maps.
+    """Order-keeping, non-saturating normalisation with the calibrated threshold at 0.5 (image scores, pixel maps).
 
-    All fields are raw-score units; ``*_min`` / ``*_max`` come from the validation scores or maps.
+    All fields are raw-score units; ``*_min`` / ``*_max`` are the smallest and largest validation
+    (calibration) scores or map values. With threshold ``t`` and ``s = (max - min) / 2``
+    (:func:`normalisation_scale`; 0.5 when ``max == min``)::
+
+        d    = (x - t) / s
+        norm = 0.5 + 0.5 * d / (1 + |d|)        # the softsign of d, moved to (0, 1)
+
+    so ``norm(t) = 0.5`` exactly, ``norm`` is strictly increasing, below ``t`` it lies in (0, 0.5) and
+    above it in (0.5, 1) without clipping: ``norm -> 1`` only as ``x -> inf``. Why this form:
+
+    - the slope at the threshold, ``0.5 / s = 1 / (max - min)``, is that of the min-max normalisation
+      used before, so scores near the threshold read as they did; cut points sit at
+      ``x = t + s * c / (1 - c)`` for ``c = (norm - 0.5) / 0.5``: with the default grade cuts
+      (0.5, 0.625, 0.75, 0.875) at ``t``, ``t + s/3``, ``t + s`` and ``t + 3 s``;
+    - the tail is algebraic (``1 - norm = 0.5 / (1 + d)``), not exponential: ``1 - exp(-d)`` rounds to
+      exactly 1 in float32 from ``d ~ 17``, this only from ``d ~ 1.7e7``, so huge anomalies keep
+      distinct values and grades 1-4 stay distinct however large the anomaly;
+    - it needs only the two statistics every run already stores, so saved normalisers (``model.pt`` of
+      older runs) load unchanged; their values near the threshold hardly move, while values the old
+      ``clip((x - t) / (max - min) + 0.5, 0, 1)`` pinned at 0 or 1 now spread out.
     """
 
     image_threshold: float
@@ -259,13 +300,23 @@ class ScoreNormalizer:
             if getattr(self, f"{kind}_max") < getattr(self, f"{kind}_min"):
                 raise ConfigError(f"score normaliser {kind}_max < {kind}_min; refit it on the validation data")
 
+    @property
+    def image_scale(self) -> float:
+        """``s`` of the image scores, raw units (class docstring)."""
+        return normalisation_scale(self.image_min, self.image_max)
+
+    @property
+    def pixel_scale(self) -> float:
+        """``s`` of the pixel maps, raw units (class docstring)."""
+        return normalisation_scale(self.pixel_min, self.pixel_max)
+
     def normalize_scores(self, scores: Any) -> Any:
-        """Image scores in [0, 1], the image threshold at exactly 0.5 (same type as the input)."""
-        return _min_max_norm(scores, self.image_threshold, self.image_min, self.image_max)
+        """Image scores in (0, 1), the image threshold at exactly 0.5, order kept (same type as the input)."""
+        return _softsign_norm(scores, self.image_threshold, self.image_scale)
 
     def normalize_maps(self, maps: Any) -> Any:
-        """Pixel maps in [0, 1], the pixel threshold at exactly 0.5 (same type and shape as the input)."""
-        return _min_max_norm(maps, self.pixel_threshold, self.pixel_min, self.pixel_max)
+        """Pixel maps in (0, 1), the pixel threshold at exactly 0.5, order kept (same type and shape as the input)."""
+        return _softsign_norm(maps, self.pixel_threshold, self.pixel_scale)
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -11,13 +11,17 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 from fabml.errors import DataError, FabmlError
 from fabml.metrics.anomaly import (
     MetricUndefinedError,
+    anomalous_share,
     anomaly_metrics,
     aupro,
+    box_hit_rate,
+    f1_all_anomalous,
     f1_at_threshold,
     f1_max,
     image_auroc,
     per_type_metrics,
     pixel_auroc,
+    region_recall,
 )
 
 
@@ -250,7 +254,7 @@ def _toy_set():
 
 def test_anomaly_metrics_dict():
     types, labels, scores, masks, maps = _toy_set()
-    out = anomaly_metrics(labels, scores, masks, maps, threshold=0.5)
+    out = anomaly_metrics(labels, scores, masks, maps, threshold=0.5, pixel_threshold=0.75)
     # anomalous > normal in 15 of 16 pairs (0.35 < 0.4)
     assert out["image_auroc"] == pytest.approx(15 / 16)
     assert out["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
@@ -258,6 +262,10 @@ def test_anomaly_metrics_dict():
     # F1-max at t=0.35: TP 4, FP 1 (0.4) -> 8/9; at 0.5: TP 3, FP 0, FN 1 -> 6/7
     assert out["f1_max"] == pytest.approx(8 / 9) and out["f1_max_threshold"] == pytest.approx(0.35)
     assert out["f1_at_threshold"] == pytest.approx(6 / 7)
+    # half the images anomalous: calling all anomalous scores 2 * 0.5 / 1.5
+    assert out["anomalous_share"] == 0.5 and out["f1_all_anomalous"] == pytest.approx(2 / 3)
+    assert out["box_hit_rate"] == pytest.approx(box_hit_rate(masks, maps))
+    assert out["region_recall"] == pytest.approx(region_recall(masks, maps, 0.75))
     assert out["notes"] == []
     assert all(0.0 <= out[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold"))
 
@@ -269,11 +277,18 @@ def test_anomaly_metrics_notes_for_undefined_figures():
     assert any("image AUROC is undefined: the test set has no anomalous images" in n for n in out["notes"])
     assert any("need ground-truth masks" in n for n in out["notes"])
     assert any("no calibrated threshold" in n for n in out["notes"])
+    assert out["anomalous_share"] == 0.0 and out["f1_all_anomalous"] is None
+    assert out["box_hit_rate"] is None and out["region_recall"] is None
+    assert any("calling everything anomalous is undefined" in n for n in out["notes"])
+    types, labels, scores, masks, maps = _toy_set()
+    no_pixel_threshold = anomaly_metrics(labels, scores, masks, maps, threshold=0.5)
+    assert no_pixel_threshold["region_recall"] is None and no_pixel_threshold["box_hit_rate"] is not None
+    assert any("no pixel threshold" in n for n in no_pixel_threshold["notes"])
 
 
 def test_per_type_metrics_each_type_against_all_normals():
     types, labels, scores, masks, maps = _toy_set()
-    out = per_type_metrics(types, labels, scores, masks, maps, threshold=0.5)
+    out = per_type_metrics(types, labels, scores, masks, maps, threshold=0.5, pixel_threshold=0.75)
     assert set(out) == {"crack", "blowhole", "good"}
     crack, blowhole, good = out["crack"], out["blowhole"], out["good"]
     assert crack["count"] == 2 and crack["image_auroc"] == 1.0 and crack["f1_max"] == 1.0
@@ -283,7 +298,65 @@ def test_per_type_metrics_each_type_against_all_normals():
     sub = [0, 1, 2, 3, 6, 7]
     assert blowhole["pixel_auroc"] == pytest.approx(roc_auc_score(masks[sub].ravel(), maps[sub].ravel()))
     assert blowhole["aupro"] == pytest.approx(aupro(masks[sub], maps[sub]))
+    assert blowhole["box_hit_rate"] == pytest.approx(box_hit_rate(masks[6:8], maps[6:8]))
+    assert blowhole["region_recall"] == pytest.approx(region_recall(masks[6:8], maps[6:8], 0.75))
     assert good == {"count": 4, "false_positive_rate": 0.0}
     assert per_type_metrics(types, labels, scores)["crack"]["recall_at_threshold"] is None
     with pytest.raises(DataError, match="normal type 'crack' is labelled anomalous"):
         per_type_metrics(types, labels, scores, normal_type="crack")
+
+
+# ---------------------------------------------------------------- baselines and localisation
+
+
+def test_anomalous_share_and_f1_of_calling_everything_anomalous():
+    labels = np.array([0, 1, 1, 1])
+    assert anomalous_share(labels) == 0.75
+    assert f1_all_anomalous(labels) == pytest.approx(2 * 0.75 / 1.75)  # 6/7: precision 3/4, recall 1
+    # it is exactly the F1 of a threshold below every score
+    scores = np.array([0.9, 0.1, 0.5, 0.3])
+    assert f1_all_anomalous(labels) == pytest.approx(f1_at_threshold(labels, scores, -np.inf))
+    # the test set: 77% defective -> 0.87 without looking at a single image
+    assert f1_all_anomalous(np.r_[np.ones(77), np.zeros(23)]) == pytest.approx(0.8701, abs=1e-4)
+    with pytest.raises(MetricUndefinedError, match="no anomalous images"):
+        f1_all_anomalous([0, 0])
+    with pytest.raises(MetricUndefinedError, match="no images"):
+        anomalous_share([])
+
+
+def test_box_hit_rate_hand_computed():
+    masks = np.zeros((5, 4, 4), dtype=np.uint8)
+    maps = np.zeros((5, 4, 4), dtype=np.float32)
+    maps[0, 3, 3] = 9.0  # image 0: normal (empty mask), not counted
+    masks[1, 0:2, 0:2] = 1
+    maps[1, 0, 0] = 5.0  # maximum inside the box: hit (1)
+    masks[2, 2:4, 2:4] = 1
+    maps[2, 2:4, 2:4] = 3.0
+    maps[2, 0, 3] = 4.0  # maximum outside the box: miss (0)
+    masks[3, 0, :] = 1  # image 3: flat map, 4 of its 16 maximum pixels inside -> 0.25
+    masks[4, 1, 1] = 1
+    maps[4, 1, 1] = maps[4, 3, 0] = 2.0  # two maximum pixels, one inside -> 0.5
+    assert box_hit_rate(masks, maps) == pytest.approx((1 + 0 + 0.25 + 0.5) / 4)
+    assert box_hit_rate(torch.tensor(masks[:, None]), torch.tensor(maps[:, None])) == pytest.approx(1.75 / 4)
+    assert box_hit_rate(masks[1:2], maps[1:2]) == 1.0
+    with pytest.raises(MetricUndefinedError, match="no test image has defect pixels"):
+        box_hit_rate(masks[:1], maps[:1])
+
+
+def test_region_recall_hand_computed():
+    masks = np.zeros((2, 8, 8), dtype=np.uint8)
+    masks[0, 0:2, 0:2] = 1  # region A
+    masks[0, 2, 2] = 1  # touches A at a corner: part of A (8-connected)
+    masks[0, 5:7, 5:7] = 1  # region B
+    masks[1, 3:5, 0:3] = 1  # region C
+    maps = np.zeros((2, 8, 8), dtype=np.float32)
+    maps[0, 2, 2] = 0.5  # one pixel of A exactly at the threshold: A found
+    maps[0, 4, 4] = 0.9  # above the threshold but on normal pixels: finds nothing
+    maps[1, 3:5, 0:3] = 0.49  # all of C just below: C missed
+    assert region_recall(masks, maps, 0.5) == pytest.approx(1 / 3)
+    assert region_recall(masks, maps, 0.49) == pytest.approx(2 / 3)
+    assert region_recall(masks, maps, 0.0) == 1.0  # every pixel >= 0: every region found
+    _, n = ndimage.label(masks[0], structure=np.ones((3, 3)))
+    assert n == 2
+    with pytest.raises(MetricUndefinedError, match="no test image has defect pixels"):
+        region_recall(np.zeros((1, 4, 4)), np.ones((1, 4, 4)), 0.5)

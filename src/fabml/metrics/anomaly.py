@@ -1,4 +1,5 @@
-"""Anomaly-detection metrics: image/pixel AUROC, AUPRO, F1-max, F1 at a threshold, per-type breakdown.
+"""Anomaly-detection metrics: image/pixel AUROC, AUPRO, F1-max, F1 at a threshold, the baselines that keep
+F1 honest (anomalous share, F1 of calling everything anomalous), box hit rate, region recall, per-type breakdown.
 
 Inputs are numpy arrays or torch tensors. ``labels`` ``[N]`` are 0 (normal) / 1 (anomalous),
 ``scores`` ``[N]`` raw or normalised image scores (higher = more anomalous); ``masks`` are
@@ -257,6 +258,68 @@ def f1_at_threshold(labels: Any, scores: Any, threshold: float) -> float:
     return float(2.0 * tp / (pred.sum() + y.sum()))
 
 
+# ---------------------------------------------------------------- baselines
+
+
+def anomalous_share(labels: Any) -> float:
+    """Share ``p`` of anomalous images among ``labels`` [N] (0/1); MetricUndefinedError when empty."""
+    y = _binary(_array(labels).ravel(), "image labels")
+    if y.size == 0:
+        raise MetricUndefinedError("anomalous share is undefined: no images were scored")
+    return float(y.mean())
+
+
+def f1_all_anomalous(labels: Any) -> float:
+    """F1 of calling every image anomalous: precision ``p``, recall 1, so ``F1 = 2p / (1 + p)``.
+
+    ``p`` = :func:`anomalous_share`. The floor any F1 must beat: with 80% defective test images a
+    detector that flags everything already scores 0.889. Needs at least one anomalous image.
+    """
+    p = anomalous_share(labels)
+    if p == 0.0:
+        raise MetricUndefinedError(
+            "F1 of calling everything anomalous is undefined: the test set has no anomalous images"
+        )
+    return 2.0 * p / (1.0 + p)
+
+
+# ---------------------------------------------------------------- localisation
+
+
+def box_hit_rate(masks: Any, maps: Any) -> float:
+    """Share of defective images whose anomaly-map maximum lies inside the defect mask.
+
+    Counted over the images whose mask has at least one defect pixel (a box annotation drawn as a
+    mask counts the same as a pixel mask). When the maximum value is reached at several pixels, the
+    image counts the share of those pixels that lie inside the mask (so a flat map scores the mask's
+    area, chance level, rather than a hit); with one maximum pixel this is 1 (hit) or 0 (miss).
+    """
+    m, a = _masks_maps(masks, maps, "box hit rate")
+    defective = m.reshape(len(m), -1).any(axis=1)
+    if not defective.any():
+        raise MetricUndefinedError("box hit rate is undefined: no test image has defect pixels in its mask")
+    hits = []
+    for i in np.flatnonzero(defective):
+        top = a[i] == a[i].max()
+        hits.append(float(m[i][top].sum()) / float(top.sum()))
+    return float(np.mean(hits))
+
+
+def region_recall(masks: Any, maps: Any, threshold: float) -> float:
+    """Share of defect regions with at least one map pixel ``>= threshold``.
+
+    Regions are the 8-connected components of each image's mask (``scipy.ndimage.label``, as in
+    :func:`aupro`); overlapping boxes drawn into one mask form one region. ``threshold`` is in map
+    units: the raw pixel threshold for raw maps, 0.5 for normalised maps.
+    """
+    m, a = _masks_maps(masks, maps, "region recall")
+    ids, n_regions = _regions(m)
+    if n_regions == 0:
+        raise MetricUndefinedError("region recall is undefined: no test image has defect pixels in its mask")
+    flagged = np.bincount(ids[a >= float(threshold)], minlength=n_regions + 1)[1:]
+    return float(np.mean(flagged > 0))
+
+
 # ---------------------------------------------------------------- reports
 
 
@@ -275,12 +338,15 @@ def anomaly_metrics(
     maps: Any = None,
     threshold: float | None = None,
     fpr_limit: float = 0.3,
+    pixel_threshold: float | None = None,
 ) -> dict[str, Any]:
     """All test figures at once.
 
     Returns ``image_auroc``, ``pixel_auroc``, ``aupro``, ``f1_max``, ``f1_at_threshold`` (each in
-    [0, 1] or None when undefined / not requested), ``f1_max_threshold`` (in score units) and
-    ``notes``: one line per figure left None saying why.
+    [0, 1] or None when undefined / not requested), ``f1_max_threshold`` (in score units),
+    ``anomalous_share`` and ``f1_all_anomalous`` (the F1 that calling every image anomalous scores: read
+    F1-max beside it), ``box_hit_rate`` (with masks and maps) and ``region_recall`` (with masks, maps and
+    ``pixel_threshold``, in map units), and ``notes``: one line per figure left None saying why.
     """
     notes: list[str] = []
     out: dict[str, Any] = {"image_auroc": _try(notes, image_auroc, labels, scores)}
@@ -291,12 +357,21 @@ def anomaly_metrics(
         notes.append("F1 at threshold not computed: no calibrated threshold was given")
     else:
         out["f1_at_threshold"] = _try(notes, f1_at_threshold, labels, scores, threshold)
+    out["anomalous_share"] = _try(notes, anomalous_share, labels)
+    out["f1_all_anomalous"] = _try(notes, f1_all_anomalous, labels) if out["anomalous_share"] is not None else None
     if masks is None or maps is None:
-        out["pixel_auroc"] = out["aupro"] = None
-        notes.append("pixel AUROC and AUPRO not computed: they need ground-truth masks and anomaly maps")
+        out["pixel_auroc"] = out["aupro"] = out["box_hit_rate"] = out["region_recall"] = None
+        notes.append("pixel AUROC, AUPRO, box hit rate and region recall not computed: they need ground-truth "
+                     "masks and anomaly maps")
     else:
         out["pixel_auroc"] = _try(notes, pixel_auroc, masks, maps)
         out["aupro"] = _try(notes, aupro, masks, maps, fpr_limit)
+        out["box_hit_rate"] = _try(notes, box_hit_rate, masks, maps)
+        if pixel_threshold is None:
+            out["region_recall"] = None
+            notes.append("region recall not computed: no pixel threshold was given")
+        else:
+            out["region_recall"] = _try(notes, region_recall, masks, maps, pixel_threshold)
     out["notes"] = notes
     return out
 
@@ -310,13 +385,15 @@ def per_type_metrics(
     normal_type: str | None = None,
     threshold: float | None = None,
     fpr_limit: float = 0.3,
+    pixel_threshold: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each defect type against all normal images.
 
     Normal images are those with label 0. For every type of the anomalous images (sorted): ``count``,
     ``image_auroc``, ``f1_max``, ``recall_at_threshold`` (share of that type with score >=
     ``threshold``), ``pixel_auroc`` and ``aupro`` when ``masks`` and ``maps`` are given (that type's
-    images plus all normal images) and ``notes``. The normal entry, keyed by ``normal_type`` (default:
+    images plus all normal images), ``box_hit_rate`` and ``region_recall`` (at ``pixel_threshold``, map
+    units; None without it) on that type's images, and ``notes``. The normal entry, keyed by ``normal_type`` (default:
     the type name of the normal images if they share one, else ``"normal"``), has ``count`` and
     ``false_positive_rate`` (share of normal images with score >= ``threshold``). Rates are None
     without a threshold.
@@ -353,6 +430,9 @@ def per_type_metrics(
         if with_pixels:
             row["pixel_auroc"] = _try(notes, pixel_auroc, m[sub], a[sub])
             row["aupro"] = _try(notes, aupro, m[sub], a[sub], fpr_limit)
+            row["box_hit_rate"] = _try(notes, box_hit_rate, m[idx], a[idx])
+            row["region_recall"] = (None if pixel_threshold is None
+                                    else _try(notes, region_recall, m[idx], a[idx], pixel_threshold))
         row["notes"] = notes
         out[kind] = row
     fp_rate = None if threshold is None or not len(normal_idx) else float(np.mean(s[normal_idx] >= threshold))

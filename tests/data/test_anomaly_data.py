@@ -351,3 +351,49 @@ def test_load_mask_keeps_tiny_defects(tmp_path: Path) -> None:
     assert small.sum() >= 1 and small[1, 2] == 1
     Image.fromarray(np.full((16, 16), 100, np.uint8)).save(tmp_path / "faint.png")  # no pixel > 127
     assert load_mask(str(tmp_path / "faint.png"), size=(4, 4)).sum() == 0
+
+
+def _root_with_mask_folder(tmp_path: Path, folder: str = "masks", nested: bool = True) -> Path:
+    """Good/ 4 normals, Crack/ c1 c2, Dent/ d1; masks in <root>/<folder>/<type>/ (nested) or flat."""
+    root = tmp_path / "boards"
+    for i in range(4):
+        _gray(root / "Good" / f"g{i}.png", value=90 + i)
+    for stem, kind in (("c1", "Crack"), ("c2", "Crack"), ("d1", "Dent")):
+        _gray(root / kind / f"{stem}.jpg")
+        _mask(root / folder / (kind if nested else ".") / f"{stem}.png")
+    return root
+
+
+@pytest.mark.parametrize("folder,nested", [("masks", True), ("GT", False), ("ground_truth", True)])
+def test_a_mask_folder_beside_the_types_is_masks_not_a_type(tmp_path: Path, folder: str, nested: bool) -> None:
+    root = _root_with_mask_folder(tmp_path, folder, nested)
+    records = discover_records(AnomalyDataConfig(root=str(root)))
+    assert sorted({r.defect_type for r in records}) == ["Crack", "Dent", "Good"]
+    masks = {Path(r.path).stem: r.mask_path for r in records if r.label == 1}
+    sub = ("Crack", "Crack", "Dent") if nested else (".", ".", ".")
+    assert masks == {s: str((root / folder / k / f"{s}.png").resolve()) for s, k in zip(("c1", "c2", "d1"), sub)}
+
+
+def test_a_binary_folder_with_matching_stems_is_masks(tmp_path: Path) -> None:
+    root = _root_with_mask_folder(tmp_path, "annot_png", nested=False)  # not a mask-like name: binary content
+    records = discover_records(AnomalyDataConfig(root=str(root)))
+    assert sorted({r.defect_type for r in records}) == ["Crack", "Dent", "Good"]
+    assert all(r.mask_path and "annot_png" in r.mask_path for r in records if r.label == 1)
+
+
+def test_a_mask_folder_that_matches_no_image_is_an_error(tmp_path: Path) -> None:
+    root = _root_with_mask_folder(tmp_path)
+    (root / "masks" / "Dent" / "d1.png").rename(root / "masks" / "Dent" / "dent_001.png")
+    with pytest.raises(DataError, match=r"folder .*masks beside the type folders .*dent_001.png matches no image"
+                                        r".*<root>/masks/<type>/<stem>"):
+        discover_records(AnomalyDataConfig(root=str(root)))
+
+
+def test_a_defect_type_without_masks_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _root_with_mask_folder(tmp_path)
+    for p in (root / "masks" / "Dent").iterdir():
+        p.unlink()
+    split = make_split(AnomalyDataConfig(root=str(root), train_fraction=0.5, val_fraction=0.5))
+    note = "defect type 'Dent' has no masks while Crack has"
+    assert any(note in n for n in split.notes) and note in split.summary()
+    assert note in capsys.readouterr().err

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fabml.data.annotations import Box, read_annotation, spec_format
 from fabml.data.anomaly_discovery import ImageRecord
 from fabml.data.images import check_channels, check_size, decode_image, detect_channels, mask_from_image, open_image
 from fabml.errors import ConfigError, DataError
@@ -18,7 +19,10 @@ class AnomalyImageDataset(Dataset):
     label int64, index int64).
 
     Images are stretched to ``image_size`` (H, W) with Pillow's bilinear filter (aspect ratio not
-    kept). The mask is zeros for normal images and images without a mask file. ``channels`` 0
+    kept). The mask is zeros for normal images and images without a mask file. A ``mask_path``
+    naming an annotation file (boxes, polygons, a .mat mask; :mod:`fabml.data.annotations`) is
+    drawn at ``image_size``: boxes scaled with the image, stored masks resized nearest-neighbour;
+    :meth:`boxes` gives its boxes at that size. ``channels`` 0
     detects 1 or 3 from the records. ``cache=True`` keeps each decoded, resized image as uint8
     after its first use (call :meth:`preload` to fill it in the main process; DataLoader workers
     each hold their own copy, which only persists with ``persistent_workers=True``).
@@ -44,11 +48,24 @@ class AnomalyImageDataset(Dataset):
         image = torch.from_numpy(decode_image(img, self.channels, self.image_size).transpose(2, 0, 1).copy())
         if rec.label == 0 or not rec.mask_path:
             return image, None
+        if spec_format(rec.mask_path) != "masks":
+            ann = read_annotation(rec.mask_path, (img.size[1], img.size[0]))
+            return image, torch.from_numpy(ann.rasterise(self.image_size).astype(np.uint8))[None]
         mask_img = open_image(rec.mask_path)
         (w, h), (mw, mh) = img.size, mask_img.size
         if abs(w * mh - h * mw) > 0.01 * w * mh:  # aspect ratios differ by more than 1 %
             raise DataError(f"mask {rec.mask_path} is {mw}x{mh} but its image {rec.path} is {w}x{h}")
         return image, torch.from_numpy(mask_from_image(mask_img, self.image_size).astype(np.uint8))[None]
+
+    def boxes(self, index: int) -> list[Box]:
+        """The annotated boxes of image ``index`` in pixels of ``image_size`` (scaled with the image);
+        [] for normal images, images without annotations and pixel masks."""
+        rec = self.records[index]
+        if rec.label == 0 or not rec.mask_path or spec_format(rec.mask_path) == "masks":
+            return []
+        w, h = open_image(rec.path).size
+        out_h, out_w = self.image_size
+        return [b.scaled(out_w / w, out_h / h) for b in read_annotation(rec.mask_path, (h, w)).boxes]
 
     def preload(self) -> None:
         """Decode every image into the cache now (needs ``cache=True``)."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from fabml.data.anomaly_discovery import AnomalyDataConfig, ImageRecord, discover_records
+from fabml.console import err
+from fabml.data.anomaly_discovery import AnomalyDataConfig, ImageRecord, discover_records, mask_gap_notes
 from fabml.data.splits import Split, item_groups, read_split_file, split_items, write_split_file
 from fabml.errors import ConfigError, DataError
 
@@ -29,7 +30,8 @@ class AnomalySplit:
     """Normal-only ``train`` and ``val`` records; ``test`` = held-out normals + all abnormal.
 
     ``table``: the generic split (item, part, group, stratum, ...) it came from; ``notes``: types
-    too small for every part. Neither takes part in ``==``."""
+    too small for every part and defect types without masks while others have them (also shown by
+    :meth:`summary`, so a fit's report keeps them). Neither takes part in ``==``."""
 
     train: list[ImageRecord]
     val: list[ImageRecord]
@@ -38,7 +40,8 @@ class AnomalySplit:
     notes: list[str] = field(default_factory=list, compare=False)
 
     def summary(self) -> str:
-        """One line of counts, e.g. ``train 599 normal | val 67 normal | test 286 normal + 392 abnormal (...)``."""
+        """One line of counts, e.g. ``train 599 normal | val 67 normal | test 286 normal + 392 abnormal (...)``,
+        then ``| note: ...`` for each note."""
         abnormal = [r for r in self.test if r.label == 1]
         types: dict[str, int] = {}
         for r in abnormal:
@@ -48,6 +51,7 @@ class AnomalySplit:
             f"train {len(self.train)} normal | val {len(self.val)} normal | "
             f"test {len(self.test) - len(abnormal)} normal + {len(abnormal)} abnormal"
             + (f" ({detail})" if detail else "")
+            + "".join(f" | note: {n}" for n in self.notes)
         )
 
 
@@ -92,11 +96,18 @@ def split_records(
 
 
 def make_split(cfg: AnomalyDataConfig) -> AnomalySplit:
-    """``split_records(discover_records(cfg), ...)`` with the config's fractions, seed and groups."""
+    """``split_records(discover_records(cfg), ...)`` with the config's fractions, seed and groups.
+
+    A defect type without masks while others have them is warned about on stderr and noted in
+    the split's ``notes``."""
     records = discover_records(cfg)
     groups = item_groups([r.path for r in records], cfg.group_pattern, cfg.group_file,
                          pattern_setting="data.group_pattern", table_setting="data.group_file")
-    return split_records(records, cfg.train_fraction, cfg.val_fraction, cfg.split_seed, groups)
+    split = split_records(records, cfg.train_fraction, cfg.val_fraction, cfg.split_seed, groups)
+    for note in mask_gap_notes(records):
+        err.print(f"warning: {note}")
+        split.notes.append(note)
+    return split
 
 
 def write_split(split: AnomalySplit, path: str | Path) -> None:

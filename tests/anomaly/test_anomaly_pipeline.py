@@ -62,6 +62,32 @@ def test_evaluate_reports_bounded_metrics_and_figures(padim_run: Path) -> None:
     assert ((table["score"] >= 0.5) == table["anomalous"]).all()
 
 
+def test_evaluate_states_the_f1_floor_localisation_and_keeps_maps(padim_run: Path, tmp_path: Path) -> None:
+    from fabml.metrics.anomaly import box_hit_rate, region_recall
+
+    report = evaluate(padim_run, tmp_path, figures=False, save_maps=True)
+    written = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    p = written["n_anomalous"] / written["n_images"]
+    assert written["anomalous_share"] == pytest.approx(p)
+    assert written["f1_all_anomalous"] == pytest.approx(2 * p / (1 + p))
+    for key in ("box_hit_rate", "region_recall"):  # the generated set has masks
+        assert 0.0 <= written[key] <= 1.0
+    per_type = json.loads((tmp_path / "metrics.json").read_text())["per_type"]
+    assert 0.0 <= per_type["Spot"]["box_hit_rate"] <= 1.0
+    markdown = (tmp_path / "metrics.md").read_text()
+    assert "| f1_all_anomalous " in markdown and "| anomalous_share " in markdown and "| box_hit_rate " in markdown
+    # maps.npz: the normalised maps evaluate computed, in predictions.csv's row order, below 1
+    saved = np.load(tmp_path / "maps.npz")
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert saved["maps"].dtype == np.float16 and saved["maps"].shape == (len(table), 32, 32)
+    assert list(saved["paths"]) == list(table["path"]) and saved["maps"].max() < 1.0
+    assert np.allclose(saved["maps"], report.predictions.maps, atol=1e-3)
+    # the localisation figures read the same from the normalised maps at 0.5 as from the raw ones
+    masks = report.predictions.scored.masks
+    assert region_recall(masks, report.predictions.maps, 0.5) == written["region_recall"]
+    assert box_hit_rate(masks, report.predictions.maps) == pytest.approx(written["box_hit_rate"], abs=1e-6)
+
+
 def test_predict_folder(padim_run: Path, inspection_root: Path, tmp_path: Path) -> None:
     result = predict(padim_run, [str(inspection_root / "Spot")], tmp_path, save_maps=True)
     assert len(result.table) == 6

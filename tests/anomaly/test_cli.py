@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -38,9 +39,14 @@ def test_fit_evaluate_predict_export(inspection_root: Path, tmp_path: Path) -> N
     assert fitted.name == "padim" and fitted.image_size == (32, 32)
     assert fitted.normalizer.image_min <= fitted.normalizer.image_threshold <= fitted.normalizer.image_max
 
-    _invoke(["anomaly", "evaluate", "--run", str(run), "--no-figures"])
+    _invoke(["anomaly", "evaluate", "--run", str(run), "--no-figures", "--save-maps"])
     written = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert 0.0 <= written["metrics"]["image_auroc"] <= 1.0 and 0.0 <= written["metrics"]["aupro"] <= 1.0
+    share = written["metrics"]["anomalous_share"]
+    assert written["metrics"]["f1_all_anomalous"] == pytest.approx(2 * share / (1 + share))
+    assert 0.0 <= written["metrics"]["box_hit_rate"] <= 1.0
+    maps = np.load(run / "evaluation" / "maps.npz")
+    assert maps["maps"].shape == (written["metrics"]["n_images"], 32, 32)
     assert written["per_type"]["Spot"]["count"] > 0
     assert "| image_auroc " in (run / "evaluation" / "metrics.md").read_text()
 

@@ -168,6 +168,10 @@ def test_normalisation_keeps_order_never_reaches_one_and_never_clips():
     assert np.array_equal(decide(y), x >= 6.0)
     above = y[x > 6.0]
     assert above.min() > 0.5 and above.max() < 1.0 and (y[x < 6.0] < 0.5).all() and (y > 0).all()
+    # the decision is exact: the float32 score just below the threshold stays below 0.5
+    just_below = np.nextafter(np.float32(6.0), np.float32(0))
+    assert norm.normalize_scores(np.float32([just_below]))[0] < 0.5
+    assert norm.normalize_scores(torch.tensor([just_below])).item() < 0.5
     # torch float32: order kept (never reversed) over the whole float32 range, nothing equals 1
     xt = torch.tensor(np.sort(np.r_[x, 1e20, 3e38, -3e38]), dtype=torch.float32)
     yt = norm.normalize_scores(xt)

@@ -80,17 +80,23 @@ def evaluate(
     data: Annotated[Optional[str], typer.Option(help="Labelled data root to test on (default: the run's test split).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/evaluation).")] = None,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write overlay, ROC, histogram, grade PNGs.")] = True,
+    save_maps: Annotated[bool, typer.Option("--save-maps", help="Also keep the normalised maps (OUT/maps.npz, "
+                                            "rows in predictions.csv order).")] = False,
 ) -> None:
-    """Image AUROC, pixel AUROC, AUPRO, F1-max, F1 at the calibrated threshold, per defect type."""
+    """Image AUROC, pixel AUROC, AUPRO, F1-max beside the F1 of calling everything anomalous and the anomalous
+    share, F1 at the calibrated threshold, box hit rate and region recall (with masks), per defect type."""
     from fabml.anomaly.pipeline import evaluate as evaluate_run
+    from fabml.anomaly.report import METRIC_KEYS
 
-    report = evaluate_run(run, out, data, figures=figures)
-    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold", "infer_ms_per_image", "n_images")
+    report = evaluate_run(run, out, data, figures=figures, save_maps=save_maps)
+    keys = (*METRIC_KEYS, "infer_ms_per_image", "n_images")
     print_table(["metric", "value"], [[key, report.metrics.get(key)] for key in keys])
     if report.per_type:
-        print_table(["type", "n", "image AUROC", "flagged at threshold"],
+        pixels = any("box_hit_rate" in row for row in report.per_type.values())
+        print_table(["type", "n", "image AUROC", "flagged at threshold", *(["box hit rate"] if pixels else [])],
                     [[kind, row.get("count", ""), row.get("image_auroc"),
-                      row.get("recall_at_threshold", row.get("false_positive_rate"))]
+                      row.get("recall_at_threshold", row.get("false_positive_rate")),
+                      *([row.get("box_hit_rate", "")] if pixels else [])]
                      for kind, row in report.per_type.items()])
     for note in report.metrics.get("notes", []):
         console.print(f"note: {note}")

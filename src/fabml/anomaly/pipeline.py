@@ -273,8 +273,15 @@ class EvalReport:
 
 
 def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, data: str | None = None,
-             figures: bool = True) -> EvalReport:
-    """Metrics (image/pixel AUROC, AUPRO, F1) on the run's test split or on ``data``; writes files and figures."""
+             figures: bool = True, save_maps: bool = False) -> EvalReport:
+    """Metrics on the run's test split or on ``data``; writes files and figures.
+
+    Metrics (:func:`fabml.metrics.anomaly.anomaly_metrics`): image/pixel AUROC, AUPRO, F1-max, F1 at the
+    calibrated threshold, the anomalous share of the test images and the F1 of calling every image
+    anomalous (the floor F1 must beat), and with masks the box hit rate and the region recall at the
+    calibrated pixel threshold (raw maps; the same as normalised map >= 0.5). ``save_maps`` keeps the
+    normalised maps already computed: ``out_dir/maps.npz`` as :func:`predict` writes it.
+    """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "evaluation"
     device = resolve_device("auto")
@@ -286,18 +293,19 @@ def evaluate(run_dir: str | Path, out_dir: str | Path | None = None, data: str |
     metrics = anomaly_metrics(
         scored.labels, scored.scores,
         masks=scored.masks if has_masks else None, maps=scored.maps if has_masks else None,
-        threshold=fitted.normalizer.image_threshold,
+        threshold=fitted.normalizer.image_threshold, pixel_threshold=fitted.normalizer.pixel_threshold,
     )
     types = list(result.table["defect_type"])
     per_type = per_type_metrics(
         types, scored.labels, scored.scores,
         masks=scored.masks if has_masks else None, maps=scored.maps if has_masks else None,
         normal_type=_normal_type(records), threshold=fitted.normalizer.image_threshold,
+        pixel_threshold=fitted.normalizer.pixel_threshold,
     )
     metrics["infer_ms_per_image"] = result.infer_ms_per_image
     metrics["n_images"] = len(records)
     metrics["n_anomalous"] = int(scored.labels.sum())
-    write_evaluation(out_dir, fitted, records, result, metrics, per_type, figures=figures)
+    write_evaluation(out_dir, fitted, records, result, metrics, per_type, figures=figures, save_maps=save_maps)
     return EvalReport(metrics, per_type, result.infer_ms_per_image, out_dir, result)
 
 

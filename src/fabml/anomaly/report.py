@@ -16,7 +16,10 @@ from fabml.viz.anomaly import plot_grade_counts, plot_overlays, plot_roc_curves,
 if TYPE_CHECKING:
     from fabml.anomaly.pipeline import Predictions
 
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_at_threshold")
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_all_anomalous", "anomalous_share",
+               "f1_at_threshold", "box_hit_rate", "region_recall")
+"""The summary rows of an evaluation, in order: F1-max sits beside ``f1_all_anomalous`` (the F1 of calling every
+test image anomalous, ``2p / (1 + p)`` with ``p`` = ``anomalous_share``), so a flattering F1 shows."""
 
 
 def pick_overlay_rows(table: Any, limit: int = 16) -> list[int]:
@@ -52,20 +55,27 @@ def overlay_figure(path: Path, fitted: FittedModel, records: list[ImageRecord], 
 
 def write_predictions(out_dir: Path, fitted: FittedModel, records: list[ImageRecord], result: "Predictions",
                       overlays: bool = True, save_maps: bool = False) -> Path:
-    """predictions.csv (+ overlays.png, + maps.npz of normalised maps as float16)."""
+    """predictions.csv (+ overlays.png, + maps.npz).
+
+    ``maps.npz`` holds ``maps``: float16 ``[N, H, W]`` normalised anomaly maps at the fitted image size
+    (pixel threshold = 0.5; kept below 1, float16's largest value under 1 is 0.99951) and ``paths``:
+    ``[N]`` the image of each map, in the row order of predictions.csv. Read it with
+    ``np.load(path)["maps"]``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     result.table.to_csv(out_dir / "predictions.csv", index=False)
     if overlays:
         overlay_figure(out_dir / "overlays.png", fitted, records, result)
     if save_maps and result.maps is not None:
-        np.savez_compressed(out_dir / "maps.npz", maps=result.maps.astype(np.float16),
-                            paths=np.asarray(result.table["path"]))
+        below_one = np.nextafter(np.float16(1), np.float16(0))
+        np.savez_compressed(out_dir / "maps.npz", maps=np.minimum(result.maps.astype(np.float16), below_one),
+                            paths=np.asarray(result.table["path"], dtype=str))
     return out_dir / "predictions.csv"
 
 
 def metrics_markdown(name: str, metrics: dict[str, Any], per_type: dict[str, dict[str, Any]]) -> str:
     """One summary table and one per-type table, as markdown (cells: 4 decimals, never truncated)."""
-    keys = (*METRIC_KEYS, "infer_ms_per_image", "n_images", "n_anomalous")
+    keys = [k for k in METRIC_KEYS if k in metrics] + ["infer_ms_per_image", "n_images", "n_anomalous"]
     lines = [f"# Anomaly evaluation — {name}", ""]
     lines += table_lines(["metric", "value"], [[key, metrics.get(key)] for key in keys], digits=4)
     for note in metrics.get("notes", []):
@@ -78,9 +88,11 @@ def metrics_markdown(name: str, metrics: dict[str, Any], per_type: dict[str, dic
 
 
 def write_evaluation(out_dir: Path, fitted: FittedModel, records: list[ImageRecord], result: "Predictions",
-                     metrics: dict[str, Any], per_type: dict[str, dict[str, Any]], figures: bool = True) -> Path:
-    """metrics.json, metrics.md, predictions.csv and (optionally) overlays, ROC, histogram and grade figures."""
-    write_predictions(out_dir, fitted, records, result, overlays=figures)
+                     metrics: dict[str, Any], per_type: dict[str, dict[str, Any]], figures: bool = True,
+                     save_maps: bool = False) -> Path:
+    """metrics.json, metrics.md, predictions.csv, (optionally) overlays, ROC, histogram and grade figures, and
+    (``save_maps``) maps.npz as :func:`write_predictions` writes it."""
+    write_predictions(out_dir, fitted, records, result, overlays=figures, save_maps=save_maps)
     (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "per_type": per_type}, indent=2, default=float))
     (out_dir / "metrics.md").write_text(metrics_markdown(fitted.name, metrics, per_type))
     if figures:

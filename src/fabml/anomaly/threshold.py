@@ -198,10 +198,10 @@ def calibrate_pixel_threshold(
 # ---------------------------------------------------------------- normalisation
 
 
-def _largest_below_one(dtype: Any) -> float:
-    """The largest value below 1 of a float dtype: ``1 - eps / 2`` (e.g. ``1 - 2**-24`` for float32)."""
+def _largest_below(one: float, dtype: Any) -> float:
+    """The largest value below ``one`` (a power of two: 1 or 0.5) of a float dtype: ``one * (1 - eps / 2)``."""
     eps = torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) else np.finfo(dtype).eps
-    return 1.0 - float(eps) / 2.0
+    return one * (1.0 - float(eps) / 2.0)
 
 
 def _softsign_norm(x: Any, threshold: float, scale: float) -> Any:
@@ -209,22 +209,26 @@ def _softsign_norm(x: Any, threshold: float, scale: float) -> Any:
 
     Computed as ``q = 0.5 / (1 + |d|)``, ``norm = 1 - q`` where ``d >= 0`` else ``q``: each step is a
     monotone rounding, so the result never reverses the order of two inputs in floating point, and
-    ``x == threshold`` gives exactly 0.5. The only bound is the representation guard
-    ``norm <= 1 - eps/2`` of the dtype (reached only for ``d`` > ~1.7e7 in float32, ~9e15 in float64),
-    so no value equals 1. Torch in, torch out (constants only: ONNX-exportable); anything else ->
-    numpy (a float dtype is kept, others become float64).
+    ``x == threshold`` gives exactly 0.5. The only bounds are representation guards of the dtype:
+    ``norm <= 1 - eps/2`` (reached only for ``d`` > ~1.7e7 in float32, ~9e15 in float64), so no value
+    equals 1, and ``norm < 0.5`` for every ``d < 0`` (``1 + |d|`` rounds to 1 for ``|d|`` below eps),
+    so ``norm >= 0.5`` exactly when ``x >= threshold``. Torch in, torch out (constants only:
+    ONNX-exportable); anything else -> numpy (a float dtype is kept, others become float64).
     """
     if isinstance(x, torch.Tensor):
         d = (x - threshold) / scale
         q = 0.5 / (1.0 + d.abs())
-        return torch.where(d >= 0, 1.0 - q, q).clamp(max=_largest_below_one(d.dtype))
+        below, above = q.clamp(max=_largest_below(0.5, d.dtype)), (1.0 - q).clamp(max=_largest_below(1.0, d.dtype))
+        return torch.where(d >= 0, above, below)
     arr = np.asarray(x)
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
+    one = arr.dtype.type(1.0)
     d = (arr - arr.dtype.type(threshold)) / arr.dtype.type(scale)
-    q = arr.dtype.type(0.5) / (arr.dtype.type(1.0) + np.abs(d))
-    out = np.where(d >= 0, arr.dtype.type(1.0) - q, q)
-    return np.minimum(out, arr.dtype.type(_largest_below_one(arr.dtype))).astype(arr.dtype, copy=False)
+    q = arr.dtype.type(0.5) / (one + np.abs(d))
+    below = np.minimum(q, arr.dtype.type(_largest_below(0.5, arr.dtype)))
+    above = np.minimum(one - q, arr.dtype.type(_largest_below(1.0, arr.dtype)))
+    return np.where(d >= 0, above, below).astype(arr.dtype, copy=False)
 
 
 def normalisation_scale(low: float, high: float) -> float:

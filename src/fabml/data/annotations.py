@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from fabml.errors import DataError
 
@@ -104,13 +103,33 @@ class Annotation:
             out |= self.mask[rows][:, cols]
         for box in self.fill:
             out[box.scaled(sx, sy).pixels(oh, ow)] = True
-        if self.polygons:
-            canvas = Image.new("L", (ow, oh), 0)
-            draw = ImageDraw.Draw(canvas)
-            for poly in self.polygons:
-                draw.polygon([(float(x) * sx - 0.5, float(y) * sy - 0.5) for x, y in poly], fill=1, outline=1)
-            out |= np.asarray(canvas, dtype=bool)
+        for poly in self.polygons:
+            fill_polygon(out, np.asarray(poly, dtype=np.float64) * [sx, sy])
         return out.astype(np.float32)
+
+
+def fill_polygon(out: np.ndarray, poly: np.ndarray) -> None:
+    """Set the pixels of bool ``out`` ``[H, W]`` whose centre ``(c + 0.5, r + 0.5)`` lies inside the
+    polygon ``poly`` ``[K, 2]`` of (x, y) vertices (even-odd rule); a polygon too thin to hold a
+    pixel centre sets the pixels of its vertices instead, so that it never vanishes."""
+    h, w = out.shape
+    x0, y0 = max(0, math.floor(poly[:, 0].min())), max(0, math.floor(poly[:, 1].min()))
+    x1, y1 = min(w, math.ceil(poly[:, 0].max())), min(h, math.ceil(poly[:, 1].max()))
+    inside = np.zeros((0, 0), bool)
+    if x1 > x0 and y1 > y0:
+        py, px = np.mgrid[y0:y1, x0:x1] + 0.5
+        inside = np.zeros(px.shape, bool)
+        for (xa, ya), (xb, yb) in zip(poly, np.roll(poly, -1, axis=0)):
+            crosses = (ya > py) != (yb > py)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x_cut = xa + (py - ya) * (xb - xa) / (yb - ya)
+            inside ^= crosses & (px < x_cut)
+        out[y0:y1, x0:x1] |= inside
+    if inside.any():
+        return
+    cols = np.clip(np.floor(poly[:, 0]).astype(int), 0, w - 1)
+    rows = np.clip(np.floor(poly[:, 1]).astype(int), 0, h - 1)
+    out[rows, cols] = True
 
 
 def split_spec(spec: str) -> tuple[str, str, str]:
@@ -305,6 +324,7 @@ def _yolo(path: str, text: str, image_size: tuple[int, int]) -> Annotation:
         else:
             poly = np.asarray(values, dtype=np.float64).reshape(-1, 2) * [w, h]
             ann.polygons.append(poly)
-            ann.boxes.append(checked_box(path, Box(poly[:, 0].min(), poly[:, 1].min(), poly[:, 0].max(),
-                                                   poly[:, 1].max(), kind), image_size, f"line {n}"))
+            lo, hi = poly.min(axis=0), poly.max(axis=0)
+            ann.boxes.append(checked_box(path, Box(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]), kind),
+                                         image_size, f"line {n}"))
     return ann

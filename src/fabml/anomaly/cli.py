@@ -32,7 +32,26 @@ def fit(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed gradient-model run exactly.")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the run's checkpoints and start over.")] = False,
 ) -> None:
-    """Fit MODEL on the normal training images, calibrate the threshold on held-out normals, save the run."""
+    """Fit MODEL on the normal training images, calibrate the threshold on held-out normals, save the run.
+
+    \b
+    Accepted data (masks and annotation files are matched to images by file stem):
+    | data           | where                         | example              |
+    |----------------|-------------------------------|----------------------|
+    | type folders   | --data ROOT: ROOT/<type>/     | ROOT/Good/a.png      |
+    | folders        | data.normal_dir, abnormal_dir | normal/ bad/<type>/  |
+    | PNG masks      | beside, <type>/masks/,        | b.png beside b.jpg   |
+    |                | ROOT/masks/<type>/, mask_dir  |                      |
+    | VOC .xml       | where masks go, or            | <bndbox>, 1-based    |
+    |                | data.annotation_path=DIR      |                      |
+    | YOLO .txt      | same; classes.txt for names   | 0 0.22 0.55 0.25 0.5 |
+    | box .txt       | same; pixels, x2 y2 exclusive | 2,3,7,8,scratch      |
+    | COCO .json     | data.annotation_path=FILE     | bbox + segmentation  |
+    | MATLAB .mat    | same; data.mask_variable=NAME | nonzero = defect     |
+    data.annotations: auto|masks|voc|coco|yolo|boxes_txt|mat (auto: by suffix,
+    .txt by content). A mask-like folder beside the type folders (masks/, gt/,
+    labels/, or all-binary images) is read as masks, never as a defect type.
+    """
     from fabml.anomaly.pipeline import fit as fit_run
     from fabml.engine.distributed import is_main_process
 

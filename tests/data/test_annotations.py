@@ -290,13 +290,16 @@ def test_a_record_pointing_at_a_bad_annotation_fails_with_the_file_named(tmp_pat
 
 
 def test_fit_and_evaluate_on_yolo_boxes(tmp_path: Path) -> None:
-    """End to end: the generated inspection set with its masks replaced by YOLO boxes."""
+    """End to end: the generated inspection set with its Spot masks replaced by YOLO boxes and its Scratch
+    masks deleted (reported in fit.json)."""
     from fabml.anomaly.config import AnomalyConfig
     from fabml.anomaly.pipeline import evaluate, fit
     from fabml.config import from_dict
     from fabml.data.synthetic_inspection import make_inspection_set
 
-    root = make_inspection_set(tmp_path / "set", n_normal=12, n_defect=4, size=32)
+    root = make_inspection_set(tmp_path / "set", n_normal=12, n_defect=4, size=32, defect_types=("Spot", "Scratch"))
+    for mask_file in (root / "Scratch" / "masks").iterdir():
+        mask_file.unlink()
     truth = {}
     for mask_file in sorted((root / "Spot" / "masks").glob("*.png")):
         mask = np.asarray(Image.open(mask_file)) > 127
@@ -315,7 +318,9 @@ def test_fit_and_evaluate_on_yolo_boxes(tmp_path: Path) -> None:
     })
     fit(cfg, tmp_path / "run")
     split = pd.read_csv(tmp_path / "run" / "split.csv", keep_default_na=False)
-    defects = split[split["label"] == 1]
+    assert "defect type 'Scratch' has no masks while Spot has" in json.loads((tmp_path / "run" / "fit.json").read_text())[
+        "split"]
+    defects = split[split["defect_type"] == "Spot"]
     assert len(defects) == 4 and defects["mask_path"].str.endswith(".txt").all()
     records = [ImageRecord(p, 1, "Spot", m) for p, m in zip(defects["item"], defects["mask_path"])]
     ds = AnomalyImageDataset(records, (32, 32), 1)

@@ -318,8 +318,8 @@ def test_fit_and_evaluate_on_yolo_boxes(tmp_path: Path) -> None:
     })
     fit(cfg, tmp_path / "run")
     split = pd.read_csv(tmp_path / "run" / "split.csv", keep_default_na=False)
-    assert "defect type 'Scratch' has no masks while Spot has" in json.loads((tmp_path / "run" / "fit.json").read_text())[
-        "split"]
+    fit_json = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert "defect type 'Scratch' has no masks while Spot has" in fit_json["split"]
     defects = split[split["defect_type"] == "Spot"]
     assert len(defects) == 4 and defects["mask_path"].str.endswith(".txt").all()
     records = [ImageRecord(p, 1, "Spot", m) for p, m in zip(defects["item"], defects["mask_path"])]

@@ -397,3 +397,10 @@ def test_a_defect_type_without_masks_is_reported(tmp_path: Path, capsys: pytest.
     note = "defect type 'Dent' has no masks while Crack has"
     assert any(note in n for n in split.notes) and note in split.summary()
     assert note in capsys.readouterr().err
+
+
+def test_a_flat_mask_named_like_images_of_two_types_is_an_error(tmp_path: Path) -> None:
+    root = _root_with_mask_folder(tmp_path, nested=False)
+    _gray(root / "Dent" / "c1.jpg")  # a second c1, now of type Dent
+    with pytest.raises(DataError, match=r"masks/c1.png matches images of types Crack and Dent; put masks in"):
+        discover_records(AnomalyDataConfig(root=str(root)))

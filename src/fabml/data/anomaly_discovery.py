@@ -250,7 +250,7 @@ def _looks_binary(images: Sequence[Path], sample: int = 4) -> bool:
     return bool(picks)
 
 
-def _mask_roots(root: Path, subdirs: list[Path], scanned: list[tuple[Path, list[Path], dict[str, Path]]]
+def _mask_roots(subdirs: list[Path], scanned: list[tuple[Path, list[Path], dict[str, Path]]]
                 ) -> list[tuple[Path, str]]:
     """Folders beside the type folders that hold masks: named like masks, or all-binary images while
     the type folders are not (never a folder named like the normal one). Removes them from ``scanned``."""
@@ -283,7 +283,7 @@ def _discover_per_type(cfg: AnomalyDataConfig, root: Path, exts: set[str], mask_
             siblings.update(masks)
         if images:
             scanned.append((d, images, siblings))
-    beside = _mask_roots(root, subdirs, scanned)
+    beside = _mask_roots(subdirs, scanned)
     if not scanned:
         raise DataError(f"no images found in the type subfolders of {root} (setting root); extensions: {sorted(exts)}")
     folders = [d.name for d, _, _ in scanned]
@@ -297,6 +297,7 @@ def _discover_per_type(cfg: AnomalyDataConfig, root: Path, exts: set[str], mask_
     shared_indexes += [(_index_masks(d, mask_exts, True), f"{{mask}} matches no image by file stem ({setting})")
                        for d, setting, _ in shared]
     claimed: set[Path] = set()
+    flat_users: dict[Path, str] = {}
     records: list[ImageRecord] = []
     for i, ((d, images, siblings), name) in enumerate(zip(scanned, names)):
         mask_subdirs = [c for c in sorted(d.iterdir()) if c.is_dir() and c.name.lower() in _MASK_SUBDIRS]
@@ -314,6 +315,9 @@ def _discover_per_type(cfg: AnomalyDataConfig, root: Path, exts: set[str], mask_
             for index, _ in shared_indexes:
                 for key in dict.fromkeys([(d.name, img.stem), (name, img.stem), (".", img.stem)]):
                     found = _take_mask(index, key, img)
+                    if found is not None and flat_users.setdefault(found, d.name) != d.name:
+                        raise DataError(f"mask {found} matches images of types {flat_users[found]} and {d.name}; "
+                                        "put masks in <mask folder>/<type>/<stem>")
                     if found is not None:
                         claimed.add(found)
                         mask = mask or found

@@ -63,6 +63,7 @@ def test_box_text_lines_become_pixel_exact_masks_at_any_size(tmp_path: Path) -> 
     ("1 1 2 2\n2 3 7 8 a b\n", r"line 2: expected .*found 6 column"),
     ("2 3 25 8 dent\n", r"line 1: box \(2, 3, 25, 8\) lies outside the 20x10 image"),
     ("7 3 2 8\n", r"line 1: box .* is empty"),
+    ("20.2 3 20.8 8\n", r"line 1: box \(20.2, 3, 20.8, 8\) lies outside"),
 ])
 def test_box_text_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -328,3 +329,21 @@ def test_fit_and_evaluate_on_yolo_boxes(tmp_path: Path) -> None:
     evaluate(tmp_path / "run", tmp_path / "eval", figures=False)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0 and metrics["image_auroc"] > 0.7
+
+
+def test_folders_layout_with_an_annotation_folder_and_a_mask_dir(tmp_path: Path) -> None:
+    for i in range(3):
+        _image(tmp_path / "normal" / f"n{i}.png")
+    _image(tmp_path / "bad" / "scratch" / "s1.png")
+    _image(tmp_path / "bad" / "dent" / "d1.png")
+    _voc(tmp_path / "ann" / "scratch" / "s1.xml", [("scratch", 3, 4, 7, 8)])
+    _write(tmp_path / "ann" / "n0.txt", "")  # annotations of normal images are accepted and ignored
+    _write(tmp_path / "masks" / "dent" / "d1.txt", "2 3 7 8 dent\n")
+    cfg = AnomalyDataConfig(root=str(tmp_path), normal_dir="normal", abnormal_dir="bad", mask_dir="masks",
+                            annotation_path="ann")
+    records = discover_records(cfg)
+    assert [(r.defect_type, r.mask_path) for r in records if r.label == 1] == [
+        ("dent", str(tmp_path / "masks" / "dent" / "d1.txt")), ("scratch", str(tmp_path / "ann" / "scratch" / "s1.xml"))]
+    ds = AnomalyImageDataset(records[3:], (H, W), 1)
+    assert all(np.array_equal(ds[i]["mask"][0].numpy(), _box_mask()) for i in range(2))
+    assert [b.type for i in range(2) for b in ds.boxes(i)] == ["dent", "scratch"]

@@ -215,7 +215,12 @@ def checked_box(path: str, box: Box, image_size: tuple[int, int], where: str) ->
         raise DataError(f"annotation file {path}, {where}: box ({box.x1:g}, {box.y1:g}, {box.x2:g}, {box.y2:g}) "
                         f"lies outside the {w}x{h} image (width x height); fix the box or pair the file "
                         "with the right image")
-    return replace(box, x1=max(box.x1, 0.0), y1=max(box.y1, 0.0), x2=min(box.x2, float(w)), y2=min(box.y2, float(h)))
+    clipped = replace(box, x1=min(max(box.x1, 0.0), w), y1=min(max(box.y1, 0.0), h),
+                      x2=max(min(box.x2, float(w)), 0.0), y2=max(min(box.y2, float(h)), 0.0))
+    if clipped.x2 <= clipped.x1 or clipped.y2 <= clipped.y1:
+        raise DataError(f"annotation file {path}, {where}: box ({box.x1:g}, {box.y1:g}, {box.x2:g}, {box.y2:g}) "
+                        f"lies outside the {w}x{h} image (width x height)")
+    return clipped
 
 
 def _voc_boxes(path: str, text: str, image_size: tuple[int, int]) -> list[Box]:

@@ -27,7 +27,9 @@ Box convention: :class:`Box` holds continuous pixel coordinates of the original 
 rectangle ``[x1, x2) x [y1, y2)`` (x1, y1 inclusive, x2, y2 exclusive), so pixel column ``c``
 (covering ``[c, c + 1)``) lies in the box when ``x1 <= c < x2`` for integer coordinates. At
 another size a box is scaled with the image and every pixel it touches is filled, so a box never
-vanishes when the image shrinks. Boxes may overshoot the image by up to 1 pixel (rounding of
+vanishes when the image shrinks. Polygons (COCO, YOLO-seg) fill the pixels whose centre lies
+inside. A ``.txt`` read as ``auto`` is YOLO when every line is an integer class followed by
+fractions in [0, 1], else pixel boxes. Boxes may overshoot the image by up to 1 pixel (rounding of
 annotation tools) and are clipped; beyond that the file is a :class:`DataError`.
 """
 

@@ -3,9 +3,9 @@
 The graph takes ``image``: float32 ``[B, C, H, W]`` with raw pixel values in [0, 255] at any
 height and width (resized inside to the fitted size, bilinear), and returns
 ``score`` ``[B]`` (normalised: threshold = 0.5, in (0, 1), order kept), ``anomaly_map`` ``[B, 1, h, w]``
-(normalised the same way, at the fitted size) and ``raw_score`` ``[B]``, plus ``severity`` ``[B]`` (the predicted fault severity,
-unnormalised) for a model with a severity head (``draem_severity``). The export is checked against the torch model on
-sample images; a difference above ``tolerance`` is an error. The check's figures are written beside
+(normalised the same way, at the fitted size) and ``raw_score`` ``[B]``, plus ``severity`` ``[B]`` (the
+predicted fault severity, unnormalised) for a model with a severity head (``draem_severity``). The export
+is checked against the torch model on sample images; a difference above ``tolerance`` is an error. The check's figures are written beside
 the model as ``<name>.parity.json`` (see :func:`parity_path`). Export and check are
 :mod:`fabml.onnx_export`, shared with the other jobs.
 """

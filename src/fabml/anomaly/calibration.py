@@ -4,6 +4,12 @@ The held-out normals give the distribution of normal scores. When ``calibration.
 is on, the same images with Perlin-noise anomalies pasted in (DRAEM's recipe) give the
 anomalous side, and the thresholds are the F1-max points of image scores and pixel
 scores; otherwise the thresholds are high quantiles of the normal scores.
+
+Calibration then says what the chosen image threshold will do (:func:`threshold_check`): the
+share of held-out good images it passes (score < threshold) and the share of the defective or
+synthetic-anomaly images it catches (score >= threshold), and warns when those numbers cannot be
+trusted (too few held-out normals) or predict trouble (too many good images fail, too many
+defects pass).
 """
 
 from __future__ import annotations
@@ -15,16 +21,32 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fabml import console
 from fabml.anomaly.config import CalibrationConfig
 from fabml.anomaly.inference import ScoredSet, score_batches
 from fabml.anomaly.models.base import AnomalyModel
 from fabml.anomaly.synthetic import SyntheticAnomalyConfig, synthesize_anomalies
-from fabml.anomaly.threshold import ScoreNormalizer, calibrate_pixel_threshold, calibrate_threshold
+from fabml.anomaly.threshold import (
+    ScoreNormalizer,
+    ThresholdResult,
+    calibrate_pixel_threshold,
+    calibrate_threshold,
+)
+from fabml.errors import DataError
+
+DEFECT_SOURCES = ("real", "synthetic", "none")
+_DEFECT_NOUN = {"real": "defective", "synthetic": "synthetic-anomaly"}
 
 
 @dataclass
 class Calibration:
-    """The fitted normaliser and the lines that say how the thresholds were chosen."""
+    """The fitted normaliser and the lines that say how the thresholds were chosen.
+
+    messages: the image and pixel threshold lines, then the pass- and catch-rate lines, then one
+    ``warning: ...`` line per warning (:func:`threshold_check`). info: the numbers behind them
+    (saved in model.pt and fit.json), among them ``good_pass_rate``, ``defect_catch_rate``,
+    ``n_normals``, ``n_defects``, ``defect_source`` and ``warnings``.
+    """
 
     normalizer: ScoreNormalizer
     messages: list[str]
@@ -49,13 +71,103 @@ class _SyntheticBatches:
             yield {**batch, "image": images, "mask": masks, "label": labels.long()}
 
 
+def _percent(share: float) -> str:
+    return f"{share * 100:.1f}%"
+
+
+def threshold_check(normal_scores: np.ndarray, defect_scores: np.ndarray | None, image: ThresholdResult,
+                    defect_source: str, cfg: CalibrationConfig) -> tuple[dict[str, Any], list[str]]:
+    """What the image threshold will do, measured on the calibration scores, and the warnings it earns.
+
+    Args:
+        normal_scores: ``[N]`` raw scores of the held-out normal (good) images.
+        defect_scores: ``[M]`` raw scores of the defective (``defect_source='real'``) or synthetic-anomaly
+            (``'synthetic'``) images, or None (``'none'``).
+        image: the calibrated image threshold (raw units) and how it was chosen.
+        cfg: ``min_normals``, ``min_pass_rate`` and ``min_catch_rate`` set when to warn.
+
+    Returns ``(info, lines)``. info: ``good_pass_rate`` = share of normals with score < threshold,
+    ``defect_catch_rate`` = share of defects with score >= threshold (None without defects), counts
+    ``n_normals`` / ``n_defects``, ``defect_source`` and ``warnings`` (the warning texts). lines: one
+    line per rate, then ``warning: <text>`` per warning. Warnings: fewer than ``min_normals`` normals;
+    pass rate < ``min_pass_rate``; catch rate < ``min_catch_rate``.
+    """
+    if defect_source not in DEFECT_SOURCES:
+        raise ValueError(f"defect_source must be one of {DEFECT_SOURCES}, got {defect_source!r}")
+    if (defect_scores is None) != (defect_source == "none"):
+        raise ValueError("defect_scores must be given exactly when defect_source is 'real' or 'synthetic'")
+    normal = np.asarray(normal_scores, dtype=np.float64).ravel()
+    if normal.size == 0:
+        raise DataError("no held-out normal scores to measure the threshold on; hold out some normal training images")
+    threshold = float(image.value)
+    n_normals = int(normal.size)
+    passed = int((normal < threshold).sum())
+    pass_rate = passed / n_normals
+    lines = [f"expected pass rate of good images: {_percent(pass_rate)} ({passed} of {n_normals} held-out normal "
+             f"images score below the threshold {threshold:.4g})"]
+    catch_rate: float | None = None
+    n_defects = 0
+    defects = None if defect_scores is None else np.asarray(defect_scores, dtype=np.float64).ravel()
+    if defects is not None and defects.size:
+        n_defects = int(defects.size)
+        caught = int((defects >= threshold).sum())
+        catch_rate = caught / n_defects
+        lines.append(f"catch rate of {_DEFECT_NOUN[defect_source]} images: {_percent(catch_rate)} ({caught} of "
+                     f"{n_defects} score at or above the threshold)")
+    else:
+        lines.append("catch rate of defective images: not measured (no defective or synthetic-anomaly images were "
+                     "scored; give some with calibration.defect_dir=DIR)")
+
+    warnings: list[str] = []
+    if n_normals < cfg.min_normals:
+        warnings.append(
+            f"only {n_normals} held-out normal images set the threshold (fewer than calibration.min_normals="
+            f"{cfg.min_normals}), so the pass and catch rates are rough; raise data.val_fraction or add normal images"
+        )
+    if pass_rate < cfg.min_pass_rate:
+        head = (f"the threshold passes only {_percent(pass_rate)} of held-out good images (below "
+                f"calibration.min_pass_rate={cfg.min_pass_rate:g})")
+        if image.method == "quantile":
+            warnings.append(f"{head}; raise calibration.quantile (now {cfg.quantile:g})")
+        elif image.source == "synthetic":
+            warnings.append(
+                f"{head}: the synthetic anomalies may not resemble this data's defects; give real defective "
+                "images with calibration.defect_dir=DIR, or set calibration.synthetic=false for a quantile "
+                f"threshold (the calibration.quantile={cfg.quantile:g} of the good scores)"
+            )
+        else:
+            warnings.append(
+                f"{head}: the images in calibration.defect_dir score like good ones; check that the folder holds "
+                "only defective images, or set calibration.method=quantile"
+            )
+    if catch_rate is not None and catch_rate < cfg.min_catch_rate:
+        noun = _DEFECT_NOUN[defect_source]
+        warnings.append(
+            f"the threshold catches only {_percent(catch_rate)} of the {n_defects} {noun} images (below "
+            f"calibration.min_catch_rate={cfg.min_catch_rate:g}): the model barely tells them from good images, "
+            "so expect many defects to pass; try another model or more normal training images"
+            + (", or real defective images with calibration.defect_dir=DIR" if defect_source == "synthetic" else "")
+        )
+    info: dict[str, Any] = {
+        "good_pass_rate": float(pass_rate),
+        "defect_catch_rate": None if catch_rate is None else float(catch_rate),
+        "n_normals": n_normals,
+        "n_defects": n_defects,
+        "defect_source": defect_source,
+        "warnings": warnings,
+    }
+    return info, lines + [f"warning: {text}" for text in warnings]
+
+
 def calibrate(model: AnomalyModel, val_loader: DataLoader, cfg: CalibrationConfig, device: torch.device,
               defect_loader: DataLoader | None = None) -> Calibration:
     """Score the held-out normals (and their synthetic-anomaly copies) and fit the normaliser.
 
     ``defect_loader`` (real defective images kept out of the test set, ``calibration.defect_dir``)
     replaces the synthetic anomalies for the image threshold; the pixel threshold still uses the
-    synthetic masks (or the quantile), since those images come without masks.
+    synthetic masks (or the quantile), since those images come without masks. The pass and catch
+    rates (:func:`threshold_check`) are measured on the images behind the image threshold: the real
+    defective images when given, else the synthetic ones; each warning is also printed to stderr.
     """
     normal = score_batches(model, val_loader, device, description="calibrating on held-out normals")
     synthetic: ScoredSet | None = None
@@ -97,4 +209,13 @@ def calibrate(model: AnomalyModel, val_loader: DataLoader, cfg: CalibrationConfi
         "normal_score_mean": float(normal.scores.mean()),
         "synthetic_score_mean": float(synthetic.scores.mean()) if synthetic is not None else None,
     }
-    return Calibration(normalizer, [image.message, pixel.message], info)
+    if defects is not None:
+        check_info, lines = threshold_check(normal.scores, defects.scores, image, "real", cfg)
+    elif synthetic is not None:
+        check_info, lines = threshold_check(normal.scores, synthetic.scores, image, "synthetic", cfg)
+    else:
+        check_info, lines = threshold_check(normal.scores, None, image, "none", cfg)
+    info.update(check_info)
+    for text in check_info["warnings"]:
+        console.err.print(f"warning: {text}")
+    return Calibration(normalizer, [image.message, pixel.message, *lines], info)

@@ -28,6 +28,9 @@ class CalibrationConfig:
     method: ``auto`` (F1-max against real defective images from ``defect_dir`` when given, else
     against synthetic anomalies when ``synthetic`` is on, else the ``quantile`` of normal scores)
     | ``f1`` | ``quantile``.
+    min_normals / min_pass_rate / min_catch_rate: calibration warns when fewer held-out normals
+    than ``min_normals`` set the threshold, when it passes less than ``min_pass_rate`` of them, or
+    when it flags less than ``min_catch_rate`` of the defective (or synthetic-anomaly) images.
     """
 
     method: str = "auto"
@@ -37,6 +40,17 @@ class CalibrationConfig:
     synthetic_texture: str = "images"  # images | noise
     defect_dir: str = ""  # optional folder of real defective images, not in the test set: F1-max image threshold
     seed: int = 0
+    min_normals: int = 20  # warn below this many held-out normals (raise data.val_fraction)
+    min_pass_rate: float = 0.9  # warn when the threshold passes a smaller share of held-out good images
+    min_catch_rate: float = 0.5  # warn when it flags a smaller share of the defective / synthetic images
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_normals, bool) or not isinstance(self.min_normals, int) or self.min_normals < 1:
+            raise ConfigError(f"calibration.min_normals={self.min_normals!r} must be a whole number >= 1, e.g. 20")
+        for name in ("min_pass_rate", "min_catch_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"calibration.{name}={value!r} must be a share in [0, 1], e.g. 0.9")
 
 
 @dataclass

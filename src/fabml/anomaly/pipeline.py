@@ -44,7 +44,8 @@ SPLIT_FILE = "split.csv"
 
 @dataclass
 class FitReport:
-    """What ``fit`` did: timings, sizes and the calibration lines to print."""
+    """What ``fit`` did: timings, sizes, the calibration lines to print and the numbers behind them
+    (``calibration``: thresholds, ``good_pass_rate``, ``defect_catch_rate``, ``warnings``...)."""
 
     run_dir: Path
     model: str
@@ -54,6 +55,7 @@ class FitReport:
     peak_rss_mb: float
     messages: list[str] = field(default_factory=list)
     train_stats: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 def model_settings(cfg: AnomalyConfig, image_size: tuple[int, int], channels: int) -> tuple[str, dict[str, Any]]:
@@ -164,6 +166,7 @@ def _calibrate_and_save(run: RunFolder, cfg: AnomalyConfig, split: Any, method: 
         run_dir=run.root, model=name, split=split.summary(), fit_seconds=fit_seconds,
         calibration_seconds=calibration_seconds, peak_rss_mb=peak_rss_mb(),
         messages=calibration.messages, train_stats={k: float(v) for k, v in stats.items()},
+        calibration=calibration.info,
     )
     (run.root / "fit.json").write_text(json.dumps({**report.__dict__, "run_dir": str(run.root)}, indent=2, default=str))
     return report

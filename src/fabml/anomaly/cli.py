@@ -62,7 +62,8 @@ def fit(
         return
     console.print(f"split: {report.split}")
     for line in report.messages:
-        console.print(line)
+        if not line.startswith("warning: "):  # calibration already printed its warnings on stderr
+            console.print(line)
     console.print(f"fitted {report.model} in {report.fit_seconds:.1f} s (calibration {report.calibration_seconds:.1f} s, "
                   f"peak memory {report.peak_rss_mb:,.0f} MB) -> {run_dir / 'model.pt'}")
 

@@ -28,7 +28,8 @@ def run_anomaly_demo(out: Path, console: Console | None = None) -> dict[str, Pat
     report = fit(cfg, out / "run", fresh=True)
     console.print(f"split: {report.split}")
     for line in report.messages:
-        console.print(line)
+        if not line.startswith("warning: "):  # calibration already printed its warnings on stderr
+            console.print(line)
     console.print(f"fitted PatchCore in {report.fit_seconds:.1f} s")
     evaluation = evaluate(out / "run")
     m = evaluation.metrics

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-wafer bench-anomaly bench-retrieval bench-surrogate clean
+.PHONY: demo test install bench-wafer bench-anomaly bench-severity bench-retrieval bench-surrogate clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PYTHON)': set PYTHON=/path/to/python3.11"; exit 1; }
@@ -27,6 +27,10 @@ bench-wafer: $(STAMP)
 # needs anomalib in its own environment: see the docstring of benchmarks/anomaly_magnetic_tile.py
 bench-anomaly: $(STAMP)
 	$(PY) benchmarks/anomaly_magnetic_tile.py
+
+# about 75 minutes on 2 CPU cores: draem_severity's five input modes, then three fault probabilities (magnetic tile)
+bench-severity: $(STAMP)
+	$(PY) benchmarks/anomaly_severity.py
 
 # about 35 minutes on 2 CPU cores: GroceryStore and magnetic-tile defect types, frozen / softmax / ArcFace
 bench-retrieval: $(STAMP)

@@ -20,7 +20,7 @@ open            a gap 3-5 px long cut across a trace
 short           a copper bridge (2-3 px wide) from a trace to the nearest other conductor 3-14 px away
 spur            a copper stub 3-5 px long and 2-3 px wide sticking out of a trace, touching nothing
 missing_pad     a pad erased (substrate where the pad was)
-spot            a dark or bright particle, an ellipse of 1.5-3.5 px radius, anywhere
+spot            a dark or bright particle (10 or 245 grey levels), an ellipse of 2-4 px radii, anywhere
 ==============  ===============================================================================
 
 A defect's box is the bounding rectangle of the layout pixels it changed, mapped through the test
@@ -216,7 +216,7 @@ def _add_defect(rng: np.random.Generator, layout: _Layout, copper: np.ndarray, p
     draw = ImageDraw.Draw(img)
     if kind == "spot":
         cx, cy = (float(v) for v in rng.uniform(box[0], box[1], 2))
-        rx, ry = (float(v) * _SS for v in rng.uniform(1.5, 3.5, 2))
+        rx, ry = (float(v) * _SS for v in rng.uniform(2.0, 4.0, 2))
         pim = Image.fromarray(particle.astype(np.uint8) * 255)
         ImageDraw.Draw(pim).ellipse([cx * _SS - rx, cy * _SS - ry, cx * _SS + rx, cy * _SS + ry], fill=255)
         particle |= np.asarray(pim) > 0
@@ -348,14 +348,16 @@ def generate_template_pairs(n_layouts: int = 4, n_good: int = 2, n_defect: int =
             defects: list[tuple[str, np.ndarray]] = []
             if k >= n_good:
                 for _ in range(int(rng.integers(1, max_defects + 1))):
-                    for _try in range(200):
-                        kind = str(defect_kinds[int(rng.integers(len(defect_kinds)))])
+                    kind = str(defect_kinds[int(rng.integers(len(defect_kinds)))])
+                    for attempt in range(400):  # the kind is kept for 200 tries, then any kind may be drawn
+                        if attempt >= 200:
+                            kind = str(defect_kinds[int(rng.integers(len(defect_kinds)))])
                         before_cu, before_pa = copper.copy(), particle.copy()
                         if _add_defect(rng, layout, copper, particle, kind, inner):
                             defects.append((kind, (before_cu != copper) | (before_pa != particle)))
                             break
                         copper[:], particle[:] = before_cu, before_pa
-            level = float(rng.choice([20.0, 235.0]))
+            level = float(rng.choice([10.0, 245.0]))
             canvas = _render(layout, copper, particle, level)
             transform = RigidTransform(float(rng.uniform(-max_shift, max_shift)), float(rng.uniform(-max_shift, max_shift)),
                                        float(rng.uniform(-max_rotation, max_rotation)))

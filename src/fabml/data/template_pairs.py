@@ -130,16 +130,19 @@ def _make_layout(rng: np.random.Generator, side: int, pad: int) -> _Layout:
         segments.append((x0, y0, x1, y1, w))
 
     lo, hi = pad + 6, side - pad - 6
-    # a bus: 3-5 parallel traces, horizontal or vertical, spacing 7-10 px
-    n_bus, spacing, w = int(rng.integers(3, 6)), float(rng.integers(7, 11)), float(rng.integers(3, 5))
-    start = float(rng.uniform(lo, hi - n_bus * spacing))
-    a0, a1 = float(rng.uniform(0, side * 0.3)), float(rng.uniform(side * 0.7, side))
-    vertical = bool(rng.integers(0, 2))
-    for i in range(n_bus):
-        c = start + i * spacing
-        segment(*((c, a0, c, a1) if vertical else (a0, c, a1, c)), w)
+    density = max(1.0, ((side - 2 * pad) / 128.0) ** 2)  # element counts grow with the area beyond 128 x 128
+    vertical = False
+    for _bus in range(int(round(density))):
+        # a bus: 3-5 parallel traces, horizontal or vertical, spacing 7-10 px
+        n_bus, spacing, w = int(rng.integers(3, 6)), float(rng.integers(7, 11)), float(rng.integers(3, 5))
+        start = float(rng.uniform(lo, hi - n_bus * spacing))
+        a0, a1 = float(rng.uniform(0, side * 0.3)), float(rng.uniform(side * 0.7, side))
+        vertical = bool(rng.integers(0, 2))
+        for i in range(n_bus):
+            c = start + i * spacing
+            segment(*((c, a0, c, a1) if vertical else (a0, c, a1, c)), w)
     # Manhattan traces with pads at both ends
-    for _ in range(int(rng.integers(5, 9))):
+    for _ in range(int(rng.integers(5, 9) * density)):
         w = float(rng.integers(3, 5))
         x, y = (float(v) for v in rng.uniform(lo, hi, 2))
         points = [(x, y)]
@@ -157,7 +160,7 @@ def _make_layout(rng: np.random.Generator, side: int, pad: int) -> _Layout:
             _rect(draw, px - half, py - half, px + half, py + half, 255)
             pads.append((px, py, half))
     # vias: copper ring, dark drill
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(3, 7) * density)):
         cx, cy = (float(v) * _SS for v in rng.uniform(lo, hi, 2))
         r_out, r_in = float(rng.uniform(3.5, 5.0)) * _SS, float(rng.uniform(1.5, 2.5)) * _SS
         draw.ellipse([cx - r_out, cy - r_out, cx + r_out, cy + r_out], fill=255)

@@ -97,3 +97,13 @@ def test_errors(golden: np.ndarray) -> None:
         align(golden[0], golden[0])
     with pytest.raises(DataError, match="max_angle"):
         estimate_transform(golden, golden, max_angle=-1)
+
+
+def test_residual_flags_a_turn_beyond_the_search_range(golden: np.ndarray) -> None:
+    rng = np.random.default_rng(2)
+    test = ndimage.rotate(golden, 3.0, reshape=False, order=3, mode="reflect") + rng.normal(0, 3, golden.shape)
+    within = align(test, golden, max_angle=3.5)
+    beyond = align(test, golden, max_angle=2.0)  # the search cannot reach -3 degrees
+    assert within.transform.angle_deg == pytest.approx(-3.0, abs=0.03) and within.residual_px < 0.1
+    # 0.75 degree left over: RMS displacement 0.75 * pi / 180 * sqrt((128^2 + 128^2) / 12) = 0.68 px
+    assert beyond.residual_px > 0.4

@@ -25,6 +25,8 @@ _EXPORTS = {
     "CutPasteFaults": "fabml.anomaly.cutpaste_faults",
     "CutPasteFaultConfig": "fabml.anomaly.cutpaste_faults",
     "evaluate_severity": "fabml.anomaly.ablation",
+    "evaluate_real_severity": "fabml.anomaly.ablation",
+    "measure_severity": "fabml.anomaly.ablation",
     "BackboneModelConfig": "fabml.anomaly.models",
     "COMMON_SETTINGS": "fabml.anomaly.models",
     "PoolingConfig": "fabml.anomaly.models",

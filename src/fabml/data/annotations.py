@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fabml.data.parsing import is_number
 from fabml.errors import DataError
 
 ANNOTATION_FORMATS = ("auto", "masks", "voc", "coco", "yolo", "boxes_txt", "mat")
@@ -264,21 +265,24 @@ def _rows(text: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+def _yolo_columns_ok(fields: list[str]) -> bool:
+    """``class cx cy w h`` or ``class x1 y1 x2 y2 x3 y3 ...`` (an odd count of at least 5), all numbers."""
+    n = len(fields)
+    return n >= 5 and n % 2 == 1 and all(is_number(v) for v in fields)
+
+
+def _yolo_fractions_ok(values: list[float]) -> bool:
+    """Every coordinate a fraction of the image size, [0, 1] with 0.01 slack for rounding."""
+    return all(-0.01 <= v <= 1.01 for v in values)
 
 
 def _looks_yolo(text: str) -> bool:
     """Every line ``int f f f f`` (or a YOLO-seg polygon) with the floats in [0, 1]."""
     rows = _rows(text)
     for _, f in rows:
-        if len(f) < 5 or (len(f) > 5 and len(f) % 2 == 0) or not all(_is_number(v) for v in f):
+        if not _yolo_columns_ok(f):
             return False
-        if float(f[0]) != int(float(f[0])) or not all(-0.01 <= float(v) <= 1.01 for v in f[1:]):
+        if float(f[0]) != int(float(f[0])) or not _yolo_fractions_ok([float(v) for v in f[1:]]):
             return False
     return bool(rows)
 
@@ -286,9 +290,9 @@ def _looks_yolo(text: str) -> bool:
 def _txt_boxes(path: str, text: str, image_size: tuple[int, int]) -> list[Box]:
     boxes = []
     for k, (n, f) in enumerate(_rows(text)):
-        if k == 0 and not any(_is_number(v) for v in f[:4]):
+        if k == 0 and not any(is_number(v) for v in f[:4]):
             continue  # a header line such as "x1,y1,x2,y2,type"
-        if len(f) not in (4, 5) or not all(_is_number(v) for v in f[:4]):
+        if len(f) not in (4, 5) or not all(is_number(v) for v in f[:4]):
             raise DataError(f"annotation file {path}, line {n}: expected 'x1 y1 x2 y2 [type]' (4 numbers and an "
                             f"optional type), found {len(f)} column(s): {' '.join(f)}")
         x1, y1, x2, y2 = (float(v) for v in f[:4])
@@ -313,11 +317,11 @@ def _yolo(path: str, text: str, image_size: tuple[int, int]) -> Annotation:
     names = class_names(path)
     ann = Annotation(image_size)
     for n, f in _rows(text):
-        if len(f) < 5 or (len(f) > 5 and len(f) % 2 == 0) or not all(_is_number(v) for v in f):
+        if not _yolo_columns_ok(f):
             raise DataError(f"annotation file {path}, line {n}: expected YOLO 'class cx cy w h' (5 numbers) or "
                             f"'class x1 y1 x2 y2 x3 y3 ...', found {len(f)} column(s): {' '.join(f)}")
         values = [float(v) for v in f[1:]]
-        if any(not -0.01 <= v <= 1.01 for v in values):
+        if not _yolo_fractions_ok(values):
             raise DataError(f"annotation file {path}, line {n}: YOLO coordinates must be fractions of the image "
                             "size in [0, 1]; pixel boxes 'x1 y1 x2 y2 type' need data.annotations=boxes_txt")
         cls = int(float(f[0]))

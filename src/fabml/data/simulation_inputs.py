@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image
 
 from fabml.data import images as image_io
+from fabml.data.parsing import is_number
 from fabml.data.simulation_io import FieldSource, format_ids
 from fabml.errors import ConfigError, DataError
 
@@ -56,18 +57,11 @@ def _check_unique(ids: np.ndarray, source: Path, what: str) -> None:
         raise DataError(f"inputs {source}: case id(s) {format_ids(uniq[counts > 1])} appear in more than one {what}")
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
 
 def _read_csv(path: Path, id_column: str) -> CaseInputs:
     try:
         frame = pd.read_csv(path)
-        if len(frame.columns) and all(_is_number(str(c)) for c in frame.columns):  # no header row
+        if len(frame.columns) and all(is_number(str(c)) for c in frame.columns):  # no header row
             frame = pd.read_csv(path, header=None)
             frame.columns = [f"p{j}" for j in range(frame.shape[1])]
     except FileNotFoundError:

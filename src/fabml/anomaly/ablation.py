@@ -125,6 +125,20 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _load_severity_run(run_dir: str | Path) -> tuple[Any, Any, torch.device] | None:
+    """(fitted run, its split, device) of a run whose model has a severity head; None without one."""
+    from fabml.anomaly.pipeline import SPLIT_FILE
+    from fabml.anomaly.runs import load_fitted
+    from fabml.data.anomaly_data import read_split
+    from fabml.engine.hardware import resolve_device
+
+    device = resolve_device("auto")
+    fitted = load_fitted(run_dir, device)
+    if not getattr(fitted.model, "has_severity", False):
+        return None
+    return fitted, read_split(Path(run_dir) / SPLIT_FILE), device
+
+
 def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, batch_size: int = 16,
                       part: str = "test") -> dict[str, Any]:
     """Severity MAE and Spearman correlation on ``n_faults`` held-out synthetic faults of known severity.
@@ -137,22 +151,25 @@ def evaluate_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, b
     ``severity_mae`` (severity units), ``severity_spearman`` (NaN when either side is constant) and
     ``severity_n``; ``{}`` for a model without a severity head.
     """
-    from fabml.anomaly.cutpaste_faults import CutPasteFaults
-    from fabml.anomaly.pipeline import SPLIT_FILE
-    from fabml.anomaly.runs import load_fitted
-    from fabml.data.anomaly_data import AnomalyImageDataset, read_split
-    from fabml.engine.hardware import resolve_device
+    _check_faults(n_faults, part)
+    run = _load_severity_run(run_dir)
+    return {} if run is None else _synthetic_severity(*run, n_faults, seed, batch_size, part)
 
+
+def _check_faults(n_faults: int, part: str) -> None:
     if n_faults < 2:
         raise ConfigError(f"n_faults={n_faults}: the severity evaluation needs at least 2 faults")
     if part not in ("test", "val"):
         raise ConfigError(f"part={part!r}: the severity evaluation uses the 'test' or the 'val' normals")
-    device = resolve_device("auto")
-    fitted = load_fitted(run_dir, device)
+
+
+def _synthetic_severity(fitted: Any, split: Any, device: torch.device, n_faults: int, seed: int, batch_size: int,
+                        part: str) -> dict[str, Any]:
+    """:func:`evaluate_severity` on a loaded run."""
+    from fabml.anomaly.cutpaste_faults import CutPasteFaults
+    from fabml.data.anomaly_data import AnomalyImageDataset
+
     model = fitted.model
-    if not getattr(model, "has_severity", False):
-        return {}
-    split = read_split(Path(run_dir) / SPLIT_FILE)
     normals = ([r for r in split.test if r.label == 0] if part == "test" else []) or list(split.val)
     dataset = AnomalyImageDataset(normals, fitted.image_size, fitted.channels)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
@@ -192,16 +209,15 @@ def evaluate_real_severity(run_dir: str | Path, batch_size: int = 16) -> dict[st
     whether larger, more visible defects are ranked as more severe. Returns ``real_severity_spearman`` (NaN
     with fewer than 2 such images) and ``real_severity_n``; ``{}`` for a model without a severity head.
     """
-    from fabml.anomaly.pipeline import SPLIT_FILE
-    from fabml.anomaly.runs import load_fitted
-    from fabml.data.anomaly_data import AnomalyImageDataset, read_split
-    from fabml.engine.hardware import resolve_device
+    run = _load_severity_run(run_dir)
+    return {} if run is None else _real_severity(*run, batch_size)
 
-    device = resolve_device("auto")
-    fitted = load_fitted(run_dir, device)
-    if not getattr(fitted.model, "has_severity", False):
-        return {}
-    defects = [r for r in read_split(Path(run_dir) / SPLIT_FILE).test if r.label == 1 and r.mask_path]
+
+def _real_severity(fitted: Any, split: Any, device: torch.device, batch_size: int) -> dict[str, Any]:
+    """:func:`evaluate_real_severity` on a loaded run."""
+    from fabml.data.anomaly_data import AnomalyImageDataset
+
+    defects = [r for r in split.test if r.label == 1 and r.mask_path]
     dataset = AnomalyImageDataset(defects, fitted.image_size, fitted.channels)
     proxy, pred = [], []
     with torch.no_grad():
@@ -215,14 +231,17 @@ def evaluate_real_severity(run_dir: str | Path, batch_size: int = 16) -> dict[st
     return {"real_severity_spearman": _spearman(x[keep], p[keep]), "real_severity_n": int(keep.sum())}
 
 
-def measure_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Every severity figure of one run: synthetic faults on the test normals (``severity_*``) and on the
-    calibration normals (``val_severity_*``), and the real-defect proxy correlation; ``{}`` without a head."""
-    test = evaluate_severity(run_dir, n_faults, seed)
-    if not test:
+def measure_severity(run_dir: str | Path, n_faults: int = 500, seed: int = 0, batch_size: int = 16) -> dict[str, Any]:
+    """Every severity figure of one run, the model loaded once: synthetic faults on the test normals
+    (``severity_*``) and on the calibration normals (``val_severity_*``), and the real-defect proxy correlation;
+    ``{}`` without a head."""
+    _check_faults(n_faults, "test")
+    run = _load_severity_run(run_dir)
+    if run is None:
         return {}
-    val = evaluate_severity(run_dir, n_faults, seed, part="val")
-    return {**test, **{f"val_{k}": v for k, v in val.items()}, **evaluate_real_severity(run_dir)}
+    test = _synthetic_severity(*run, n_faults, seed, batch_size, "test")
+    val = _synthetic_severity(*run, n_faults, seed, batch_size, "val")
+    return {**test, **{f"val_{k}": v for k, v in val.items()}, **_real_severity(*run, batch_size)}
 
 
 def run_label(settings: dict[str, Any]) -> str:

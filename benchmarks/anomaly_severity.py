@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from fabml.anomaly.ablation import ablation  # noqa: E402
 from fabml.anomaly.config import AnomalyConfig  # noqa: E402
 from fabml.config import from_dict  # noqa: E402
-from fabml.console import table_lines  # noqa: E402
+from fabml.console import fmt, table_lines  # noqa: E402
 from provenance import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
@@ -69,10 +69,6 @@ def best_mode(modes: dict[str, dict[str, Any]]) -> str:
         return -math.inf if value is None or not math.isfinite(float(value)) else float(value)
 
     return max(modes.items(), key=key)[0]
-
-
-def fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:

@@ -54,12 +54,17 @@ class Calibration:
 
 
 class _SyntheticBatches:
-    """The batches of ``loader`` with a synthetic anomaly pasted into every image."""
+    """The batches of ``loader`` with a synthetic anomaly pasted into every image.
 
-    def __init__(self, loader: DataLoader, cfg: CalibrationConfig) -> None:
+    ``test_channels``: for pairs (reference mode, a test image's channels then its reference's),
+    the anomaly goes into the first ``test_channels`` channels only: the test image, never its template.
+    """
+
+    def __init__(self, loader: DataLoader, cfg: CalibrationConfig, test_channels: int | None = None) -> None:
         self.loader = loader
         self.synthetic = SyntheticAnomalyConfig(probability=1.0, texture_source=cfg.synthetic_texture)
         self.seed = cfg.seed
+        self.test_channels = test_channels
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -67,7 +72,10 @@ class _SyntheticBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed)
         for batch in self.loader:
-            images, masks, labels = synthesize_anomalies(batch["image"], self.synthetic, generator)
+            image = batch["image"]
+            c = self.test_channels or image.shape[1]
+            images, masks, labels = synthesize_anomalies(image[:, :c], self.synthetic, generator)
+            images = torch.cat([images, image[:, c:]], dim=1)
             yield {**batch, "image": images, "mask": masks, "label": labels.long()}
 
 
@@ -172,7 +180,9 @@ def calibrate(model: AnomalyModel, val_loader: DataLoader, cfg: CalibrationConfi
     normal = score_batches(model, val_loader, device, description="calibrating on held-out normals")
     synthetic: ScoredSet | None = None
     if cfg.synthetic and cfg.method != "quantile":
-        synthetic = score_batches(model, _SyntheticBatches(val_loader, cfg), device, description="synthetic anomalies")
+        test_channels = model.in_chans if getattr(model, "pair_input", False) else None
+        synthetic = score_batches(model, _SyntheticBatches(val_loader, cfg, test_channels), device,
+                                  description="synthetic anomalies")
     defects = score_batches(model, defect_loader, device, description="defective images") if defect_loader else None
     if defects is not None and cfg.method != "quantile":
         image = calibrate_threshold(normal.scores, defects.scores, method=cfg.method, quantile=cfg.quantile,

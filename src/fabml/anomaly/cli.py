@@ -71,17 +71,28 @@ def fit(
 @app.command()
 def predict(
     run: RunOpt,
-    inputs: Annotated[list[str], typer.Argument(help="Image files and/or folders of images.")],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files and/or folders of images.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/predictions).")] = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Also write normalised maps (maps.npz).")] = False,
     overlays: Annotated[bool, typer.Option("--overlays/--no-overlays", help="Write overlays.png.")] = True,
+    pairs: Annotated[Optional[str], typer.Option(help="Reference mode: CSV image,reference (instead of INPUTS).")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Reference mode: one golden image for every input.")] = None,
+    reference_dir: Annotated[Optional[str], typer.Option(help="Reference mode: folder of golden images.")] = None,
+    reference_pattern: Annotated[Optional[str], typer.Option(
+        help=r"Reference mode: regex on each image's stem; group 1 (or 'ref') = its golden image's stem, e.g. (.+)_\d+")] = None,
 ) -> None:
     """Score images: normalised score (threshold 0.5), pass/fail, 5-level grade, defect area (and severity, for a
-    model with a severity head); writes predictions.csv."""
-    from fabml.anomaly.pipeline import predict as predict_run
+    model with a severity head); writes predictions.csv.
+
+    A reference-mode run (--model reference) compares each image with its own golden image, paired by --pairs,
+    --reference or --reference-pattern with --reference-dir (default: the run's data.reference_* settings);
+    predictions.csv then also names the reference and the alignment (offset, angle, residual_px).
+    """
+    from fabml.anomaly.pipeline import ReferenceSource, predict as predict_run
 
     out = out or run / "predictions"
-    result = predict_run(run, inputs, out, overlays=overlays, save_maps=save_maps)
+    source = ReferenceSource(pairs, reference, reference_pattern, reference_dir)
+    result = predict_run(run, list(inputs or []), out, overlays=overlays, save_maps=save_maps, references=source)
     severity = "severity" in result.table.columns
     print_table(["image", "score", "decision", "grade", *(["severity"] if severity else [])],
                 [[Path(row["path"]).name, row["score"], "FAIL" if row["anomalous"] else "pass",

@@ -4,7 +4,10 @@ The graph takes ``image``: float32 ``[B, C, H, W]`` with raw pixel values in [0,
 height and width (resized inside to the fitted size, bilinear), and returns
 ``score`` ``[B]`` (normalised: threshold = 0.5, in (0, 1), order kept), ``anomaly_map`` ``[B, 1, h, w]``
 (normalised the same way, at the fitted size) and ``raw_score`` ``[B]``, plus ``severity`` ``[B]`` (the
-predicted fault severity, unnormalised) for a model with a severity head (``draem_severity``). The export
+predicted fault severity, unnormalised) for a model with a severity head (``draem_severity``). A reference-mode run
+(``reference``) takes ``[B, 2C, H, W]``: the test image's channels, then those of its reference already aligned
+and light-matched onto it (:func:`fabml.data.reference_view.reference_on_image`; the alignment is not in the
+graph). The export
 is checked against the torch model on sample images; a difference above ``tolerance`` is an error. The check's figures are written beside
 the model as ``<name>.parity.json`` (see :func:`parity_path`). Export and check are
 :mod:`fabml.onnx_export`, shared with the other jobs.

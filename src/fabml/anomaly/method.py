@@ -37,6 +37,7 @@ METHOD_MODULES = {
     "draem_severity": "fabml.anomaly.methods.draem_severity",
     "efficient_ad": "fabml.anomaly.methods.efficient_ad",
     "autoencoder": "fabml.anomaly.methods.autoencoder",
+    "reference": "fabml.anomaly.methods.reference",
 }
 
 

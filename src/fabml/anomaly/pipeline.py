@@ -22,6 +22,7 @@ from fabml.anomaly.report import write_evaluation, write_predictions
 from fabml.anomaly.runs import JOB, FittedModel, load_fitted, save_fitted
 from fabml.anomaly.threshold import GRADE_NAMES, grade
 from fabml.config import from_dict, to_dict
+from fabml.data.reference_pairs import read_pairs
 from fabml.data.anomaly_data import (
     AnomalyImageDataset,
     MASK_FOLDER_NAMES,
@@ -73,8 +74,21 @@ def model_settings(cfg: AnomalyConfig, image_size: tuple[int, int], channels: in
 
 def loader(records: list[ImageRecord], cfg: AnomalyConfig, size: tuple[int, int], channels: int) -> DataLoader:
     """An in-order loader over ``records`` for feature extraction, calibration and scoring."""
-    dataset = AnomalyImageDataset(records, size, channels)
+    dataset = AnomalyImageDataset(records, size, channels, align_max_angle=cfg.data.align_max_angle)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+
+
+def check_reference_mode(name: str, model: Any, records: list[ImageRecord]) -> None:
+    """One-line ConfigError when a reference model meets images without references or a template-free
+    model meets pairs (a reference setting given to PatchCore would otherwise be silently ignored)."""
+    pairs = bool(getattr(model, "pair_input", False))
+    with_reference = any(r.reference for r in records)
+    if pairs and not with_reference:
+        raise ConfigError(f"model '{name}' compares each image with its reference, but no image has one: set "
+                          "data.pairs_csv, data.reference_image or data.reference_pattern with data.reference_dir")
+    if with_reference and not pairs:
+        raise ConfigError(f"the images come with references (data.pairs_csv / reference_image / reference_pattern) "
+                          f"but model '{name}' does not use them; choose --model reference or drop those settings")
 
 
 def train_config(method_defaults: dict[str, Any], overrides: dict[str, Any], cfg: AnomalyConfig) -> TrainConfig:
@@ -100,11 +114,15 @@ def fit(cfg: AnomalyConfig, run_dir: str | Path, resume: bool = False, fresh: bo
     name, settings = model_settings(cfg, size, channels)
     seed_everything(cfg.seed)
     model = create_anomaly_model(name, **settings)
+    check_reference_mode(name, model, split.train)
+    if cfg.calibration.defect_dir and getattr(model, "pair_input", False):
+        raise ConfigError("calibration.defect_dir holds single images, but the reference model scores pairs; leave "
+                          "it empty (the threshold comes from the held-out good pairs and synthetic defects)")
     method = create_anomaly_method(name, model)
     trainer: Trainer | None = None
     if not method.memory_bank:
         train_cfg = train_config(method.default_train, cfg.train, cfg)
-        dataset = AnomalyImageDataset(split.train, size, channels, cache=True)
+        dataset = AnomalyImageDataset(split.train, size, channels, cache=True, align_max_angle=cfg.data.align_max_angle)
         trainer = Trainer(method, train_cfg, run_dir, dataset, job_config=to_dict(cfg))
         # before config.yaml is overwritten: an existing checkpoint needs --resume/--fresh, or
         # train.auto_resume with unchanged settings
@@ -186,7 +204,8 @@ def run_predictions(fitted: FittedModel, records: list[ImageRecord], batch_size:
                     keep_maps: bool = True) -> Predictions:
     """Score ``records`` with ``fitted``; times the loop after a one-batch warm-up."""
     size, channels = fitted.image_size, fitted.channels
-    dataset = AnomalyImageDataset(records, size, channels)
+    check_reference_mode(fitted.name, fitted.model, records)
+    dataset = AnomalyImageDataset(records, size, channels, align_max_angle=fitted.cfg.data.align_max_angle)
     data = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with torch.no_grad():  # warm-up: first-call allocations and kernel selection are not inference time
         fitted.model(next(iter(data))["image"][:1].to(device))
@@ -210,6 +229,11 @@ def run_predictions(fitted: FittedModel, records: list[ImageRecord], batch_size:
         table["severity"] = scored.severities
     if maps is not None:
         table["defect_area_fraction"] = (maps >= 0.5).reshape(len(maps), -1).mean(axis=1)
+    if dataset.alignments:  # reference mode: where each image sat relative to its reference
+        table["reference"] = [records[i].reference for i in scored.indices]
+        for key in ("dx", "dy", "angle_deg", "residual_px", "coverage"):
+            table[f"align_{key}" if key != "residual_px" else key] = [dataset.alignments[int(i)][key]
+                                                                     for i in scored.indices]
     return Predictions(table, scored, maps, ms)
 
 
@@ -252,13 +276,67 @@ def image_records(inputs: list[str], extensions: list[str]) -> list[ImageRecord]
     return [ImageRecord(str(p), 0, "unknown", None) for p in paths]
 
 
+@dataclass
+class ReferenceSource:
+    """How ``predict`` pairs new images with references (reference mode): at most one of a pairs CSV,
+    one golden image, or a name pattern with a folder of golden images; all empty = the run's own
+    ``data.reference_image`` / ``data.reference_pattern`` settings."""
+
+    pairs_csv: str | None = None
+    reference: str | None = None
+    pattern: str | None = None
+    reference_dir: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any((self.pairs_csv, self.reference, self.pattern, self.reference_dir))
+
+
+def reference_records(fitted: FittedModel, inputs: list[str], source: ReferenceSource) -> list[ImageRecord]:
+    """Records of the images to predict, each with its reference (module ``fabml.data.reference_pairs``)."""
+    data = fitted.cfg.data
+    if not source.given:
+        if not (data.reference_image or data.reference_pattern):
+            raise ConfigError("the reference model needs each image's reference: pass --pairs CSV, --reference "
+                              "GOLDEN or --reference-pattern RX with --reference-dir DIR")
+        source = ReferenceSource(
+            reference=str(_from_root(data.root, data.reference_image)) if data.reference_image else None,
+            pattern=data.reference_pattern or None,
+            reference_dir=str(_from_root(data.root, data.reference_dir)) if data.reference_pattern else None)
+    if source.pairs_csv is not None:
+        if inputs:
+            raise ConfigError("give the images either as arguments or in the pairs CSV, not both")
+        pairs = read_pairs(pairs_csv=source.pairs_csv)
+    else:
+        if source.pattern is not None and source.reference_dir is None:
+            raise ConfigError("--reference-pattern needs --reference-dir, the folder of golden images")
+        paths = [r.path for r in image_records(inputs, data.extensions)]
+        pairs = read_pairs(paths, pattern=source.pattern, reference_dir=source.reference_dir,
+                           reference=source.reference)
+    return [ImageRecord(p.image, 0, "unknown", None, p.reference) for p in pairs]
+
+
+def _from_root(root: str, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or not root else Path(root).expanduser() / p
+
+
 def predict(run_dir: str | Path, inputs: list[str], out_dir: str | Path, overlays: bool = True,
-            save_maps: bool = False) -> Predictions:
-    """Score images with a fitted run; writes predictions.csv (+ overlays.png, maps.npz)."""
+            save_maps: bool = False, references: ReferenceSource | None = None) -> Predictions:
+    """Score images with a fitted run; writes predictions.csv (+ overlays.png, maps.npz).
+
+    A reference-mode run pairs each image with its reference by ``references`` (or by the run's own
+    reference settings); the table then also holds each image's reference and alignment."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     device = resolve_device("auto")
     fitted = load_fitted(run_dir, device)
-    records = image_records(inputs, fitted.cfg.data.extensions)
+    references = references or ReferenceSource()
+    if getattr(fitted.model, "pair_input", False) or references.given:
+        records = reference_records(fitted, inputs, references)
+    else:
+        if not inputs:
+            raise ConfigError("no images given: pass image files or folders")
+        records = image_records(inputs, fitted.cfg.data.extensions)
     result = run_predictions(fitted, records, fitted.cfg.batch_size, device)
     write_predictions(out_dir, fitted, records, result, overlays=overlays, save_maps=save_maps)
     return result
@@ -325,6 +403,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, n_samples: int = 
     fitted = load_fitted(run_dir, "cpu")
     split = read_split(run_dir / SPLIT_FILE)
     records = (split.test + split.val)[: max(1, n_samples)]
-    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels)
+    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels,
+                                  align_max_angle=fitted.cfg.data.align_max_angle)
     samples = torch.stack([dataset[i]["image"] for i in range(len(records))]) * 255.0
     return export_onnx(fitted, Path(out) if out else run_dir / "model.onnx", samples, tolerance)

@@ -39,10 +39,12 @@ def overlay_figure(path: Path, fitted: FittedModel, records: list[ImageRecord], 
     if result.maps is None or not len(result.table):
         return None
     rows = pick_overlay_rows(result.table.reset_index(drop=True), limit)
-    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels)
+    # the test image alone: in reference mode the dataset stacks its aligned reference behind it
+    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels,
+                                  align_max_angle=fitted.cfg.data.align_max_angle)
     order = result.scored.indices
     items = [dataset[int(order[r])] for r in rows]
-    images = np.stack([item["image"].numpy() for item in items])
+    images = np.stack([item["image"][: fitted.channels].numpy() for item in items])
     true = np.stack([item["mask"][0].numpy() for item in items])
     has_true = any(r.mask_path for r in records)
     table = result.table

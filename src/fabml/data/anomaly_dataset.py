@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from fabml.data.annotations import Box, read_annotation, spec_format
 from fabml.data.anomaly_discovery import ImageRecord
+from fabml.data.reference_view import reference_on_image
 from fabml.data.images import check_channels, check_size, decode_image, detect_channels, mask_from_image, open_image
 from fabml.errors import ConfigError, DataError
 
@@ -26,11 +27,18 @@ class AnomalyImageDataset(Dataset):
     detects 1 or 3 from the records. ``cache=True`` keeps each decoded, resized image as uint8
     after its first use (call :meth:`preload` to fill it in the main process; DataLoader workers
     each hold their own copy, which only persists with ``persistent_workers=True``).
+
+    Reference mode (records with a ``reference``): ``image`` is ``[2C, H, W]``, the test image's
+    ``C`` channels then those of its reference aligned and light-matched onto it
+    (:func:`fabml.data.reference_view.reference_on_image`, rotations within ``align_max_angle``
+    degrees); :attr:`alignments` keeps, per index read in this process, the test image's offset
+    from its reference (dx, dy in pixels at ``image_size``, angle in degrees), the residual
+    misalignment and the coverage.
     """
 
     def __init__(
         self, records: Sequence[ImageRecord], image_size: Sequence[int] = (256, 256), channels: int = 0,
-        cache: bool = False,
+        cache: bool = False, align_max_angle: float = 2.0,
     ) -> None:
         self.records = list(records)
         self.image_size = check_size(image_size)
@@ -38,6 +46,8 @@ class AnomalyImageDataset(Dataset):
         self.channels = channels or detect_channels(self.records)
         self.cache = cache
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.align_max_angle = float(align_max_angle)
+        self.alignments: dict[int, dict[str, float]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -45,7 +55,14 @@ class AnomalyImageDataset(Dataset):
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         rec = self.records[index]
         img = open_image(rec.path)
-        image = torch.from_numpy(decode_image(img, self.channels, self.image_size).transpose(2, 0, 1).copy())
+        pixels = decode_image(img, self.channels, self.image_size).transpose(2, 0, 1)
+        if rec.reference:
+            ref = decode_image(open_image(rec.reference), self.channels, self.image_size).transpose(2, 0, 1)
+            view = reference_on_image(pixels, ref, self.align_max_angle)
+            self.alignments[index] = {"dx": view.offset.dx, "dy": view.offset.dy, "angle_deg": view.offset.angle_deg,
+                                      "residual_px": view.residual_px, "coverage": view.coverage}
+            pixels = np.concatenate([pixels, view.reference])
+        image = torch.from_numpy(pixels.copy())
         if rec.label == 0 or not rec.mask_path:
             return image, None
         if spec_format(rec.mask_path) != "masks":

@@ -68,6 +68,14 @@ class AnomalyDataConfig:
     ``annotation_path``: a COCO .json file, or a folder of per-image annotation files searched
     like ``mask_dir`` (relative to ``root`` or absolute). ``mask_variable``: the variable of the
     .mat masks (default: the file's only 2-D array).
+
+    Reference (golden-template) mode, :mod:`fabml.data.reference_records`: ``pairs_csv`` (a CSV
+    ``image,reference[,label,mask,defect_type]``, relative to ``root`` or absolute; it replaces the
+    folder discovery), or the folder discovery plus ``reference_image`` (one golden image for
+    every image) or ``reference_pattern`` + ``reference_dir`` (a regular expression on each image's
+    stem whose group ``ref`` or 1 names its reference's stem in ``reference_dir``). Each
+    reference is aligned onto its image (translation + rotation within ``align_max_angle``
+    degrees; 0 = translation only) when the image is read.
     """
 
     root: str = ""
@@ -87,18 +95,30 @@ class AnomalyDataConfig:
     annotations: str = "auto"
     annotation_path: str = ""
     mask_variable: str = ""
+    pairs_csv: str = ""
+    reference_image: str = ""
+    reference_dir: str = ""
+    reference_pattern: str = ""
+    align_max_angle: float = 2.0
+
+    @property
+    def reference_mode(self) -> bool:
+        """True when images are compared with a reference (any of the reference settings is set)."""
+        return bool(self.pairs_csv or self.reference_image or self.reference_pattern)
 
 
 @dataclass
 class ImageRecord:
     """One image: absolute ``path``, ``label`` (0 normal, 1 anomalous), ``defect_type`` (type
     folder name), ``mask_path`` (absolute, or None when the image has no pixel mask): a mask image
-    or an annotation spec (``file``, ``file#yolo``, ``ann.json#coco:17``; :mod:`fabml.data.annotations`)."""
+    or an annotation spec (``file``, ``file#yolo``, ``ann.json#coco:17``; :mod:`fabml.data.annotations`);
+    ``reference``: the absolute path of its golden template in reference mode, else None."""
 
     path: str
     label: int
     defect_type: str
     mask_path: str | None = None
+    reference: str | None = None
 
 
 def _extensions(cfg: AnomalyDataConfig) -> set[str]:
@@ -407,7 +427,12 @@ def _discover_folders(cfg: AnomalyDataConfig, exts: set[str], mask_exts: set[str
 
 
 def discover_records(cfg: AnomalyDataConfig) -> list[ImageRecord]:
-    """All images of the dataset as records sorted by (label, defect_type, path)."""
+    """All images of the dataset as records sorted by (label, defect_type, path); in reference mode
+    each with its reference (:mod:`fabml.data.reference_records`)."""
+    from fabml.data import reference_records  # it builds on this module's records
+
+    if cfg.pairs_csv:
+        return sorted(reference_records.records_from_pairs(cfg), key=lambda r: (r.label, r.defect_type, r.path))
     if cfg.layout not in LAYOUTS:
         raise ConfigError(f"layout='{cfg.layout}' is unknown; choose one of: {', '.join(LAYOUTS)}")
     exts = _extensions(cfg)
@@ -441,6 +466,8 @@ def discover_records(cfg: AnomalyDataConfig) -> list[ImageRecord]:
     for r in records:
         if r.mask_path and coco is None:
             r.mask_path = _spec(r.mask_path, cfg)
+    if cfg.reference_mode:
+        records = reference_records.attach_references(records, cfg)
     return sorted(records, key=lambda r: (r.label, r.defect_type, r.path))
 
 

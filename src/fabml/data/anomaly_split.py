@@ -6,7 +6,7 @@ image of its group); the normal images are split by group with the shares
 ``test = 1 - train_fraction``. With one image per group (the default) this is the seeded
 permutation of the normal images it has always been. The split file is the CSV of
 :func:`fabml.data.splits.write_split_file` with the columns ``label``, ``defect_type`` and
-``mask_path`` added; ``split.json`` files of older runs are still read.
+``mask_path`` added (and ``reference`` in reference mode); ``split.json`` files of older runs are still read.
 """
 
 from __future__ import annotations
@@ -55,6 +55,16 @@ class AnomalySplit:
         )
 
 
+def _record_columns(records: Sequence[ImageRecord]) -> dict[str, list]:
+    """The split file's record columns: label, defect_type, mask_path, and reference (reference mode only)."""
+    columns: dict[str, list] = {
+        "label": [int(r.label) for r in records], "defect_type": [r.defect_type for r in records],
+        "mask_path": [os.path.abspath(r.mask_path) if r.mask_path else "" for r in records]}
+    if any(r.reference for r in records):
+        columns["reference"] = [os.path.abspath(r.reference) if r.reference else "" for r in records]
+    return columns
+
+
 def _check_fraction(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and 0.0 < float(value) < 1.0):
         raise ConfigError(f"setting '{name}' = {value!r} must lie strictly between 0 and 1")
@@ -82,8 +92,7 @@ def split_records(
         items, groups=groups, strata=[r.defect_type if r.label == 0 else "abnormal" for r in records],
         fractions=((1.0 - val_fraction) * train_fraction, val_fraction * train_fraction, 1.0 - train_fraction),
         seed=seed, fixed=["test" if r.label == 1 else None for r in records],
-        extra={"label": [int(r.label) for r in records], "defect_type": [r.defect_type for r in records],
-               "mask_path": [os.path.abspath(r.mask_path) if r.mask_path else "" for r in records]},
+        extra=_record_columns(records),
         what="normal type",
     )
     parts = split.table["part"].tolist()
@@ -117,9 +126,7 @@ def write_split(split: AnomalySplit, path: str | Path) -> None:
     if table is None:  # built by hand: each image its own group
         records = split.train + split.val + split.test
         parts = ["train"] * len(split.train) + ["val"] * len(split.val) + ["test"] * len(split.test)
-        table = split_items([os.path.abspath(r.path) for r in records], fixed=parts, extra={
-            "label": [int(r.label) for r in records], "defect_type": [r.defect_type for r in records],
-            "mask_path": [os.path.abspath(r.mask_path) if r.mask_path else "" for r in records]})
+        table = split_items([os.path.abspath(r.path) for r in records], fixed=parts, extra=_record_columns(records))
     write_split_file(table, path)
 
 
@@ -137,8 +144,9 @@ def read_split(path: str | Path) -> AnomalySplit:
         if column not in table.columns:
             raise DataError(f"split file {path} has no column '{column}': not an anomaly split")
     try:
-        records = [ImageRecord(item, int(label), dtype, mask or None) for item, label, dtype, mask in
-                   zip(table["item"], table["label"], table["defect_type"], table["mask_path"])]
+        references = table["reference"] if "reference" in table.columns else [""] * len(table)
+        records = [ImageRecord(item, int(label), dtype, mask or None, ref or None) for item, label, dtype, mask, ref in
+                   zip(table["item"], table["label"], table["defect_type"], table["mask_path"], references)]
     except ValueError as exc:
         raise DataError(f"split file {path}: a label is not 0 or 1 ({exc})") from None
     parts = table["part"].tolist()

@@ -2,8 +2,10 @@
 
 ==============  =================================================================================
 pairs CSV       :func:`pairs_from_csv`: a CSV with header columns ``image`` and ``reference``
-                (case and surrounding spaces ignored; other columns are kept out of the way, an
-                optional ``label`` column of 0/1 is read). Relative paths are taken from the CSV's
+                (case and surrounding spaces ignored; other columns are kept out of the way; an
+                optional ``label`` column of 0/1, an optional ``mask`` (or ``boxes``) column naming
+                a mask or annotation file and an optional ``defect_type`` (or ``defects``) column
+                are read). Relative paths are taken from the CSV's
                 folder (or ``root``). Every row needs both cells; an image listed twice is an error.
 name pattern    :func:`pairs_from_pattern`: the regular expression must match the test image's
                 *stem* (file name without its suffix) as a whole (``re.fullmatch``); its group
@@ -37,12 +39,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class ReferencePair:
-    """A test ``image`` and its ``reference`` (absolute paths); ``label`` 0 (good) / 1 (defective)
-    when the pairs CSV gives one, else None."""
+    """A test ``image`` and its ``reference`` (absolute paths); ``label`` 0 (good) / 1 (defective),
+    ``mask`` (absolute path of a mask or annotation file) and ``defect_type`` when the pairs CSV gives
+    them, else None."""
 
     image: str
     reference: str
     label: int | None = None
+    mask: str | None = None
+    defect_type: str | None = None
+
+
+def _column(header: list[str], *names: str) -> int | None:
+    """Index of the first of ``names`` in ``header``, or None."""
+    return next((header.index(n) for n in names if n in header), None)
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -87,7 +97,9 @@ def pairs_from_csv(csv_path: str | Path, root: str | Path | None = None) -> list
         raise DataError(f"pairs file {csv_path} has no column {' or '.join(missing)} (header: {','.join(rows[0])}); "
                         "its first line must name the columns image,reference")
     ci, cr = header.index("image"), header.index("reference")
-    cl = header.index("label") if "label" in header else None
+    cl = _column(header, "label")
+    cm = _column(header, "mask", "boxes", "annotation")
+    ct = _column(header, "defect_type", "defects")
     pairs: list[ReferencePair] = []
     seen: dict[str, int] = {}
     for n, row in enumerate(rows[1:], start=2):
@@ -117,7 +129,14 @@ def pairs_from_csv(csv_path: str | Path, root: str | Path | None = None) -> list
                 raise DataError(f"pairs file {csv_path}, line {n}: label {cells[cl].strip()!r} is not 0 (good) or "
                                 "1 (defective)")
             label = int(cells[cl].strip())
-        pairs.append(ReferencePair(img_path, ref_path, label))
+        mask = None
+        if cm is not None and cells[cm].strip():
+            mask = str((base / cells[cm].strip()).resolve())
+            if not os.path.isfile(mask):
+                raise DataError(f"pairs file {csv_path}, line {n}: mask {mask} does not exist (test image {image}); "
+                                "fix the path or empty the cell")
+        defect_type = cells[ct].strip() if ct is not None and cells[ct].strip() else None
+        pairs.append(ReferencePair(img_path, ref_path, label, mask, defect_type))
     if not pairs:
         raise DataError(f"pairs file {csv_path} lists no test images; add one row image,reference per test image")
     return pairs

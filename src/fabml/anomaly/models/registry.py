@@ -35,6 +35,7 @@ MODEL_MODULES = {
     "draem_severity": "fabml.anomaly.models.draem_severity",
     "efficient_ad": "fabml.anomaly.models.efficient_ad",
     "autoencoder": "fabml.anomaly.models.autoencoder",
+    "reference": "fabml.anomaly.models.reference",
 }
 
 COMMON_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(BackboneModelConfig))

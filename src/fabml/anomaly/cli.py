@@ -23,7 +23,7 @@ SizeOpt = Annotated[Optional[int], typer.Option(help="Square image size (sets da
 
 @app.command()
 def fit(
-    model: Annotated[str, typer.Option(help="patchcore | padim | stfpm | fastflow | draem | draem_severity | efficient_ad | autoencoder")],
+    model: Annotated[str, typer.Option(help="patchcore | padim | stfpm | fastflow | draem | draem_severity | efficient_ad | autoencoder | reference")],
     data: DataOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/anomaly/MODEL).")] = None,
     image_size: SizeOpt = None,
@@ -48,6 +48,9 @@ def fit(
     | box .txt       | same; pixels, x2 y2 exclusive | 2,3,7,8,scratch      |
     | COCO .json     | data.annotation_path=FILE     | bbox + segmentation  |
     | MATLAB .mat    | same; data.mask_variable=NAME | nonzero = defect     |
+    | ref. pairs CSV | data.pairs_csv=FILE           | image,reference,label|
+    | golden images  | data.reference_image=FILE, or | --model reference    |
+    |                | data.reference_pattern + _dir | (golden template)    |
     data.annotations: auto|masks|voc|coco|yolo|boxes_txt|mat (auto: by suffix,
     .txt by content). A mask-like folder beside the type folders (masks/, gt/,
     labels/, or all-binary images) is read as masks, never as a defect type.

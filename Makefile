@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-wafer bench-anomaly bench-severity bench-retrieval bench-surrogate clean
+.PHONY: demo test install bench-wafer bench-anomaly bench-severity bench-retrieval bench-surrogate bench-reference clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PYTHON)': set PYTHON=/path/to/python3.11"; exit 1; }
@@ -40,6 +40,10 @@ bench-retrieval: $(STAMP)
 # from its own environment (NEURALOP_PYTHON; see benchmarks/fno_darcy_peer.py) and an 8 GB lazy-mode scale check
 bench-surrogate: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) benchmarks/surrogate_darcy.py
+
+# estimated at about 11 minutes on 2 CPU cores (from smoke runs): reference mode vs PatchCore / PaDiM, 256 x 256 generated boards
+bench-reference: $(STAMP)
+	$(PY) benchmarks/anomaly_reference.py
 
 clean:
 	rm -rf $(VENV) outputs

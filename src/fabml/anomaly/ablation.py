@@ -32,7 +32,7 @@ import itertools
 import json
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -163,23 +163,38 @@ def _check_faults(n_faults: int, part: str) -> None:
         raise ConfigError(f"part={part!r}: the severity evaluation uses the 'test' or the 'val' normals")
 
 
-def _synthetic_severity(fitted: Any, split: Any, device: torch.device, n_faults: int, seed: int, batch_size: int,
-                        part: str) -> dict[str, Any]:
-    """:func:`evaluate_severity` on a loaded run."""
+def held_out_fault_batches(split: Any, image_size: tuple[int, int], channels: int, faults: Any, n_faults: int,
+                           seed: int = 0, batch_size: int = 16, part: str = "test") -> Iterator[Any]:
+    """The held-out synthetic faults of :func:`evaluate_severity`, batch by batch (:class:`FaultBatch`).
+
+    ``faults``: the run's :class:`~fabml.anomaly.cutpaste_faults.CutPasteFaultConfig` (used with probability 1,
+    every image faulty); pasted on the normals of the split's ``part`` (``"test"``: the test normals, or the
+    calibration normals when the test split has none; ``"val"``: the calibration normals) at ``image_size``
+    ``(H, W)`` and ``channels``, cycling over them; one CPU generator seeded with ``seed`` draws them, so the
+    same arguments give the same ``n_faults`` images and severities (used by the learned head's evaluation and
+    by the model-free baseline of :mod:`fabml.anomaly.severity_baseline`).
+    """
     from fabml.anomaly.cutpaste_faults import CutPasteFaults
     from fabml.data.anomaly_data import AnomalyImageDataset
 
-    model = fitted.model
     normals = ([r for r in split.test if r.label == 0] if part == "test" else []) or list(split.val)
-    dataset = AnomalyImageDataset(normals, fitted.image_size, fitted.channels)
+    dataset = AnomalyImageDataset(normals, image_size, channels)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    faults = CutPasteFaults(replace(model.config.faults, probability=1.0))
+    paste = CutPasteFaults(replace(faults, probability=1.0))
     generator = torch.Generator().manual_seed(seed)
+    for start in range(0, n_faults, batch_size):
+        index = torch.arange(start, min(n_faults, start + batch_size)) % len(images)
+        yield paste(images[index], generator)
+
+
+def _synthetic_severity(fitted: Any, split: Any, device: torch.device, n_faults: int, seed: int, batch_size: int,
+                        part: str) -> dict[str, Any]:
+    """:func:`evaluate_severity` on a loaded run."""
+    model = fitted.model
     true, pred = [], []
     with torch.no_grad():
-        for start in range(0, n_faults, batch_size):
-            index = torch.arange(start, min(n_faults, start + batch_size)) % len(images)
-            batch = faults(images[index], generator)
+        for batch in held_out_fault_batches(split, fitted.image_size, fitted.channels, model.config.faults,
+                                            n_faults, seed, batch_size, part):
             true.append(batch.severity.numpy())
             pred.append(model(batch.images.to(device)).pred_severity.float().cpu().numpy())
     t, p = np.concatenate(true), np.concatenate(pred)
@@ -213,18 +228,25 @@ def evaluate_real_severity(run_dir: str | Path, batch_size: int = 16) -> dict[st
     return {} if run is None else _real_severity(*run, batch_size)
 
 
-def _real_severity(fitted: Any, split: Any, device: torch.device, batch_size: int) -> dict[str, Any]:
-    """:func:`evaluate_real_severity` on a loaded run."""
+def real_defect_batches(split: Any, image_size: tuple[int, int], channels: int,
+                        batch_size: int = 16) -> Iterator[tuple[torch.Tensor, list[float]]]:
+    """The real defects of :func:`evaluate_real_severity`: ``(images [B, C, H, W], proxies [B])`` per batch, for
+    each defective test image with a mask (proxy :func:`defect_proxy`, NaN for an empty mask)."""
     from fabml.data.anomaly_data import AnomalyImageDataset
 
     defects = [r for r in split.test if r.label == 1 and r.mask_path]
-    dataset = AnomalyImageDataset(defects, fitted.image_size, fitted.channels)
+    dataset = AnomalyImageDataset(defects, image_size, channels)
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        yield torch.stack([item["image"] for item in items]), [defect_proxy(it["image"], it["mask"]) for it in items]
+
+
+def _real_severity(fitted: Any, split: Any, device: torch.device, batch_size: int) -> dict[str, Any]:
+    """:func:`evaluate_real_severity` on a loaded run."""
     proxy, pred = [], []
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-            images = torch.stack([item["image"] for item in items])
-            proxy += [defect_proxy(item["image"], item["mask"]) for item in items]
+        for images, proxies in real_defect_batches(split, fitted.image_size, fitted.channels, batch_size):
+            proxy += proxies
             pred.append(fitted.model(images.to(device)).pred_severity.float().cpu().numpy())
     x, p = np.asarray(proxy), np.concatenate(pred) if pred else np.zeros(0)
     keep = np.isfinite(x)

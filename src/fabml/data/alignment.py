@@ -52,6 +52,8 @@ from scipy import ndimage
 
 from fabml.errors import DataError
 
+COARSE_SIDE = 128  # px: the angle search runs on images block-averaged down to about this side
+
 
 @dataclass(frozen=True)
 class RigidTransform:
@@ -173,12 +175,40 @@ def _angle_score(prep_test: np.ndarray, prep_ref: np.ndarray, angle: float) -> f
     return phase_correlate(_rotate(prep_test, angle), prep_ref, upsample=4)[2]
 
 
+def _shrink(gray: np.ndarray, factor: int) -> np.ndarray:
+    """``gray`` ``[H, W]`` averaged over ``factor x factor`` blocks (edges cropped to whole blocks)."""
+    h, w = (gray.shape[0] // factor) * factor, (gray.shape[1] // factor) * factor
+    return gray[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _search_angle(t: np.ndarray, ref: np.ndarray, max_angle: float, angle_step: float, highpass: float) -> float:
+    """The rotation (degrees) whose turned-back test image best phase-correlates with the reference:
+    coarse steps, then a fine search at ``angle_step / 5`` and a parabola through the best three. Images
+    larger than ``COARSE_SIDE`` px are searched block-averaged down to about that size (the Lucas-Kanade
+    refinement then fits the angle at full resolution)."""
+    factor = max(1, int(round(max(t.shape) / COARSE_SIDE)))
+    if factor > 1:
+        t, ref, highpass = _shrink(t, factor), _shrink(ref, factor), max(2.0, highpass / factor)
+    pt, pr = _prepare(t, highpass), _prepare(ref, highpass)
+    n = max(1, int(math.ceil(max_angle / angle_step)))
+    coarse = np.linspace(-max_angle, max_angle, 2 * n + 1)
+    best = float(coarse[int(np.argmax([_angle_score(pt, pr, a) for a in coarse]))])
+    step = (coarse[1] - coarse[0]) / 5.0
+    fine = best + step * np.arange(-5, 6)
+    scores = np.array([_angle_score(pt, pr, a) for a in fine])
+    k = int(np.clip(np.argmax(scores), 1, len(fine) - 2))
+    s0, s1, s2 = scores[k - 1:k + 2]
+    denom = s0 - 2 * s1 + s2
+    delta = 0.5 * (s0 - s2) / denom if denom < 0 else 0.0
+    return float(fine[k] + np.clip(delta, -1, 1) * step)
+
+
 def estimate_transform(test: np.ndarray, reference: np.ndarray, max_angle: float = 2.0, angle_step: float = 0.25,
                        highpass: float = 6.0, upsample: int = 20, refine: bool = True) -> tuple[RigidTransform, float]:
     """The reference -> test :class:`RigidTransform` and its phase-correlation peak height.
 
     ``test``, ``reference``: ``[H, W]`` or ``[C, H, W]`` arrays of the same H, W (any dtype/range).
-    ``max_angle`` (degrees) bounds the rotation search; ``max_angle = 0`` estimates translation only.
+    ``max_angle`` (degrees) bounds the rotation search; ``max_angle = 0`` searches translation only.
     """
     t, ref = _gray(test, "test"), _gray(reference, "reference")
     if t.shape != ref.shape:
@@ -187,19 +217,7 @@ def estimate_transform(test: np.ndarray, reference: np.ndarray, max_angle: float
     if max_angle < 0 or angle_step <= 0:
         raise DataError(f"alignment needs max_angle >= 0 and angle_step > 0, got {max_angle} and {angle_step}")
     pt, pr = _prepare(t, highpass), _prepare(ref, highpass)
-    angle = 0.0
-    if max_angle > 0:
-        n = max(1, int(math.ceil(max_angle / angle_step)))
-        coarse = np.linspace(-max_angle, max_angle, 2 * n + 1)
-        best = float(coarse[int(np.argmax([_angle_score(pt, pr, a) for a in coarse]))])
-        step = (coarse[1] - coarse[0]) / 5.0
-        fine = best + step * np.arange(-5, 6)
-        scores = np.array([_angle_score(pt, pr, a) for a in fine])
-        k = int(np.clip(np.argmax(scores), 1, len(fine) - 2))
-        s0, s1, s2 = scores[k - 1:k + 2]
-        denom = s0 - 2 * s1 + s2
-        delta = 0.5 * (s0 - s2) / denom if denom < 0 else 0.0
-        angle = float(fine[k] + np.clip(delta, -1, 1) * step)
+    angle = _search_angle(t, ref, max_angle, angle_step, highpass) if max_angle > 0 else 0.0
     # after turning the test image back by `angle` only the translation t' = R(-angle) t is left
     sx, sy, peak = phase_correlate(_rotate(pt, angle), pr, upsample)
     a = math.radians(angle)
@@ -215,10 +233,10 @@ def _band(gray: np.ndarray, highpass: float) -> np.ndarray:
 
 
 def _refine(test: np.ndarray, ref: np.ndarray, transform: RigidTransform, highpass: float, rotate: bool,
-            iterations: int = 6) -> RigidTransform:
+            iterations: int = 6, max_shift: float = 1.0, max_turn: float = 0.5) -> RigidTransform:
     """Gauss-Newton (Lucas-Kanade) refinement of ``transform`` on band-passed, std-normalised images,
-    with Cauchy weights against outliers (defects); at most a 1 px / 0.5 degree correction in total,
-    else the phase-correlation estimate is kept."""
+    with Cauchy weights against outliers (defects); at most a ``max_shift`` px / ``max_turn`` degree
+    correction in total, else the starting estimate is kept."""
     h, w = ref.shape
     bt, br = _band(test, highpass), _band(ref, highpass)
     m = max(4, int(math.ceil(highpass)))
@@ -246,7 +264,8 @@ def _refine(test: np.ndarray, ref: np.ndarray, transform: RigidTransform, highpa
         current = RigidTransform(current.dx + float(delta[0]), current.dy + float(delta[1]), current.angle_deg + d_angle)
         if abs(delta[0]) + abs(delta[1]) < 1e-3 and abs(d_angle) < 1e-4:
             break
-    if math.hypot(current.dx - start.dx, current.dy - start.dy) > 1.0 or abs(current.angle_deg - start.angle_deg) > 0.5:
+    if math.hypot(current.dx - start.dx, current.dy - start.dy) > max_shift \
+            or abs(current.angle_deg - start.angle_deg) > max_turn:
         return start
     return current
 
@@ -274,17 +293,19 @@ def align(test: np.ndarray, reference: np.ndarray, max_angle: float = 2.0, angle
     ``[H, W]`` or ``[C, H, W]``, same H, W)."""
     transform, peak = estimate_transform(test, reference, max_angle, angle_step, highpass)
     aligned, valid = warp_to_reference(test, transform)
-    residual = residual_shift(aligned, reference, min(max_angle, 1.0), angle_step, highpass)
+    residual = residual_shift(aligned, reference, highpass)
     return Alignment(aligned, valid, transform, residual, peak)
 
 
-def residual_shift(aligned: np.ndarray, reference: np.ndarray, max_angle: float = 1.0, angle_step: float = 0.25,
-                   highpass: float = 6.0) -> float:
+def residual_shift(aligned: np.ndarray, reference: np.ndarray, highpass: float = 6.0) -> float:
     """Misalignment left between ``aligned`` and ``reference`` (``[H, W]`` or ``[C, H, W]``), in pixels:
-    the root-mean-square displacement over all pixels of the rigid transform that
-    :func:`estimate_transform` still finds between them (rotations searched within ``max_angle``),
-    ``sqrt(|t|^2 + angle^2 * mean |p - ctr|^2)``, so a leftover rotation counts as well as a shift."""
-    res, _ = estimate_transform(aligned, reference, max_angle, angle_step, highpass)
+    the root-mean-square displacement over all pixels of the rigid transform still found between them
+    (phase-correlation shift, then the Lucas-Kanade refinement fitting shift and angle, up to 2 px / 2 degrees;
+    no angle search, since what is left after alignment is small), ``sqrt(|t|^2 + angle^2 * mean |p - ctr|^2)``, so a
+    leftover rotation counts as well as a shift."""
+    t, ref = _gray(aligned, "aligned"), _gray(reference, "reference")
+    sx, sy, _ = phase_correlate(_prepare(t, highpass), _prepare(ref, highpass))
+    res = _refine(t, ref, RigidTransform(sx, sy, 0.0), highpass, rotate=True, iterations=10, max_shift=2.0, max_turn=2.0)
     h, w = np.shape(aligned)[-2:]
     mean_r2 = (w * w + h * h) / 12.0  # mean |p - ctr|^2 over the image rectangle
     return float(math.sqrt(res.dx ** 2 + res.dy ** 2 + math.radians(res.angle_deg) ** 2 * mean_r2))

@@ -40,9 +40,10 @@ def test_auto_uses_f1_with_anomalous_scores():
 
 def test_f1_threshold_hand_value_with_real_defects():
     res = calibrate_threshold(torch.tensor([0.1, 0.2, 0.3]), [0.5, 0.6], method="f1")
-    # perfectly separated: F1 = 1 at the lowest anomalous score
-    assert res.value == pytest.approx(0.5) and res.source == "defective"
-    assert "(F1 1.000) on 3 held-out normal and 2 defective images" in res.message
+    # perfectly separated: F1 = 1 from 0.3 (exclusive) to 0.5; the threshold sits in the middle of the gap
+    assert res.value == pytest.approx(0.4) and res.source == "defective"
+    assert "(F1 1.000, midway between the highest normal and the lowest anomalous score) on 3 held-out normal and " \
+           "2 defective images" in res.message
 
 
 def test_auto_falls_back_to_quantile_and_says_so():

@@ -3,7 +3,10 @@
 Calibration uses validation data only (held-out normal training images, plus defective or
 synthetic-anomaly images when there are some), never the test set:
 
-- ``f1``: the F1-max threshold of normal vs anomalous scores (anomalous = score >= threshold);
+- ``f1``: the F1-max threshold of normal vs anomalous scores (anomalous = score >= threshold); when
+  the two separate perfectly (F1 = 1 on a whole interval), the middle of the gap,
+  ``(max normal + min anomalous) / 2``, rather than its top end, so real defects fainter than the
+  calibration ones are not passed for want of a margin;
 - ``quantile``: the ``quantile`` of the normal scores (linear interpolation, ``np.quantile``);
 - ``auto``: ``f1`` when anomalous scores are given, else ``quantile``.
 
@@ -114,9 +117,13 @@ def calibrate_threshold(
         )
     labels = np.r_[np.zeros(normal.size, dtype=bool), np.ones(anomalous.size, dtype=bool)]
     f1, value = f1_max(labels, np.r_[normal.astype(np.float64), anomalous.astype(np.float64)])
+    gap = ""
+    if float(normal.max()) < float(anomalous.min()):  # perfectly separated: F1 = 1 anywhere in the gap
+        value = 0.5 * (float(normal.max()) + float(anomalous.min()))
+        gap = ", midway between the highest normal and the lowest anomalous score"
     return ThresholdResult(
         value, "f1", source,
-        f"threshold {value:.4g} from F1-max (F1 {f1:.3f}) on {normal.size} held-out normal and "
+        f"threshold {value:.4g} from F1-max (F1 {f1:.3f}{gap}) on {normal.size} held-out normal and "
         f"{anomalous.size} {_NOUN[source]} images",
     )
 

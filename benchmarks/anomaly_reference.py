@@ -159,7 +159,8 @@ def config_overrides(method: str, data: Path, args: argparse.Namespace) -> list[
               f"data.val_fraction={args.val_fraction}", f"data.split_seed={args.seed}", f"seed={args.seed}",
               "data.channels=1", "device=cpu"]
     if method == "reference":
-        return common + ["data.pairs_csv=pairs.csv", f"data.align_max_angle={args.align_max_angle}"]
+        return common + ["data.pairs_csv=pairs.csv", f"data.align_max_angle={args.align_max_angle}",
+                         *args.reference_set]
     return common + ["data.layout=folders", "data.normal_dir=images/good", "data.abnormal_dir=images/defect"]
 
 
@@ -330,6 +331,8 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--align-timing", type=int, default=30, help="test pairs timed for align_ms_per_pair")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra --set override for the reference model only, e.g. model.search_radius=2")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

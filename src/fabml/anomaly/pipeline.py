@@ -22,6 +22,7 @@ from fabml.anomaly.report import write_evaluation, write_predictions
 from fabml.anomaly.runs import JOB, FittedModel, load_fitted, save_fitted
 from fabml.anomaly.threshold import GRADE_NAMES, grade
 from fabml.config import from_dict, to_dict
+from fabml.data.anomaly_discovery import resolve_path
 from fabml.data.reference_pairs import read_pairs
 from fabml.data.anomaly_data import (
     AnomalyImageDataset,
@@ -292,7 +293,7 @@ class ReferenceSource:
         return any((self.pairs_csv, self.reference, self.pattern, self.reference_dir))
 
 
-def reference_records(fitted: FittedModel, inputs: list[str], source: ReferenceSource) -> list[ImageRecord]:
+def paired_records(fitted: FittedModel, inputs: list[str], source: ReferenceSource) -> list[ImageRecord]:
     """Records of the images to predict, each with its reference (module ``fabml.data.reference_pairs``)."""
     data = fitted.cfg.data
     if not source.given:
@@ -300,25 +301,21 @@ def reference_records(fitted: FittedModel, inputs: list[str], source: ReferenceS
             raise ConfigError("the reference model needs each image's reference: pass --pairs CSV, --reference "
                               "GOLDEN or --reference-pattern RX with --reference-dir DIR")
         source = ReferenceSource(
-            reference=str(_from_root(data.root, data.reference_image)) if data.reference_image else None,
+            reference=str(resolve_path(data.root, data.reference_image)) if data.reference_image else None,
             pattern=data.reference_pattern or None,
-            reference_dir=str(_from_root(data.root, data.reference_dir)) if data.reference_pattern else None)
+            reference_dir=str(resolve_path(data.root, data.reference_dir)) if data.reference_pattern else None)
     if source.pairs_csv is not None:
         if inputs:
             raise ConfigError("give the images either as arguments or in the pairs CSV, not both")
         pairs = read_pairs(pairs_csv=source.pairs_csv)
     else:
-        if source.pattern is not None and source.reference_dir is None:
-            raise ConfigError("--reference-pattern needs --reference-dir, the folder of golden images")
+        if (source.pattern is None) != (source.reference_dir is None):
+            raise ConfigError("--reference-pattern and --reference-dir go together: the pattern names each image's "
+                              "golden image, the folder holds them")
         paths = [r.path for r in image_records(inputs, data.extensions)]
         pairs = read_pairs(paths, pattern=source.pattern, reference_dir=source.reference_dir,
                            reference=source.reference)
     return [ImageRecord(p.image, 0, "unknown", None, p.reference) for p in pairs]
-
-
-def _from_root(root: str, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or not root else Path(root).expanduser() / p
 
 
 def predict(run_dir: str | Path, inputs: list[str], out_dir: str | Path, overlays: bool = True,
@@ -332,7 +329,7 @@ def predict(run_dir: str | Path, inputs: list[str], out_dir: str | Path, overlay
     fitted = load_fitted(run_dir, device)
     references = references or ReferenceSource()
     if getattr(fitted.model, "pair_input", False) or references.given:
-        records = reference_records(fitted, inputs, references)
+        records = paired_records(fitted, inputs, references)
     else:
         if not inputs:
             raise ConfigError("no images given: pass image files or folders")

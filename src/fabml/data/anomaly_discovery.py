@@ -152,7 +152,8 @@ def _is_label_list(name: str) -> bool:
     return name.lower() in CLASS_NAME_FILES or name.lower().endswith(".names")
 
 
-def _resolve(root: str, path: str) -> Path:
+def resolve_path(root: str, path: str) -> Path:
+    """``path`` (``~`` expanded) as an absolute path, taken from ``root`` when relative and ``root`` is set."""
     p = Path(path).expanduser()
     if not p.is_absolute() and root:
         p = Path(root).expanduser() / p
@@ -377,9 +378,9 @@ def _discover_folders(cfg: AnomalyDataConfig, exts: set[str], mask_exts: set[str
                       shared: list[tuple[Path, str, str]]) -> list[ImageRecord]:
     if not cfg.normal_dir:
         raise ConfigError("layout=folders needs setting 'normal_dir' (the folder of normal images)")
-    normal_dir = _resolve(cfg.root, cfg.normal_dir)
-    mask_dir = _resolve(cfg.root, cfg.mask_dir) if cfg.mask_dir else None
-    abnormal_dir = _resolve(cfg.root, cfg.abnormal_dir) if cfg.abnormal_dir else None
+    normal_dir = resolve_path(cfg.root, cfg.normal_dir)
+    mask_dir = resolve_path(cfg.root, cfg.mask_dir) if cfg.mask_dir else None
+    abnormal_dir = resolve_path(cfg.root, cfg.abnormal_dir) if cfg.abnormal_dir else None
     if not normal_dir.is_dir():
         raise DataError(f"normal image folder {normal_dir} does not exist (setting normal_dir)")
     if abnormal_dir is not None and abnormal_dir == normal_dir:
@@ -437,7 +438,7 @@ def discover_records(cfg: AnomalyDataConfig) -> list[ImageRecord]:
         raise ConfigError(f"layout='{cfg.layout}' is unknown; choose one of: {', '.join(LAYOUTS)}")
     exts = _extensions(cfg)
     layout = cfg.layout
-    root = _resolve("", cfg.root) if cfg.root else None
+    root = resolve_path("", cfg.root) if cfg.root else None
     if layout == "auto":
         if cfg.normal_dir:
             layout = "folders"
@@ -477,7 +478,7 @@ def _annotation_source(cfg: AnomalyDataConfig) -> tuple[list[tuple[Path, str, st
         if cfg.annotations == "coco":
             raise ConfigError("annotations=coco needs setting 'annotation_path' (the COCO .json file)")
         return [], None
-    path = _resolve(cfg.root, cfg.annotation_path)
+    path = resolve_path(cfg.root, cfg.annotation_path)
     if path.is_file() and path.suffix.lower() == ".json" and cfg.annotations in ("auto", "coco"):
         return [], str(path)
     if cfg.annotations == "coco":

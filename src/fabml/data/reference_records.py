@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from fabml.data.anomaly_discovery import AnomalyDataConfig, ImageRecord, _resolve, _spec
+from fabml.data.anomaly_discovery import AnomalyDataConfig, ImageRecord, _spec, resolve_path
 from fabml.data.reference_pairs import pairs_from_csv, pairs_from_pattern, pairs_single_reference
 from fabml.errors import ConfigError, DataError
 
 
 def records_from_pairs(cfg: AnomalyDataConfig) -> list[ImageRecord]:
     """One record per row of ``cfg.pairs_csv`` (file order), each with its reference."""
-    path = _resolve(cfg.root, cfg.pairs_csv)
+    path = resolve_path(cfg.root, cfg.pairs_csv)
     records = []
     for pair in pairs_from_csv(path):
         if pair.label is None:
@@ -48,11 +48,11 @@ def attach_references(records: list[ImageRecord], cfg: AnomalyDataConfig) -> lis
     if not paths:
         raise DataError("no images found to pair with references (check data.root)")
     if cfg.reference_image:
-        pairs = pairs_single_reference(paths, _resolve(cfg.root, cfg.reference_image))
+        pairs = pairs_single_reference(paths, resolve_path(cfg.root, cfg.reference_image))
     else:
         if not cfg.reference_dir:
             raise ConfigError("data.reference_pattern needs data.reference_dir, the folder of golden images")
-        pairs = pairs_from_pattern(paths, cfg.reference_pattern, _resolve(cfg.root, cfg.reference_dir))
+        pairs = pairs_from_pattern(paths, cfg.reference_pattern, resolve_path(cfg.root, cfg.reference_dir))
     by_image = {os.path.realpath(p.image): p.reference for p in pairs}  # the pairs hold resolved paths
     return [replace(r, reference=by_image[os.path.realpath(r.path)]) for r in records
             if os.path.realpath(r.path) in by_image]

@@ -10,6 +10,13 @@ The layout read, with or without the ``http://www.semi.org`` namespace::
       </Device>
     </Map>  </Maps>?
 
+or the second layout tools write, ``<Row>`` elements directly under ``<Device>`` with no ``<Data>``
+wrapper (``<Device ..><Bin ../><Row>FF 01 EF ..</Row> ..</Device>``). Namespaced and plain tags may
+be mixed in one file. A file holding both layouts in one ``<Device>`` is refused as ambiguous.
+
+``BinCount`` (per ``<Bin>``, where the file gives it) is checked against the dies of that code in the
+map; a mismatch is a warning on stderr naming the file, the bin and both counts, not an error.
+
 Dies are coded NullBin -> 0 (no die), a bin whose BinQuality is "Pass" -> 1, any other code -> 2.
 Row tokens are space-separated, or fixed-width (width = len(NullBin)) when a row has no spaces.
 Orientation and OriginLocation are not applied: the wafer job is invariant to rotations and flips.
@@ -27,6 +34,7 @@ import numpy as np
 from defusedxml import ElementTree as SafeElementTree
 from defusedxml.common import DefusedXmlException
 
+from fabml.console import err
 from fabml.data.wafer_io import WaferMap, _one_line, to_iso_date
 from fabml.errors import ConfigError, DataError
 
@@ -103,8 +111,57 @@ def _int_attr(scope: Sequence[Element], name: str, source: str) -> int | None:
         raise DataError(f"{source}: {name}={value!r} is not an integer") from exc
 
 
+def _map_rows(device: Element, source: str) -> list[Element]:
+    """The <Row> elements of a <Device>: inside its first <Data> that holds rows, or directly under it.
+
+    Raises :class:`DataError` when there are none, or when both layouts appear in the same <Device>.
+    """
+    wrapped = next((rows for data in _children(device, "Data") if (rows := _children(data, "Row"))), [])
+    direct = _children(device, "Row")
+    if wrapped and direct:
+        raise DataError(
+            f"{source}: <Device> holds both <Data><Row> and bare <Row> elements ({len(wrapped)} and {len(direct)}); "
+            "keep one layout per <Device>"
+        )
+    if not (wrapped or direct):
+        raise DataError(f"{source}: no <Data><Row> or <Row> wafer map data in <Device>")
+    return wrapped or direct
+
+
+def _bin_count_mismatches(
+    bins: Sequence[Element],
+    token_keys: Sequence[int | str],
+    token_counts: Sequence[int],
+    bin_type: str,
+    source: str,
+) -> list[tuple[str, int, int]]:
+    """``(BinCode, declared BinCount, dies found)`` for every <Bin> whose BinCount disagrees with the map.
+
+    ``token_keys[i]`` is the comparable code (see :func:`_code_key`) of a distinct token of the map and
+    ``token_counts[i]`` how many dies carry it (tokens "1" and "01" count together under a numeric BinType).
+    A <Bin> without a BinCount, or with one that is not an integer, is not checked.
+    """
+    found: dict[int | str, int] = {}
+    for key, count in zip(token_keys, token_counts):
+        found[key] = found.get(key, 0) + int(count)
+    mismatches = []
+    for elem in bins:
+        code = (elem.get("BinCode") or "").strip()
+        raw = (elem.get("BinCount") or "").strip()
+        if not code or not raw:
+            continue
+        try:
+            declared = int(raw)
+        except ValueError:
+            continue
+        actual = found.get(_code_key(code, bin_type, source), 0)
+        if declared != actual:
+            mismatches.append((code, declared, actual))
+    return mismatches
+
+
 def _parse_device(device: Element, map_elem: Element, source: str, fallback_id: str) -> WaferMap:
-    """One <Device> with its <Bin> and <Data><Row> children -> WaferMap."""
+    """One <Device> with its <Bin> and <Data><Row> (or bare <Row>) children -> WaferMap."""
     scope = [device, map_elem]
     raw_type = _attr(scope, "BinType") or "ASCII"
     bin_type = _BIN_TYPE_BY_LOWER.get(raw_type.lower())
@@ -119,10 +176,7 @@ def _parse_device(device: Element, map_elem: Element, source: str, fallback_id: 
     }
     if not pass_keys:
         raise DataError(f'{source}: no <Bin BinQuality="Pass"> defined, so good and failed dies cannot be told apart')
-    data = _children(device, "Data")
-    rows = _children(data[0], "Row") if data else []
-    if not rows:
-        raise DataError(f"{source}: no <Data><Row> wafer map data in <Device>")
+    rows = _map_rows(device, source)
     width = len(null_bin) if null_bin else max(len(b.get("BinCode", "").strip()) for b in bins)
     tokens = [_row_tokens(row.text or "", max(width, 1), source, k + 1) for k, row in enumerate(rows)]
     lengths = {len(t) for t in tokens}
@@ -136,13 +190,18 @@ def _parse_device(device: Element, map_elem: Element, source: str, fallback_id: 
     null_key = _code_key(null_bin, bin_type, source) if null_bin else None
     grid = np.array(tokens)
     distinct, inverse = np.unique(grid, return_inverse=True)
-    coded = []
-    for token in distinct.tolist():
-        key = _code_key(token, bin_type, source)
-        coded.append(0 if key == null_key else 1 if key in pass_keys else 2)
+    token_keys = [_code_key(token, bin_type, source) for token in distinct.tolist()]
+    coded = [0 if key == null_key else 1 if key in pass_keys else 2 for key in token_keys]
     dies = np.asarray(coded, dtype=np.uint8)[inverse.reshape(grid.shape)]
+    wafer_id = _attr(scope, "WaferId") or _attr([map_elem, device], "SubstrateId") or fallback_id
+    token_counts = np.bincount(inverse.reshape(-1), minlength=len(distinct)).tolist()
+    for code, declared, found in _bin_count_mismatches(bins, token_keys, token_counts, bin_type, source):
+        err.print(
+            f"warning: {source} (wafer {wafer_id}): <Bin BinCode={code!r}> declares BinCount={declared} "
+            f"but the map holds {found} dies with that code; the map is read as it is"
+        )
     meta: dict[str, Any] = {
-        "id": _attr(scope, "WaferId") or _attr([map_elem, device], "SubstrateId") or fallback_id,
+        "id": wafer_id,
         "lot": _attr(scope, "LotId"),
         "date": _g85_date(_attr(scope, "CreateDate"), source),
         "label": None,
@@ -208,11 +267,14 @@ def write_g85(
     fail_bin: str = "EF",
     separator: str = " ",
     namespace: bool = True,
+    data_wrapper: bool = True,
 ) -> Path:
     """Write ``wafer`` as a SEMI G85 XML map; :func:`read_g85` reads back the same dies, id, lot and date.
 
     No die -> ``null_bin``, good -> ``pass_bin`` (BinQuality Pass), failed -> ``fail_bin`` (Fail).
-    ``separator=""`` writes fixed-width rows. The label is not stored (G85 has no field for it).
+    ``separator=""`` writes fixed-width rows. ``data_wrapper=False`` writes the <Row> elements directly
+    under <Device> (the second layout tools write) instead of inside <Data>. The label is not stored
+    (G85 has no field for it).
     """
     dies = np.asarray(wafer.dies)
     if dies.ndim != 2 or dies.size == 0 or int(dies.max()) > 2:
@@ -245,12 +307,16 @@ def write_g85(
         count = int((dies == value).sum())
         bin_attrs = {"BinCode": code, "BinQuality": quality, "BinCount": count, "BinDescription": description}
         lines.append(f"    <Bin{attrs(bin_attrs)}/>")
-    lines.append('    <Data MapName="Map" MapVersion="1">')
     rows = [separator.join(row) for row in grid.tolist()]
     if any("]]>" in row for row in rows):
         raise ConfigError(f"bin codes {codes} with separator {separator!r} write ']]>', which ends a CDATA section")
-    lines += [f"      <Row><![CDATA[{row}]]></Row>" for row in rows]
-    lines += ["    </Data>", "  </Device>", "</Map>", ""]
+    if data_wrapper:
+        lines.append('    <Data MapName="Map" MapVersion="1">')
+        lines += [f"      <Row><![CDATA[{row}]]></Row>" for row in rows]
+        lines.append("    </Data>")
+    else:
+        lines += [f"    <Row><![CDATA[{row}]]></Row>" for row in rows]
+    lines += ["  </Device>", "</Map>", ""]
     path = Path(path)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

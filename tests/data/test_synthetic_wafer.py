@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fabml.data.synthetic_wafer import FAMILIES, draw_wafer, generate_wafer_maps
+from fabml.data.synthetic_wafer import FAMILIES, MIXED_FAMILIES, draw_wafer, generate_wafer_maps, mixed_families
 from fabml.data.wafer_io import load_wafer_maps
 from fabml.errors import ConfigError
 
@@ -90,9 +90,47 @@ def test_bad_arguments():
         generate_wafer_maps(0)
     with pytest.raises(ConfigError, match="start_date"):
         generate_wafer_maps(5, start_date="01/02/2026")
+    with pytest.raises(ConfigError, match="unknown wafer families"):
+        generate_wafer_maps(5, families=("Center+Blob",))
+    with pytest.raises(ConfigError, match="label separator"):
+        generate_wafer_maps(5, label_separator=",")
 
 
 def test_fast_enough():
     start = time.perf_counter()
     generate_wafer_maps(1000, seed=3)
     assert time.perf_counter() - start < 5.0  # the target is 2,000 maps in 5 s; 1,000 leaves room on a busy CPU
+
+
+def test_mixture_families():
+    assert len(MIXED_FAMILIES) == 25  # 13 pairs + 12 triples: the mixture types of MixedWM38
+    sizes = Counter(len(f.split("+")) for f in MIXED_FAMILIES)
+    assert sizes == {2: 13, 3: 12}
+    assert "Center+Scratch" in MIXED_FAMILIES and "Donut+Edge-Loc+Scratch" in MIXED_FAMILIES
+    assert not any({"Center", "Donut"} <= set(f.split("+")) for f in MIXED_FAMILIES)
+    assert not any({"Edge-Loc", "Edge-Ring"} <= set(f.split("+")) for f in MIXED_FAMILIES)
+    assert mixed_families(sizes=(2,), patterns=("Scratch", "Loc"), separator="|") == ("Loc|Scratch",)
+
+
+def test_overlaid_families_carry_every_pattern_and_a_joined_label():
+    rng = np.random.default_rng(4)
+    fail_r, _ = _polar(draw_wafer("Edge-Ring+Center", 40, 42, 0.0, rng))
+    assert (fail_r < 0.35).sum() >= 5 and (fail_r > 0.85).sum() >= 20  # the centre blob and the ring
+    families = ("Center", "Scratch+Center", "Donut+Edge-Loc+Scratch", "None")
+    maps = generate_wafer_maps(40, seed=2, families=families, grid_range=(25, 30))
+    assert Counter(m.label for m in maps) == {"Center": 10, "Center+Scratch": 10, "Donut+Edge-Loc+Scratch": 10, "None": 10}
+    mixed = [m for m in maps if m.label == "Donut+Edge-Loc+Scratch"]
+    single = [m for m in maps if m.label == "Center"]
+    assert np.mean([(m.dies == 2).mean() for m in mixed]) > np.mean([(m.dies == 2).mean() for m in single])
+    piped = generate_wafer_maps(8, seed=2, families=("Scratch|Center",), label_separator="|")
+    assert {m.label for m in piped} == {"Center|Scratch"}
+
+
+def test_synthetic_mixed_source():
+    maps = load_wafer_maps("synthetic-mixed:68:5")
+    labels = Counter(m.label for m in maps)
+    assert set(labels) == set(FAMILIES) | set(MIXED_FAMILIES) and max(labels.values()) == 2
+    single = load_wafer_maps("synthetic:20:5")  # the plain source is unchanged
+    assert all(np.array_equal(a.dies, b.dies) for a, b in zip(single, generate_wafer_maps(20, seed=5)))
+    with pytest.raises(ConfigError, match="synthetic-mixed:N"):
+        load_wafer_maps("synthetic-mixed:x")

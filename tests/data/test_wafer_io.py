@@ -227,3 +227,95 @@ def test_real_wm811k_split_smoke():
     assert "None" in labels and labels <= {
         "None", "Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Near-full", "Random", "Scratch",
     }
+
+
+# --- multi-pattern labels ------------------------------------------------------------------------------
+
+
+def _mixed_set(folder: Path, n: int = 12) -> list:
+    """A small generated set with overlaid families, written as .npy files (labels only in the CSV)."""
+    from fabml.data.synthetic_wafer import generate_wafer_maps
+
+    families = ("Center", "None", "Center+Scratch", "Donut+Edge-Loc+Scratch", "Edge-Ring+Loc")
+    maps = generate_wafer_maps(n, seed=3, families=families, grid_range=(20, 26))
+    folder.mkdir()
+    for m in maps:
+        np.save(folder / f"{m.id}.npy", m.dies)
+    return maps
+
+
+def test_mixed_labels_round_trip_through_metadata_csv(tmp_path):
+    maps = _mixed_set(tmp_path / "maps")
+    assert {m.label for m in maps} >= {"Center+Scratch", "Donut+Edge-Loc+Scratch", "Edge-Ring+Loc"}
+    # Written as a user might: patterns in any order, spaces around the separator.
+    rows = ["file,label"] + [f"{m.id}.npy,{' + '.join(reversed(m.label.split('+')))}" for m in maps]
+    (tmp_path / "maps" / "metadata.csv").write_text("\n".join(rows) + "\n")
+    back = {m.id: m for m in load_wafer_maps(tmp_path / "maps")}
+    assert {i: m.label for i, m in back.items()} == {m.id: m.label for m in maps}
+    assert all(np.array_equal(back[m.id].dies, m.dies) for m in maps)
+
+
+def test_multi_hot_metadata_columns_and_vector_cells(tmp_path):
+    maps = _mixed_set(tmp_path / "maps")
+    patterns = ["Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Scratch"]
+    header = "file," + ",".join(f"label:{p}" for p in patterns)
+    lines = [header] + [
+        f"{m.id}.npy," + ",".join("1" if p in m.label.split("+") else "0" for p in patterns) for m in maps
+    ]
+    csv = tmp_path / "hot.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    back = read_wafer_folder(tmp_path / "maps", metadata_csv=csv)
+    assert [m.label for m in back] == [m.label for m in maps]  # all-zero rows are "None"
+    assert not any(k.startswith("label:") for k in back[0].meta)
+    # One 0/1 vector per cell, in the MixedWM38 order (Center Donut Edge-Loc Edge-Ring Loc Near-full Scratch Random).
+    vec = tmp_path / "vec.csv"
+    vec.write_text(f"file,label\n{maps[0].id}.npy,1 0 0 0 0 0 1 0\n{maps[1].id}.npy,\"[0,0,0,0,0,0,0,0]\"\n")
+    back = read_wafer_folder(tmp_path / "maps", metadata_csv=vec)
+    assert (back[0].label, back[1].label, back[2].label) == ("Center+Scratch", "None", None)
+
+
+def test_multi_hot_columns_must_agree_and_hold_01(tmp_path):
+    _write_folder(tmp_path / "maps")
+    clash = tmp_path / "clash.csv"
+    clash.write_text("file,label,label:Center,label:Scratch\na.npy,Center,1,1\n")
+    with pytest.raises(DataError, match=r"clash\.csv row file='a\.npy': label 'Center' disagrees"):
+        read_wafer_folder(tmp_path / "maps", metadata_csv=clash)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label:Center\na.npy,maybe\n")
+    with pytest.raises(DataError, match=r"column 'label:Center' holds 'maybe'"):
+        read_wafer_folder(tmp_path / "maps", metadata_csv=bad)
+    ok = tmp_path / "ok.csv"
+    ok.write_text("file,label,label:Center,label:Scratch\na.npy,Scratch+Center,1,1\nb.npz,,0,1\n")
+    maps = read_wafer_folder(tmp_path / "maps", metadata_csv=ok)
+    assert (maps[0].label, maps[1].label) == ("Center+Scratch", "Scratch")
+
+
+def test_other_separator_is_a_setting(tmp_path):
+    _write_folder(tmp_path / "maps")
+    csv = tmp_path / "pipe.csv"
+    csv.write_text("file,label\na.npy,Scratch|Edge-Loc\n")
+    maps = load_wafer_maps(tmp_path / "maps", metadata_csv=csv, label_separator="|")
+    assert maps[0].label == "Edge-Loc|Scratch"
+    with pytest.raises(ConfigError, match="label separator"):
+        load_wafer_maps(tmp_path / "maps", label_separator=",")
+
+
+def test_multi_labels_in_pickles_and_npz(tmp_path):
+    frame = pd.DataFrame({
+        "waferMap": [MAP_012] * 5,
+        "failureType": [
+            np.array([["Scratch", "Center"]], dtype=object),  # a list of names
+            np.array([1, 0, 0, 0, 0, 0, 1, 0]),  # multi-hot
+            "Edge-Loc+Loc",
+            np.zeros(8, dtype=np.uint8),  # no pattern
+            np.zeros((0, 0)),  # unlabelled
+        ],
+    })
+    path = tmp_path / "mixed.pkl"
+    frame.to_pickle(path)
+    assert [m.label for m in read_wm811k_pickle(path)] == ["Center+Scratch", "Center+Scratch", "Edge-Loc+Loc", "None", None]
+    npz = tmp_path / "w.npz"
+    np.savez(npz, waferMap=MAP_012, label=np.array([0, 1, 0, 0, 0, 0, 1, 0]))
+    assert read_map_file(npz).label == "Donut+Scratch"
+    np.savez(npz, waferMap=MAP_012, label=np.array("Scratch+Donut"))
+    assert read_map_file(npz).label == "Donut+Scratch"

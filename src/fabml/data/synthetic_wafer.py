@@ -5,20 +5,31 @@ about ±12 % of the rows, as on real maps), with background failures, a few unte
 some wafers, and one family pattern at a random position, size and angle. Geometry is drawn in
 wafer-normalised coordinates (the wafer is the unit disc), so a pattern looks the same on any
 grid. Calibrated by eye against WM-811K maps (Wu et al., 2015).
+
+Mixed-pattern maps: a family may be a joined label such as ``"Center+Scratch"`` (separator
+``label_separator``, default ``"+"``); each pattern is drawn independently and a die fails with the
+largest of their failure probabilities (an overlay). :data:`MIXED_FAMILIES` holds the 13 two-pattern
+and 12 three-pattern mixtures of the local patterns that do not sit on the same place (no
+Center+Donut, no Edge-Loc+Edge-Ring), the mixture types of the MixedWM38 data set.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from fabml.data.wafer_io import WaferMap
+from fabml.data.wafer_labels import LABEL_SEPARATOR, check_separator, join_patterns
 from fabml.errors import ConfigError
 
 FAMILIES = ("Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Near-full", "Random", "Scratch", "None")
+MIXABLE = ("Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Scratch")
+"""Patterns that overlay into mixed maps (Near-full and Random cover the whole wafer and hide the others)."""
+_EXCLUSIVE = (frozenset({"Center", "Donut"}), frozenset({"Edge-Loc", "Edge-Ring"}))
 _LOT_SIZE = (20, 26)  # wafers per lot, drawn in [20, 25]: a FOUP holds 25
 
 
@@ -170,6 +181,30 @@ _PATTERNS: dict[str, Callable[[_Grid, np.random.Generator], np.ndarray]] = {
 }
 
 
+def mixed_families(
+    sizes: Sequence[int] = (2, 3), patterns: Sequence[str] = MIXABLE, separator: str = LABEL_SEPARATOR
+) -> tuple[str, ...]:
+    """Joined labels of every mixture of ``sizes`` patterns from ``patterns``, except those holding both
+    Center and Donut or both Edge-Loc and Edge-Ring (they occupy the same part of the wafer); sorted."""
+    check_separator(separator)
+    if any(k < 2 for k in sizes):
+        raise ConfigError(f"mixture sizes must be >= 2 patterns, got {list(sizes)}")
+    combos = [
+        c for k in sizes for c in itertools.combinations(sorted(set(patterns)), k)
+        if not any(pair <= set(c) for pair in _EXCLUSIVE)
+    ]
+    return tuple(sorted(separator.join(c) for c in combos))
+
+
+MIXED_FAMILIES = mixed_families()
+"""The 25 default mixtures (13 of two patterns, 12 of three), joined with ``+``."""
+
+
+def family_patterns(family: str, separator: str = LABEL_SEPARATOR) -> list[str]:
+    """The patterns of a (possibly joined) family, canonical order; ``["None"]`` for no pattern."""
+    return join_patterns(family.split(separator), separator).split(separator)
+
+
 def _grid_size(rng: np.random.Generator, grid_range: tuple[int, int]) -> tuple[int, int]:
     low, high = grid_range
     rows = int(rng.integers(low, high + 1))
@@ -177,10 +212,21 @@ def _grid_size(rng: np.random.Generator, grid_range: tuple[int, int]) -> tuple[i
     return (rows, cols) if rng.random() < 0.5 else (cols, rows)
 
 
-def draw_wafer(family: str, rows: int, cols: int, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """One map [rows, cols] uint8 (0 no die, 1 good, 2 failed) of ``family`` with background rate ``noise``."""
+def draw_wafer(
+    family: str, rows: int, cols: int, noise: float, rng: np.random.Generator, separator: str = LABEL_SEPARATOR
+) -> np.ndarray:
+    """One map [rows, cols] uint8 (0 no die, 1 good, 2 failed) of ``family`` with background rate ``noise``.
+
+    A joined family (``"Center+Scratch"``) overlays its patterns: failure probability = max over patterns.
+    """
     g = _make_grid(rows, cols)
-    prob = _PATTERNS[family](g, rng)
+    prob = np.zeros(g.r.shape)
+    for pattern in family_patterns(family, separator):
+        if pattern not in _PATTERNS:
+            raise ConfigError(
+                f"unknown wafer pattern {pattern!r} in family {family!r}; choose from {', '.join(FAMILIES)}"
+            )
+        prob = np.maximum(prob, _PATTERNS[pattern](g, rng))
     background = noise * np.where(g.edge < 1.5, 2.0, 1.0)  # edge dies fail more often
     failed = rng.random(g.r.shape) < np.maximum(prob, background)
     dies = np.where(g.wafer, np.where(failed, 2, 1), 0).astype(np.uint8)
@@ -190,10 +236,13 @@ def draw_wafer(family: str, rows: int, cols: int, noise: float, rng: np.random.G
     return dies
 
 
-def _check(n: int, families: Sequence[str], grid_range: tuple[int, int], noise: tuple[float, float], days: int) -> None:
+def _check(
+    n: int, families: Sequence[str], grid_range: tuple[int, int], noise: tuple[float, float], days: int, separator: str
+) -> None:
     if n < 1:
         raise ConfigError(f"number of synthetic maps must be >= 1, got {n}")
-    unknown = [f for f in families if f not in _PATTERNS]
+    check_separator(separator)
+    unknown = [f for f in families if any(p not in _PATTERNS for p in family_patterns(f, separator))]
     if unknown or not families:
         raise ConfigError(f"unknown wafer families {unknown or '(none given)'}; choose from {', '.join(FAMILIES)}")
     if not (12 <= grid_range[0] <= grid_range[1]):
@@ -212,14 +261,18 @@ def generate_wafer_maps(
     noise: tuple[float, float] = (0.0, 0.03),
     start_date: str = "2026-01-01",
     days: int = 90,
+    label_separator: str = LABEL_SEPARATOR,
 ) -> list[WaferMap]:
     """``n`` synthetic maps, families balanced (counts differ by at most one) in shuffled order.
 
-    Meta: id ``syn-00001``.., lot ``LOT-01``.. (20-25 wafers per lot, as in a FOUP), date (ISO;
-    one date per lot, lots spread evenly over ``days`` days from ``start_date``), label = family,
-    source ``synthetic:n:seed``. Deterministic for a given seed and arguments.
+    A family may be a joined label (``"Center+Scratch"``, parts separated by ``label_separator``):
+    those maps overlay two or three patterns; ``families=FAMILIES + MIXED_FAMILIES`` mixes single
+    and mixed maps. Meta: id ``syn-00001``.., lot ``LOT-01``.. (20-25 wafers per lot, as in a FOUP),
+    date (ISO; one date per lot, lots spread evenly over ``days`` days from ``start_date``),
+    label = the family's canonical joined label (sorted patterns), source ``synthetic:n:seed``.
+    Deterministic for a given seed and arguments.
     """
-    _check(n, families, grid_range, noise, days)
+    _check(n, families, grid_range, noise, days, label_separator)
     try:
         start = dt.date.fromisoformat(start_date)
     except ValueError as exc:
@@ -233,13 +286,13 @@ def generate_wafer_maps(
     maps = []
     for i, family in enumerate(labels):
         rows, cols = _grid_size(rng, grid_range)
-        dies = draw_wafer(str(family), rows, cols, rng.uniform(*noise), rng)
+        dies = draw_wafer(str(family), rows, cols, rng.uniform(*noise), rng, label_separator)
         lot = int(lot_of[i])
         meta = {
             "id": f"syn-{i + 1:0{width}d}",
             "lot": f"LOT-{lot + 1:02d}",
             "date": (start + dt.timedelta(days=lot * days // n_lots)).isoformat(),
-            "label": str(family),
+            "label": join_patterns(str(family).split(label_separator), label_separator),
             "source": f"synthetic:{n}:{seed}",
         }
         maps.append(WaferMap(dies, meta))

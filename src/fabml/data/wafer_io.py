@@ -5,6 +5,10 @@ Every reader returns :class:`WaferMap` objects whose ``dies`` is a 2-D ``np.uint
 holds at least ``id`` (unique within one load) and ``source`` (the file it came from), plus
 ``lot``, ``date`` (ISO string) and ``label`` (``None`` when unknown).
 
+A label is one string. A map with several patterns carries the canonical joined label (sorted
+pattern names joined by ``label_separator``, default ``"+"``: ``Center+Scratch``); every reader
+also accepts a list of names or a multi-hot 0/1 vector and converts it (:mod:`fabml.data.wafer_labels`).
+
 :func:`load_wafer_maps` is the one entry point the jobs call; it dispatches on the source.
 """
 
@@ -18,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from fabml.data.wafer_labels import LABEL_SEPARATOR, MULTI_HOT_PATTERNS, canonical_label, check_separator
 from fabml.errors import ConfigError, DataError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
@@ -124,21 +129,14 @@ def to_iso_date(value: Any, source: str) -> str | None:
     return ts.date().isoformat() if ts == ts.normalize() else ts.isoformat()
 
 
-def _label_value(value: Any) -> str | None:
-    """Unwrap an LSWMD label ([['none']], [], 'Edge-Ring', NaN) to a string or ``None``.
+def _label_value(value: Any, separator: str = LABEL_SEPARATOR) -> str | None:
+    """Unwrap a label ([['none']], [], 'Edge-Ring', 'Scratch+Center', [1,0,0,0,0,0,1,0], NaN) to a string or ``None``.
 
     An empty array means unlabelled (``None``); any spelling of "none" is the no-pattern
-    class and becomes the string ``"None"``.
+    class and becomes the string ``"None"``; several patterns (joined, a list of names, or a multi-hot
+    vector over :data:`~fabml.data.wafer_labels.MULTI_HOT_PATTERNS`) become the canonical joined label.
     """
-    if isinstance(value, (np.ndarray, list, tuple)):
-        flat = np.asarray(value, dtype=object).ravel()
-        return _label_value(flat[0]) if flat.size else None
-    if value is None or pd.isna(value):
-        return None
-    text = str(value).strip()
-    if not text:
-        return None
-    return "None" if text.lower() == "none" else text
+    return canonical_label(value, separator, MULTI_HOT_PATTERNS)
 
 
 def _scalar(value: Any) -> Any:
@@ -183,15 +181,20 @@ def file_stem(path: Path) -> str:
 
 
 def read_wm811k_pickle(
-    path: str | Path, limit: int | None = None, label_column: str | None = "failureType"
+    path: str | Path,
+    limit: int | None = None,
+    label_column: str | None = "failureType",
+    label_separator: str = LABEL_SEPARATOR,
 ) -> list[WaferMap]:
     """Read a WM-811K pickle (pandas DataFrame, optionally compressed) into wafer maps.
 
     Handles the processed copy (waferMap 0/128/255, failureType 'None'/'Edge-Ring'/...) and the
     original LSWMD.pkl (waferMap 0/1/2, failureType [['none']] or [] = unlabelled, lotName,
     waferIndex, trianTestLabel). Ids are ``"{file_stem}:{row position}"``; ``limit`` keeps the
-    first rows. Note: unpickling runs code from the file; read only pickles you trust.
+    first rows. Labels may also be joined names or multi-hot vectors (see the module doc).
+    Note: unpickling runs code from the file; read only pickles you trust.
     """
+    check_separator(label_separator)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -209,7 +212,7 @@ def read_wm811k_pickle(
         frame = frame.iloc[:limit]
     n = len(frame)
     labels = (
-        [_label_value(v) for v in frame[label_column]]
+        [_label_value(v, label_separator) for v in frame[label_column]]
         if label_column is not None and label_column in frame.columns
         else [None] * n
     )
@@ -237,8 +240,11 @@ def read_wm811k_pickle(
     return maps
 
 
-def _read_array_file(path: Path) -> WaferMap:
-    """A .npy array, or the 'waferMap' / 'dies' / first array of a .npz (plus scalar id/lot/date/label keys)."""
+def _read_array_file(path: Path, label_separator: str = LABEL_SEPARATOR) -> WaferMap:
+    """A .npy array, or the 'waferMap' / 'dies' / first array of a .npz (plus scalar id/lot/date/label keys).
+
+    The .npz ``label`` may be a scalar name (joined names allowed), a 1-D array of names or a multi-hot vector.
+    """
     meta: dict[str, Any] = {"id": path.stem, "lot": None, "date": None, "label": None, "source": str(path)}
     try:
         if path.suffix.lower() == ".npy":
@@ -250,9 +256,11 @@ def _read_array_file(path: Path) -> WaferMap:
                 if key is None:
                     raise DataError(f"{path}: the .npz archive holds no arrays")
                 arr = archive[key]
-                for name in ("id", "lot", "date", "label"):
+                for name in ("id", "lot", "date"):
                     if name in keys and archive[name].ndim == 0:
                         meta[name] = str(archive[name].item())
+                if "label" in keys and key != "label" and archive["label"].ndim <= 1:
+                    meta["label"] = _label_value(archive["label"], label_separator)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read as a numpy array ({_one_line(exc)})") from exc
     meta["date"] = to_iso_date(meta["date"], str(path))
@@ -285,13 +293,13 @@ def _read_image_file(path: Path) -> WaferMap:
     return WaferMap(_image_to_dies(gray, str(path)), meta)
 
 
-def _read_file_maps(path: Path, limit: int | None = None) -> list[WaferMap]:
+def _read_file_maps(path: Path, limit: int | None = None, label_separator: str = LABEL_SEPARATOR) -> list[WaferMap]:
     """All maps in one file (several for pickles and multi-map G85 files)."""
     kind = file_kind(path)
     if kind == "pickle":
-        return read_wm811k_pickle(path, limit=limit)
+        return read_wm811k_pickle(path, limit=limit, label_separator=label_separator)
     if kind == "array":
-        return [_read_array_file(path)]
+        return [_read_array_file(path, label_separator)]
     if kind == "image":
         return [_read_image_file(path)]
     if kind == "xml":
@@ -301,12 +309,12 @@ def _read_file_maps(path: Path, limit: int | None = None) -> list[WaferMap]:
     raise DataError(f"{path}: unsupported file type (supported: {SUPPORTED_TEXT}, or a folder of them)")
 
 
-def read_map_file(path: str | Path) -> WaferMap:
+def read_map_file(path: str | Path, label_separator: str = LABEL_SEPARATOR) -> WaferMap:
     """Read one wafer map from a .npy, .npz, .png/.bmp/.tif or G85 .xml file (id = file stem or WaferId)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    maps = _read_file_maps(path)
+    maps = _read_file_maps(path, label_separator=check_separator(label_separator))
     if len(maps) != 1:
         raise DataError(f"{path}: holds {len(maps)} wafer maps, expected one; load it with load_wafer_maps")
     return maps[0]
@@ -335,18 +343,48 @@ def _map_keys(wafer: WaferMap, bases: Sequence[Path]) -> set[str]:
     return keys
 
 
-def apply_metadata_csv(maps: list[WaferMap], csv_path: str | Path, bases: Sequence[Path] = ()) -> list[WaferMap]:
+LABEL_COLUMN_PREFIX = "label:"
+"""Multi-hot label columns of a metadata CSV: ``label:Center``, ``label:Scratch``, ... holding 0/1."""
+
+_CSV_NA = ["", "NaN", "nan", "NA", "N/A", "n/a", "#N/A", "NULL", "null"]
+_TRUE_CELLS = {"1", "1.0", "true", "yes", "y"}
+_FALSE_CELLS = {"0", "0.0", "false", "no", "n"}
+
+
+def _hot_columns_label(row: pd.Series, hot: dict[str, str], separator: str, where: str) -> str | None:
+    """The joined label of a row's ``label:<pattern>`` 0/1 cells; ``None`` when they are all empty."""
+    cells = {name: row[column] for column, name in hot.items()}
+    filled = {name: str(v).strip().lower() for name, v in cells.items() if not pd.isna(v) and str(v).strip()}
+    if not filled:
+        return None
+    bad = {name: v for name, v in filled.items() if v not in _TRUE_CELLS | _FALSE_CELLS}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise DataError(f"{where}: column '{LABEL_COLUMN_PREFIX}{name}' holds {value!r}; use 1 (pattern present) or 0")
+    return canonical_label([name for name, v in filled.items() if v in _TRUE_CELLS] or ["None"], separator)
+
+
+def apply_metadata_csv(
+    maps: list[WaferMap], csv_path: str | Path, bases: Sequence[Path] = (), label_separator: str = LABEL_SEPARATOR
+) -> list[WaferMap]:
     """Merge a CSV's columns (lot, date, label, anything else) into ``meta``, in place.
 
     Rows are joined on column ``file`` (a path relative to one of ``bases``, a file name or a
     full path) or else ``id``. Empty cells leave the map's value as it is. Raises
     :class:`DataError` when the key column is missing, repeats a key, or matches no map.
+
+    Labels: the ``label`` cell may be one name, joined names (``Scratch+Center``) or a 0/1 vector
+    over :data:`~fabml.data.wafer_labels.MULTI_HOT_PATTERNS` (``1 0 0 0 0 0 1 0``); or the CSV
+    has multi-hot columns ``label:<pattern>`` (0/1 each; all 0 = ``None``) instead. Either way the
+    map gets the canonical joined label (``Center+Scratch``).
     """
+    check_separator(label_separator)
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: metadata CSV not found")
     try:
-        table = pd.read_csv(csv_path, dtype=str, skipinitialspace=True)
+        # "None" is WM-811K's no-pattern class, not a missing value: pandas' default NA list would drop it.
+        table = pd.read_csv(csv_path, dtype=str, skipinitialspace=True, keep_default_na=False, na_values=_CSV_NA)
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{csv_path}: cannot read as CSV ({_one_line(exc)})") from exc
     table.columns = [str(c).strip() for c in table.columns]
@@ -358,6 +396,7 @@ def apply_metadata_csv(maps: list[WaferMap], csv_path: str | Path, bases: Sequen
     if values.duplicated().any():
         raise DataError(f"{csv_path}: {key} {values[values.duplicated()].iloc[0]!r} appears more than once")
     rows = {v: row for v, (_, row) in zip(values, table.iterrows())}
+    hot = {c: c[len(LABEL_COLUMN_PREFIX) :].strip() for c in table.columns if c.startswith(LABEL_COLUMN_PREFIX)}
     matched = 0
     for wafer in maps:
         keys = {str(wafer.meta["id"])} if key == "id" else _map_keys(wafer, bases)
@@ -365,11 +404,29 @@ def apply_metadata_csv(maps: list[WaferMap], csv_path: str | Path, bases: Sequen
         if row is None:
             continue
         matched += 1
+        where = f"{csv_path} row {key}={row[key].strip()!r}"
         for column, value in row.items():
-            if column == key or pd.isna(value) or not str(value).strip():
+            if column == key or column in hot or pd.isna(value) or not str(value).strip():
                 continue
             value = str(value).strip()
-            wafer.meta[column] = to_iso_date(value, f"{csv_path} column 'date'") if column == "date" else value
+            if column == "date":
+                wafer.meta[column] = to_iso_date(value, f"{csv_path} column 'date'")
+            elif column == "label":
+                try:
+                    wafer.meta[column] = canonical_label(value, label_separator)
+                except DataError as exc:
+                    raise DataError(f"{where}: {exc}") from exc
+            else:
+                wafer.meta[column] = value
+        from_hot = _hot_columns_label(row, hot, label_separator, where) if hot else None
+        if from_hot is not None:
+            given = row.get("label")
+            if given is not None and not pd.isna(given) and str(given).strip() and wafer.meta["label"] != from_hot:
+                raise DataError(
+                    f"{where}: label {wafer.meta['label']!r} disagrees with its '{LABEL_COLUMN_PREFIX}*' columns "
+                    f"({from_hot!r}); keep one of them"
+                )
+            wafer.meta["label"] = from_hot
     if maps and matched == 0:
         raise DataError(
             f"{csv_path}: none of its {len(rows)} rows matches a loaded map by '{key}' "
@@ -382,14 +439,20 @@ FOLDER_METADATA = "metadata.csv"  # picked up automatically by read_wafer_folder
 
 
 def read_wafer_folder(
-    folder: str | Path, metadata_csv: str | Path | None = None, recursive: bool = True, limit: int | None = None
+    folder: str | Path,
+    metadata_csv: str | Path | None = None,
+    recursive: bool = True,
+    limit: int | None = None,
+    label_separator: str = LABEL_SEPARATOR,
 ) -> list[WaferMap]:
     """Read every supported file under ``folder`` (sorted by relative path) into wafer maps.
 
     A single-map file's id is its path relative to ``folder`` without the suffix (``lotA/w01``);
     G85 files use their WaferId, pickles ``"{stem}:{row}"``. ``limit`` stops after that many maps.
     Without ``metadata_csv``, a ``metadata.csv`` in the folder itself is used when present.
+    Multi-pattern labels are joined with ``label_separator`` (see :func:`apply_metadata_csv`).
     """
+    check_separator(label_separator)
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
@@ -407,13 +470,13 @@ def read_wafer_folder(
         remaining = None if not limit else limit - len(maps)
         if remaining == 0:
             break
-        file_maps = _read_file_maps(path, limit=remaining)
+        file_maps = _read_file_maps(path, limit=remaining, label_separator=label_separator)
         if file_kind(path) in ("array", "image"):
             file_maps[0].meta["id"] = path.relative_to(folder).with_suffix("").as_posix()
         maps.extend(file_maps[:remaining] if remaining else file_maps)
     ensure_unique_ids(maps)
     if metadata_csv is not None:
-        apply_metadata_csv(maps, metadata_csv, bases=[folder])
+        apply_metadata_csv(maps, metadata_csv, bases=[folder], label_separator=label_separator)
     return maps
 
 
@@ -425,31 +488,43 @@ def _split_sources(source: str | Path | Sequence[str | Path]) -> list[str | Path
     return [source]
 
 
-def _synthetic(source: str, limit: int | None) -> list[WaferMap]:
-    from fabml.data.synthetic_wafer import generate_wafer_maps  # local: the generator imports WaferMap
+SYNTHETIC_PREFIXES = ("synthetic:", "synthetic-mixed:")
+"""``synthetic:N[:SEED]``: the single-pattern families; ``synthetic-mixed:N[:SEED]``: those plus the
+two- and three-pattern mixtures of :data:`fabml.data.synthetic_wafer.MIXED_FAMILIES`, labels joined."""
 
-    parts = source.split(":")[1:]
+
+def _synthetic(source: str, limit: int | None, label_separator: str = LABEL_SEPARATOR) -> list[WaferMap]:
+    from fabml.data.synthetic_wafer import FAMILIES, generate_wafer_maps, mixed_families  # local: imports WaferMap
+
+    kind, *parts = source.split(":")
     try:
         n, seed = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except (ValueError, IndexError) as exc:
-        raise ConfigError(f"source {source!r}: expected 'synthetic:N' or 'synthetic:N:SEED' with integers") from exc
+        raise ConfigError(f"source {source!r}: expected '{kind}:N' or '{kind}:N:SEED' with integers") from exc
     if len(parts) > 2 or n < 1:
-        raise ConfigError(f"source {source!r}: expected 'synthetic:N' or 'synthetic:N:SEED' with N >= 1")
+        raise ConfigError(f"source {source!r}: expected '{kind}:N' or '{kind}:N:SEED' with N >= 1")
+    families = FAMILIES
+    if kind == "synthetic-mixed":
+        families = FAMILIES + mixed_families(separator=label_separator)
     # Generate all n and cut: the first maps of "synthetic:N" are the same with or without a limit.
-    return generate_wafer_maps(n, seed=seed)[:limit]
+    return generate_wafer_maps(n, seed=seed, families=families, label_separator=label_separator)[:limit]
 
 
 def load_wafer_maps(
     source: str | Path | Sequence[str | Path],
     limit: int | None = None,
     metadata_csv: str | Path | None = None,
+    label_separator: str = LABEL_SEPARATOR,
 ) -> list[WaferMap]:
-    """Load wafer maps from a pickle, a folder, a single map file or ``"synthetic:N[:seed]"``.
+    """Load wafer maps from a pickle, a folder, a single map file, ``"synthetic:N[:seed]"`` or
+    ``"synthetic-mixed:N[:seed]"`` (single and two/three-pattern maps).
 
     ``source`` may also be a list (or a comma-separated string) of such sources; their maps
     are concatenated in order. ``limit`` (``None`` or 0 = all) caps the total. Ids are made
     unique across the whole load. ``metadata_csv`` merges lot/date/label columns by file or id.
+    Labels with several patterns become one string, sorted names joined by ``label_separator``.
     """
+    check_separator(label_separator)
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be >= 0 (0 = all maps), got {limit}")
     maps: list[WaferMap] = []
@@ -458,19 +533,19 @@ def load_wafer_maps(
         remaining = None if not limit else limit - len(maps)
         if remaining == 0:
             break
-        if isinstance(item, str) and item.startswith("synthetic:"):
-            maps.extend(_synthetic(item, remaining))
+        if isinstance(item, str) and item.startswith(SYNTHETIC_PREFIXES):
+            maps.extend(_synthetic(item, remaining, label_separator))
             continue
         path = Path(item).expanduser()
         if not path.exists():
             raise DataError(f"{path}: no such file or folder")
         if path.is_dir():
             folders.append(path)
-            loaded = read_wafer_folder(path, recursive=True, limit=remaining)
+            loaded = read_wafer_folder(path, recursive=True, limit=remaining, label_separator=label_separator)
         else:
-            loaded = _read_file_maps(path, limit=remaining)
+            loaded = _read_file_maps(path, limit=remaining, label_separator=label_separator)
         maps.extend(loaded[:remaining] if remaining else loaded)
     ensure_unique_ids(maps)
     if metadata_csv is not None:
-        apply_metadata_csv(maps, metadata_csv, bases=folders)
+        apply_metadata_csv(maps, metadata_csv, bases=folders, label_separator=label_separator)
     return maps

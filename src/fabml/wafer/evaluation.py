@@ -2,6 +2,10 @@
 
 Every embedding method (the BYOL encoder, the PCA baseline, D4-averaged variants) goes through
 :func:`evaluate_embeddings`, so their figures are directly comparable.
+
+Mixed-pattern labels (``Center+Scratch``, see :mod:`fabml.data.wafer_labels`) are scored twice by
+:func:`pattern_precision`: by exact label set and by any shared pattern. The no-pattern labels
+(``cfg.no_pattern_label``: one name or a set of names) are never queries.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 
 from fabml.console import table_lines
+from fabml.data.wafer_labels import LABEL_SEPARATOR, label_patterns, multi_hot_matrix, no_pattern_set
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.metrics.clustering import cluster_quality
@@ -27,6 +32,7 @@ SUMMARY_KEYS = (
     "knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map", "defect_mrr", "silhouette",
     "silhouette_embedding_space", "n_clusters", "noise_ratio", "nmi", "ari", "d4_mean_cosine",
     "d4_same_cluster_rate", "shape_match@5", "shape_match_label_chance",
+    "label_set_precision@5", "shared_pattern_precision@5",
 )
 """The headline figures of a labelled evaluation, in table order."""
 
@@ -77,6 +83,62 @@ def shape_shortcut(
     return out
 
 
+def pattern_precision(
+    query_emb: np.ndarray,
+    ref_emb: np.ndarray,
+    query_labels: list[str],
+    ref_labels: list[str],
+    ks: tuple[int, ...] = (5,),
+    separator: str = LABEL_SEPARATOR,
+    no_pattern: str | list[str] | tuple[str, ...] | frozenset[str] = "None",
+) -> dict[str, float | int]:
+    """Precision@k of cosine retrieval for multi-pattern labels, two ways.
+
+    Each label is read as a set of patterns (``"Center+Scratch"`` -> {Center, Scratch}; the
+    ``no_pattern`` names give the empty set). Queries are the maps with at least one pattern; for
+    query q with pattern set P(q) and its k nearest reference maps r_1..r_k:
+
+    - ``label_set_precision@k`` = mean_q |{i <= k : P(r_i) = P(q)}| / k  (exact label set)
+    - ``shared_pattern_precision@k`` = mean_q |{i <= k : P(r_i) ∩ P(q) ≠ ∅}| / k  (any shared pattern)
+
+    As in :func:`~fabml.metrics.retrieval.retrieval_metrics`, a query with no relevant reference at
+    all is left out of the mean (and counted in ``*_queries_without_relevant``); ``pattern_queries``
+    counts the queries with a pattern. With single-pattern labels both precisions equal
+    ``defect_precision@k``. Embeddings are [Q, D] and [N, D]; labels one per row.
+    """
+    skip = no_pattern_set(no_pattern)
+    q_sets = [label_patterns(lab, separator, skip) for lab in query_labels]
+    r_sets = [label_patterns(lab, separator, skip) for lab in ref_labels]
+    keep = np.asarray([bool(p) for p in q_sets], dtype=bool)
+    out: dict[str, float | int] = {"pattern_queries": int(keep.sum())}
+    if not keep.any():
+        return out
+    codes: dict[frozenset[str], int] = {}
+    q_code = np.asarray([codes.setdefault(p, len(codes)) for p, k in zip(q_sets, keep) if k])
+    r_code = np.asarray([codes.get(p, -1) for p in r_sets])
+    q_hot, names = multi_hot_matrix([lab for lab, k in zip(query_labels, keep) if k], separator, skip)
+    r_hot = np.stack([[name in p for name in names] for p in r_sets]) if r_sets else np.zeros((0, len(names)))
+    q_hot_f, r_hot_t = torch.from_numpy(q_hot.astype(np.float32)), torch.from_numpy(r_hot.astype(np.float32)).T
+
+    def same_set(rows: np.ndarray) -> np.ndarray:
+        return q_code[rows][:, None] == r_code[None, :]
+
+    def shared(rows: np.ndarray) -> np.ndarray:
+        return (q_hot_f[torch.from_numpy(np.asarray(rows))] @ r_hot_t).numpy() > 0
+
+    for name, relevance in (("label_set", same_set), ("shared_pattern", shared)):
+        res = retrieval_metrics(query_emb[keep], ref_emb, relevance, ks=ks, exclude_self=False)
+        out.update({f"{name}_precision@{k}": res[f"precision@{k}"] for k in ks})
+        out[f"{name}_queries_without_relevant"] = res["queries_without_relevant"]
+    return out
+
+
+def label_settings(cfg: EvalConfig) -> tuple[str, frozenset[str]]:
+    """``(label separator, no-pattern names)`` of an eval config: ``cfg.label_separator`` when the config has
+    one (else :data:`~fabml.data.wafer_labels.LABEL_SEPARATOR`), ``cfg.no_pattern_label`` as one name or a set."""
+    return getattr(cfg, "label_separator", LABEL_SEPARATOR), no_pattern_set(cfg.no_pattern_label)
+
+
 def evaluate_embeddings(
     embed: EmbedFn,
     ref_tensors: torch.Tensor,
@@ -108,10 +170,13 @@ def evaluate_embeddings(
     out["knn_macro_f1"] = report["macro_f1"]
     out["per_class"] = report["per_class"]
 
-    defect = np.asarray([lab != cfg.no_pattern_label for lab in test_labels])
+    separator, no_pattern = label_settings(cfg)
+    defect = np.asarray([lab not in no_pattern for lab in test_labels])
     rel = label_relevance(np.asarray(test_labels)[defect], np.asarray(ref_labels))
     ret = retrieval_metrics(test_emb[defect], ref_emb, rel, ks=tuple(cfg.ks), exclude_self=False)
     out.update({f"defect_{key}": value for key, value in ret.items()})
+    out.update(pattern_precision(test_emb, ref_emb, list(test_labels), list(ref_labels),
+                                 ks=tuple(cfg.ks), separator=separator, no_pattern=no_pattern))
 
     if ref_shapes is not None and test_shapes is not None:
         out.update(shape_shortcut(test_emb, ref_emb, test_shapes, ref_shapes, test_labels, ref_labels, k=5))

@@ -46,26 +46,45 @@ def train(
         console.print(f"run folder: {out}")
 
 
+def _run_config(run: Optional[Path], config: Optional[Path], set_: Optional[list[str]]):
+    """The settings of a command that works on an existing run: the run's config.yaml <- --config <- --set."""
+    return wafer_config(config, set_, base=Path(run) / "config.yaml" if run is not None else None)
+
+
 @app.command()
 def embed(
-    run: RunOpt,
     data: Annotated[str, typer.Option(help="Maps to embed (the searchable, clusterable collection).")],
+    run: Annotated[Optional[Path], typer.Option(
+        "--run", "-r", help="learned: the trained run. Baseline: the folder the embeddings belong to (a new folder "
+        "becomes a model-free run that cluster/search/assign use; a trained run needs --out).")] = None,
+    method: Annotated[str, typer.Option(
+        help="learned (the run's encoder) | pca | raw | wu2015 (model-free baselines, fitted on --data).")] = "learned",
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write (default RUN/embeddings).")] = None,
     tta_d4: Annotated[Optional[bool], typer.Option("--tta-d4/--no-tta-d4", help="Average the 8 D4 views.")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt")] = "best",
+    checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt (learned only)")] = "best",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Embed maps with a trained encoder; writes embeddings, metadata and the similarity index."""
+    """Embed maps with a trained encoder or a baseline; writes embeddings, metadata and the similarity index.
+
+    Settings: the run's config.yaml, then --config, then --set (e.g. --set baseline.raw_size=16).
+    """
     from fabml.wafer.pipeline import embed as run_embed
 
-    folder = run_embed(run, _split(data), tta_d4=tta_d4, checkpoint=checkpoint)
-    console.print(f"embeddings, meta.csv and index.faiss in {folder}")
+    cfg = _run_config(run, config, set_)
+    folder = run_embed(run, _split(data), tta_d4=tta_d4, checkpoint=checkpoint, method=method, out=out, cfg=cfg)
+    console.print(f"{method} embeddings, meta.csv and index.faiss in {folder}")
 
 
 @app.command()
 def cluster(run: RunOpt, config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Group the embedded maps into pattern families (HDBSCAN); writes clusters.csv, a gallery and a trend."""
+    """Group the embedded maps into pattern families (HDBSCAN); writes clusters.csv, a gallery and a trend.
+
+    Settings: the run's config.yaml, then --config, then --set (e.g. --set cluster.min_cluster_size=50).
+    """
     from fabml.wafer.pipeline import cluster as run_cluster
 
-    cfg = wafer_config(config or Path(run) / "config.yaml", set_)
+    cfg = _run_config(run, config, set_)
     result = run_cluster(run, cfg)
     sizes = result.table["cluster"].value_counts().sort_index()
     print_table(["cluster", "maps"], [["noise" if cid < 0 else cid, n] for cid, n in sizes.items()],
@@ -109,15 +128,24 @@ def evaluate(
     run: RunOpt,
     test: Annotated[str, typer.Option(help="Test maps; without labels the pseudo ground truth is used.")],
     reference: Annotated[Optional[str], typer.Option(help="Labelled reference maps (kNN memory, retrieval database).")] = None,
-    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also evaluate the PCA baseline.")] = True,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline",
+                                           help="Also evaluate the baselines of baseline.methods.")] = True,
     tta_d4: Annotated[bool, typer.Option("--tta-d4", help="Also evaluate test-time D4 averaging.")] = False,
     checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt")] = "best",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """kNN macro accuracy, retrieval, clustering and D4 invariance; writes RUN/eval/."""
+    """kNN macro accuracy, retrieval, clustering and D4 invariance of the encoder and the baselines; writes RUN/eval/.
+
+    Settings: the run's config.yaml, then --config, then --set (e.g. --set eval.knn_k=10 --set
+    baseline.methods=[pca,wu2015]); model.*, data.size and data.outline_channel stay the run's.
+    """
     from fabml.wafer.evaluation import metrics_markdown
     from fabml.wafer.pipeline import evaluate as run_evaluate
 
-    results = run_evaluate(run, _split(reference) if reference else None, _split(test), baseline=baseline, tta_d4=tta_d4, checkpoint=checkpoint)
+    cfg = _run_config(run, config, set_)
+    results = run_evaluate(run, _split(reference) if reference else None, _split(test), baseline=baseline,
+                           tta_d4=tta_d4, checkpoint=checkpoint, cfg=cfg)
     console.print(metrics_markdown(results).rstrip("\n"))
     console.print(f"all figures: {Path(run) / 'eval' / 'metrics.json'}")
 

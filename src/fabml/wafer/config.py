@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from fabml.config import load_config
+import yaml
+
+from fabml.config import apply_overrides, from_dict, load_config, to_dict
 from fabml.data.wafer_dataset import WaferDataConfig
 from fabml.engine.trainer import TrainConfig
 from fabml.index import IndexConfig
 from fabml.wafer.augment import AugmentConfig
+from fabml.wafer.baselines import BaselineConfig
 from fabml.wafer.clusters import ClusterConfig
 from fabml.wafer.method import BYOLConfig
 from fabml.wafer.model import EncoderConfig
@@ -42,6 +45,7 @@ class WaferConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 VAL_MONITOR = "val_knn_macro_acc"
@@ -49,10 +53,38 @@ VAL_MONITOR = "val_knn_macro_acc"
 
 
 def wafer_config(config: str | Path | None = None, overrides: Sequence[str] | None = None,
-                 select_on_val: bool = False) -> WaferConfig:
-    """Defaults <- YAML ``config`` <- ``overrides``; with ``select_on_val`` (``--val`` maps given) the best
-    checkpoint is the one with the best validation kNN macro accuracy (``train.monitor``)."""
-    cfg = load_config(WaferConfig, config, overrides or [])
+                 select_on_val: bool = False, base: str | Path | None = None) -> WaferConfig:
+    """Defaults <- YAML ``base`` (a run's own config.yaml) <- YAML ``config`` <- ``overrides``.
+
+    ``base`` is how the commands that work on an existing run (``embed``, ``cluster``, ``evaluate``) start from
+    the run's settings: ``--config`` then only needs the settings it changes. With ``select_on_val``
+    (``--val`` maps given) the best checkpoint is the one with the best validation kNN macro accuracy
+    (``train.monitor``).
+    """
+    if base is None or not Path(base).is_file():
+        cfg = load_config(WaferConfig, config, overrides or [])
+    else:
+        data = to_dict(load_config(WaferConfig, base))
+        if config is not None:
+            load_config(WaferConfig, config)  # one-line errors for a missing file, bad YAML or unknown settings
+            _merge(data, _read_yaml(config))
+        apply_overrides(data, overrides or [])
+        cfg = from_dict(WaferConfig, data)
     if select_on_val:
         cfg.train.monitor, cfg.train.monitor_mode = VAL_MONITOR, "max"
     return cfg
+
+
+def _read_yaml(path: str | Path) -> dict:
+    """The settings a YAML file names (already checked by :func:`load_config`)."""
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def _merge(into: dict, update: dict) -> dict:
+    """Deep-merge ``update`` into ``into`` (nested dicts merged, other values replaced)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into

@@ -1,4 +1,8 @@
-"""Turn wafer-map tensors into embeddings: the learned encoder, its D4 orbit, and the PCA baseline."""
+"""Turn wafer-map tensors into embeddings: the learned encoder and its D4 orbit.
+
+The model-free baselines (PCA, raw pixels, Wu 2015 features) live in :mod:`fabml.wafer.baselines` and
+follow the same :data:`EmbedFn` contract; ``PCABaseline`` is re-exported here for older imports.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 from torch import nn
 
 from fabml.data.wafer_dataset import select_channels
 from fabml.wafer.augment import d4_transform
+from fabml.wafer.baselines import PCABaseline  # noqa: F401  (re-exported: its home was this module)
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,30 +58,3 @@ def embed_d4_orbits(embed: EmbedFn, tensors: torch.Tensor, batch_size: int = 512
     """Embed every member of each map's D4 orbit: returns ``[N,8,D]`` (member k = ``d4_transform(x, k)``)."""
     per_k = [embed_tensors(lambda x, k=k: embed(d4_transform(x, k)), tensors, batch_size) for k in range(8)]
     return np.stack(per_k, axis=1)
-
-
-class PCABaseline:
-    """Baseline embedding: PCA of the resized failed-die maps (no learning beyond PCA).
-
-    ``fit`` on reference tensors ``[N,2,S,S]``; the result is an :data:`EmbedFn` like the encoder's,
-    so the baseline goes through exactly the same evaluation. The embedding has ``min(dim, N, S*S)``
-    dimensions (PCA has no more components than maps or pixels).
-    """
-
-    def __init__(self, dim: int = 128, seed: int = 0) -> None:
-        self.dim = dim
-        self.pca = PCA(n_components=dim, random_state=seed, svd_solver="randomized")
-
-    @staticmethod
-    def _flat(x: torch.Tensor) -> np.ndarray:
-        return x[:, 0].reshape(len(x), -1).float().numpy()
-
-    def fit(self, tensors: torch.Tensor) -> PCABaseline:
-        flat = self._flat(tensors)
-        self.pca.set_params(n_components=min(self.dim, *flat.shape))
-        self.pca.fit(flat)
-        return self
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.from_numpy(self.pca.transform(self._flat(x)).astype(np.float32))
-        return nn.functional.normalize(z, dim=1)

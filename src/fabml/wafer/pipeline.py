@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,13 @@ from fabml.engine.distributed import is_main_process
 from fabml.engine.hardware import resolve_device
 from fabml.engine.runs import RunFolder
 from fabml.engine.trainer import Trainer, TrainResult, seed_everything
-from fabml.errors import DataError
+from fabml.console import err
+from fabml.errors import ConfigError, DataError
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.viz import plot_cluster_gallery, plot_search_results, plot_trend
 from fabml.wafer.clusters import ClusterModel
+from fabml.wafer.baselines import BASELINES, Baseline, build_baseline
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import d4_averaged, encoder_embed_fn, embed_tensors
 from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metrics_markdown  # noqa: F401  (public here too)
@@ -62,12 +65,27 @@ def map_labels(metas: list[dict], what: str) -> list[str]:
     return [str(label) for label in labels]
 
 
+MIN_VAL_PER_CLASS = 30
+"""Fewer validation maps than this in a class make its recall, and so the macro accuracy that selects the
+best checkpoint, too noisy to rank epochs by (one map moves a class of 30 by 3 points)."""
+
+
 def make_validator(cfg: WaferConfig, val: WaferTensorDataset):
-    """Per-epoch selection metric: leave-one-out kNN macro accuracy within the labelled validation maps."""
+    """Per-epoch selection metric: leave-one-out kNN macro accuracy within the labelled validation maps.
+
+    ``eval.val_limit`` maps are drawn once (fixed seed); a warning goes to stderr, once, when a class has
+    fewer than :data:`MIN_VAL_PER_CLASS` of them.
+    """
     labels = np.asarray(map_labels(val.meta, "validation data"))
     n = len(val) if not cfg.eval.val_limit else min(cfg.eval.val_limit, len(val))
     pick = torch.from_numpy(np.random.default_rng(0).permutation(len(val))[:n])
     tensors, labels = val.tensors[pick], labels[pick.numpy()]
+    small = small_classes(labels)
+    if small and is_main_process():
+        listed = ", ".join(f"{name} {count}" for name, count in small.items())
+        err.print(f"warning: the validation subset ({n} maps) has fewer than {MIN_VAL_PER_CLASS} maps in "
+                  f"{len(small)} class(es) ({listed}): checkpoint selection by val_knn_macro_acc is noisy; "
+                  "raise eval.val_limit (0 = all) or give more labelled --val maps", markup=False, highlight=False)
 
     def validate(method) -> dict[str, float]:
         was_training = method.training
@@ -78,6 +96,12 @@ def make_validator(cfg: WaferConfig, val: WaferTensorDataset):
         return {"val_knn_macro_acc": classification_report(labels, pred)["macro_acc"]}
 
     return validate
+
+
+def small_classes(labels: np.ndarray, minimum: int = MIN_VAL_PER_CLASS) -> dict[str, int]:
+    """Classes with fewer than ``minimum`` maps among ``labels``: name -> count."""
+    names, counts = np.unique(labels, return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts) if c < minimum}
 
 
 def train(
@@ -114,18 +138,108 @@ def embed_fn(cfg: WaferConfig, method, tta_d4: bool):
     return d4_averaged(fn) if tta_d4 else fn
 
 
-def embed(run_dir: Path, data: str, tta_d4: bool | None = None, checkpoint: str = "best") -> Path:
-    """Embed every map of ``data`` with the run's encoder; writes embeddings, metadata and the Faiss index."""
-    cfg, method = load_trained(run_dir, checkpoint)
-    dataset = load_dataset(data, cfg, limit=0)
-    tta = cfg.eval.tta_d4 if tta_d4 is None else tta_d4
-    emb = embed_tensors(embed_fn(cfg, method, tta), dataset.tensors, cfg.eval.embed_batch, progress=True)
-    out = Path(run_dir) / "embeddings"
-    write_embeddings(out, emb, dataset, str(data))
+FIXED_BY_RUN = ("model", "data.size", "data.outline_channel")
+"""Settings a trained run fixes: ``--config``/``--set`` of ``embed``/``evaluate`` may not change them."""
+
+EMBEDDER = "embedder.json"
+"""Beside the embeddings: which method made them (``learned`` or a baseline) and with what settings."""
+
+
+def _setting(cfg: WaferConfig, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return to_dict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def check_fixed(cfg: WaferConfig, run_cfg: WaferConfig, run_dir: Path) -> None:
+    """One-line error when ``cfg`` changes a setting the trained run's model depends on (:data:`FIXED_BY_RUN`)."""
+    changed = [name for name in FIXED_BY_RUN if _setting(cfg, name) != _setting(run_cfg, name)]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} cannot change for the trained run {run_dir} (its encoder was built "
+                          "with the run's values): drop those settings from --config/--set, or train a new run")
+
+
+def run_settings(run_dir: Path | None, cfg: WaferConfig | None) -> WaferConfig:
+    """``cfg`` when given, else the run's own config.yaml, else the defaults."""
+    if cfg is not None:
+        return cfg
+    if run_dir is not None and (Path(run_dir) / "config.yaml").is_file():
+        return load_config(WaferConfig, Path(run_dir) / "config.yaml")
+    return WaferConfig()
+
+
+def _has_model(run_dir: Path) -> bool:
+    return (run_dir / "model.pt").is_file() or (run_dir / "checkpoints").is_dir()
+
+
+def embed(
+    run_dir: Path | None, data: str | list[str], tta_d4: bool | None = None, checkpoint: str = "best",
+    method: str = "learned", out: Path | None = None, cfg: WaferConfig | None = None,
+) -> Path:
+    """Embed every map of ``data``; writes embeddings.npy, meta.csv, source.json, index.faiss and embedder.json.
+
+    ``method``: ``learned`` (the run's encoder; ``run_dir`` is a trained run) or a baseline of
+    :mod:`fabml.wafer.baselines` (``pca``, ``raw``, ``wu2015``), fitted on these maps and saved beside them as
+    ``baseline.joblib`` (``search`` and ``assign`` embed new maps with it). For a baseline ``run_dir`` is just
+    the folder the result belongs to: a new or model-free folder becomes a model-free wafer run (config.yaml,
+    run.json) that ``cluster``, ``search`` and ``assign`` work on; a trained run keeps its own embeddings
+    unless ``out`` is given. ``out``: the folder to write (default ``RUN/embeddings``). ``cfg``: the settings
+    (default: the run's config.yaml); for ``learned`` it may not change :data:`FIXED_BY_RUN`.
+    Returns the folder written.
+    """
+    if method != "learned" and method not in BASELINES:
+        raise ConfigError(f"--method {method!r} is unknown: use learned or one of {list(BASELINES)}")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is None and (method == "learned" or out is None):
+        raise DataError("embed needs --run (a trained run for --method learned; any folder for a baseline) or, "
+                        "for a baseline, --out")
+    if method == "learned":
+        run_cfg, model = load_trained(run_dir, checkpoint)
+        cfg = cfg or run_cfg
+        check_fixed(cfg, run_cfg, run_dir)
+        tta = cfg.eval.tta_d4 if tta_d4 is None else tta_d4
+        fn, info, dataset = embed_fn(run_cfg, model, tta), {"checkpoint": checkpoint}, load_dataset(data, cfg, limit=0)
+    else:
+        cfg = run_settings(run_dir, cfg)
+        if run_dir is not None and out is None:
+            if _has_model(run_dir):
+                raise ConfigError(f"{run_dir} is a trained run and RUN/embeddings/ holds its encoder's embeddings: give "
+                                  f"--out DIR for the {method} embeddings, or a new --run folder")
+            RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.train.seed)  # a model-free wafer run
+        dataset = load_dataset(data, cfg, limit=0)
+        fitted = build_baseline(method, cfg.baseline, cfg.train.seed).fit(dataset.tensors, cfg.eval.embed_batch)
+        tta = bool(tta_d4)
+        fn = d4_averaged(fitted) if tta else fitted
+        info = {"settings": to_dict(cfg.baseline)}
+    emb = embed_tensors(fn, dataset.tensors, cfg.eval.embed_batch, progress=True)
+    folder = Path(out) if out is not None else run_dir / "embeddings"
+    write_embeddings(folder, emb, dataset, str(data))
     index = VectorIndex(emb.shape[1], cfg.index)
     index.add(emb)
-    index.save(out / "index.faiss")
-    return out
+    index.save(folder / "index.faiss")
+    if method != "learned":
+        import joblib
+
+        joblib.dump(fitted, folder / "baseline.joblib")
+    else:
+        (folder / "baseline.joblib").unlink(missing_ok=True)
+    (folder / EMBEDDER).write_text(json.dumps({"method": method, "tta_d4": tta, **info}, indent=2, default=str))
+    return folder
+
+
+def query_embedder(run_dir: Path) -> tuple[WaferConfig, Callable]:
+    """The settings and the embed function that made ``RUN/embeddings`` (to embed new maps the same way):
+    the saved baseline for a baseline's embeddings, else the run's encoder (D4-averaged as recorded)."""
+    folder = Path(run_dir) / "embeddings"
+    info = json.loads((folder / EMBEDDER).read_text()) if (folder / EMBEDDER).is_file() else {"method": "learned"}
+    if info["method"] != "learned":
+        import joblib
+
+        fitted: Baseline = joblib.load(folder / "baseline.joblib")
+        return run_settings(run_dir, None), d4_averaged(fitted) if info.get("tta_d4") else fitted
+    cfg, model = load_trained(run_dir, info.get("checkpoint", "best"))
+    return cfg, embed_fn(cfg, model, info.get("tta_d4", cfg.eval.tta_d4))
 
 
 @dataclass
@@ -184,9 +298,9 @@ def assign(run_dir: Path, data: str, out_csv: Path | None = None) -> pd.DataFram
     model_path = run_dir / "clusters" / "cluster_model.joblib"
     if not model_path.is_file():
         raise DataError(f"{model_path} not found: run `fabml wafer cluster --run {run_dir}` first")
-    cfg, method = load_trained(run_dir)
+    cfg, fn = query_embedder(run_dir)
     dataset = load_dataset(data, cfg, limit=0)
-    emb = embed_tensors(embed_fn(cfg, method, cfg.eval.tta_d4), dataset.tensors, cfg.eval.embed_batch)
+    emb = embed_tensors(fn, dataset.tensors, cfg.eval.embed_batch)
     model = ClusterModel.load(model_path)
     score, flag, nearest = model.novelty(emb)
     table = meta_frame(dataset)
@@ -213,10 +327,10 @@ def search(run_dir: Path, query: str, k: int = 10, figure: Path | None = None) -
     else:
         if not Path(query).exists():
             raise DataError(f"query {query!r} is neither a map file nor the id of an embedded map")
-        cfg, method = load_trained(run_dir)
+        cfg, fn = query_embedder(run_dir)
         qmap = load_wafer_maps(query)[0]
         q_tensor = WaferTensorDataset([qmap], cfg.data.size).tensors
-        q_emb = embed_tensors(embed_fn(cfg, method, cfg.eval.tta_d4), q_tensor, 1)
+        q_emb = embed_tensors(fn, q_tensor, 1)
     scores, idx = index.search(q_emb.astype(np.float32), k + int(exclude_self))
     rows = [(i, s) for i, s in zip(idx[0], scores[0]) if i >= 0 and not (exclude_self and ids[i] == query)][:k]
     table = meta.iloc[[i for i, _ in rows]].copy()
@@ -235,9 +349,13 @@ def search(run_dir: Path, query: str, k: int = 10, figure: Path | None = None) -
 
 def evaluate(
     run_dir: Path, reference: str | list[str] | None, test: str | list[str], baseline: bool = True,
-    tta_d4: bool = False, checkpoint: str = "best",
+    tta_d4: bool = False, checkpoint: str = "best", cfg: WaferConfig | None = None,
 ) -> dict[str, dict]:
-    """Evaluate the run's encoder (and the PCA baseline) on ``test`` maps.
+    """Evaluate the run's encoder and, with ``baseline``, every baseline of ``baseline.methods`` on ``test`` maps.
+
+    Each method is one entry of the results (``byol``, ``byol_tta_d4``, ``baseline_<name>``); a baseline is
+    fitted on the reference maps (on the test maps without labels) and its fit time is ``fit_seconds``.
+    ``cfg``: the settings (default: the run's config.yaml); it may not change :data:`FIXED_BY_RUN`.
 
     With labels (test and ``reference``): kNN accuracy, label retrieval, clustering, D4 invariance and the
     outline-shortcut measure. Without labels (any test map unlabelled, or no reference): retrieval against
@@ -245,26 +363,35 @@ def evaluate(
     Writes ``eval/metrics.json`` (all figures per method), ``eval/metrics.md`` (summary table) and, with
     labels, ``eval/per_class_<method>.png``; returns the per-method figures.
     """
+    import time
+
     from fabml.viz import plot_per_class_bars
-    from fabml.wafer.embedding import PCABaseline
     from fabml.wafer.evaluation import evaluate_embeddings, evaluate_unlabelled
 
     run_dir = Path(run_dir)
-    cfg, method = load_trained(run_dir, checkpoint)
+    run_cfg, method = load_trained(run_dir, checkpoint)
+    cfg = cfg or run_cfg
+    check_fixed(cfg, run_cfg, run_dir)
     tst = load_dataset(test, cfg, limit=0)
     labelled = reference is not None and all(m.get("label") is not None for m in tst.meta)
     ref = load_dataset(reference, cfg, limit=0) if labelled else None
-    methods = {"byol": embed_fn(cfg, method, False)}
+    methods = {"byol": embed_fn(run_cfg, method, False)}
     if tta_d4:
-        methods["byol_tta_d4"] = embed_fn(cfg, method, True)
-    if baseline:
-        methods["baseline_pca"] = PCABaseline(seed=cfg.train.seed).fit((ref or tst).tensors)
+        methods["byol_tta_d4"] = embed_fn(run_cfg, method, True)
+    fit_seconds: dict[str, float] = {}
+    for name in cfg.baseline.methods if baseline else []:
+        t0 = time.perf_counter()
+        methods[f"baseline_{name}"] = build_baseline(name, cfg.baseline, cfg.train.seed).fit(
+            (ref or tst).tensors, cfg.eval.embed_batch)
+        fit_seconds[f"baseline_{name}"] = time.perf_counter() - t0
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for name, fn in methods.items():
         if not labelled:
             results[name] = evaluate_unlabelled(fn, tst.tensors, cfg.eval, cfg.cluster)
+            if name in fit_seconds:
+                results[name]["fit_seconds"] = fit_seconds[name]
             continue
         res = evaluate_embeddings(fn, ref.tensors, map_labels(ref.meta, "reference data"), tst.tensors,
                                   map_labels(tst.meta, "test data"), cfg.eval, cfg.cluster, grid_shapes(ref),
@@ -272,6 +399,8 @@ def evaluate(
         plot_per_class_bars(res["per_class"], out_dir / f"per_class_{name}.png",
                             title=f"kNN (k={cfg.eval.knn_k}) per class: {name}")
         res.pop("test_embeddings"), res.pop("test_clusters")
+        if name in fit_seconds:
+            res["fit_seconds"] = fit_seconds[name]
         results[name] = res
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=_jsonable))
     (out_dir / "metrics.md").write_text(metrics_markdown(results, SUMMARY_KEYS if labelled else UNLABELLED_KEYS))

@@ -75,7 +75,9 @@ def test_cluster_search_assign_evaluate_report(run_dir: Path):
                                  "--test", "synthetic:60:5"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    for name in ("byol", "baseline_pca"):
+    assert set(metrics) == {"byol", "baseline_pca", "baseline_raw", "baseline_wu2015"}
+    assert metrics["baseline_wu2015"]["embedding_dim"] == 59 and metrics["baseline_raw"]["fit_seconds"] >= 0
+    for name in metrics:
         assert 0.0 <= metrics[name]["knn_macro_acc"] <= 1.0
         assert 0.0 <= metrics[name]["defect_precision@5"] <= 1.0
         assert -1.0 <= metrics[name]["d4_mean_cosine"] <= 1.0
@@ -84,6 +86,48 @@ def test_cluster_search_assign_evaluate_report(run_dir: Path):
     assert result.exit_code == 0, result.output
     html = (run_dir / "report" / "index.html").read_text()
     assert "Pattern families" in html and "training_curves.png" in html
+
+
+def test_evaluate_and_embed_take_settings_and_an_output_folder(run_dir: Path, tmp_path: Path):
+    runner = CliRunner()
+    config = tmp_path / "eval.yaml"
+    config.write_text("eval: {knn_k: 3}\n")
+    result = runner.invoke(app, ["wafer", "evaluate", "--run", str(run_dir), "--reference", "synthetic:160:0",
+                                 "--test", "synthetic:40:5", "--config", str(config),
+                                 "--set", "baseline.methods=[raw]", "--set", "baseline.raw_size=8"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"byol", "baseline_raw"} and metrics["baseline_raw"]["embedding_dim"] == 64
+    refused = runner.invoke(app, ["wafer", "evaluate", "--run", str(run_dir), "--test", "synthetic:10:5",
+                                  "--set", "model.preset=small"])
+    assert refused.exit_code != 0 and "model" in str(refused.exception) + refused.output
+
+    before = np.load(run_dir / "embeddings" / "embeddings.npy")
+    result = runner.invoke(app, ["wafer", "embed", "--run", str(run_dir), "--data", "synthetic:20:4",
+                                 "--out", str(tmp_path / "emb")])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "emb" / "embeddings.npy").shape == (20, 128)
+    np.testing.assert_array_equal(np.load(run_dir / "embeddings" / "embeddings.npy"), before)  # untouched
+    clobber = runner.invoke(app, ["wafer", "embed", "--run", str(run_dir), "--data", "synthetic:20:4",
+                                  "--method", "raw"])
+    assert clobber.exit_code != 0 and "--out" in str(clobber.exception) + clobber.output
+
+
+def test_the_monitor_warns_once_about_small_validation_classes(capsys):
+    from fabml.config import load_config
+    from fabml.wafer.config import WaferConfig
+    from fabml.wafer.pipeline import load_dataset, make_validator
+
+    cfg = load_config(WaferConfig, None, TINY)
+    make_validator(cfg, load_dataset("synthetic:60:3", cfg))
+    err = capsys.readouterr().err
+    assert err.count("fewer than 30 maps") == 1 and "eval.val_limit" in err
+    cfg_ok = load_config(WaferConfig, None, TINY)
+    val = load_dataset("synthetic:60:3", cfg_ok)
+    for meta in val.meta:
+        meta["label"] = "Center"  # one class of 60 maps: nothing to warn about
+    make_validator(cfg_ok, val)
+    assert "fewer than" not in capsys.readouterr().err
 
 
 def test_search_with_a_map_file(run_dir: Path, tmp_path: Path):

@@ -15,3 +15,17 @@ def test_validation_maps_select_the_best_checkpoint_by_knn_accuracy(tmp_path: Pa
     val = wafer_config(config, [], select_on_val=True)
     assert (val.train.monitor, val.train.monitor_mode) == (VAL_MONITOR, "max") == ("val_knn_macro_acc", "max")
     assert val.train.lr == 0.01
+
+
+def test_commands_on_a_run_start_from_its_config(tmp_path: Path) -> None:
+    """embed/cluster/evaluate: the run's config.yaml <- --config (only what it names) <- --set."""
+    from fabml.config import save_config
+
+    run_cfg = wafer_config(None, ["data.size=32", "cluster.min_cluster_size=7", "eval.knn_k=9"])
+    save_config(run_cfg, tmp_path / "config.yaml")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("eval: {knn_k: 3}\nbaseline: {raw_size: 16}\n")
+    cfg = wafer_config(extra, ["baseline.methods=[wu2015]"], base=tmp_path / "config.yaml")
+    assert cfg.data.size == 32 and cfg.cluster.min_cluster_size == 7  # kept from the run
+    assert cfg.eval.knn_k == 3 and cfg.baseline.raw_size == 16 and cfg.baseline.methods == ["wu2015"]
+    assert wafer_config(None, [], base=tmp_path / "missing.yaml").data.size == 128  # no run config: defaults

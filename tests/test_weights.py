@@ -35,6 +35,7 @@ SMALL = {  # per model: settings that keep it small on a CPU
     "draem_severity": {"base_width": 8, "disc_base_width": 8, "severity_width": 4},
     "efficient_ad": {"out_channels": 8, "width_scale": 1 / 16},
     "autoencoder": {},
+    "reference": {"backbone": "resnet18", "layers": [1, 2]},
 }
 
 

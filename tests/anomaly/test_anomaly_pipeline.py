@@ -153,7 +153,7 @@ def test_wrong_input_shape_is_a_clear_error(padim_run: Path) -> None:
 def test_image_records_skip_masks_beside_images(tmp_path: Path) -> None:
     from PIL import Image
 
-    from fabml.anomaly.pipeline import image_records
+    from fabml.anomaly.inputs import image_records
 
     for name in ("a.jpg", "a.png", "b.png", "c_mask.png"):
         Image.new("L", (8, 8)).save(tmp_path / name)

@@ -15,7 +15,8 @@ from fabml.anomaly.calibration import _SyntheticBatches
 from fabml.anomaly.config import AnomalyConfig, CalibrationConfig
 from fabml.anomaly.models import create_anomaly_model
 from fabml.anomaly.models.reference import nearest_differences, shifted_min_distance
-from fabml.anomaly.pipeline import ReferenceSource, evaluate, export, fit, predict
+from fabml.anomaly.inputs import ReferenceSource
+from fabml.anomaly.pipeline import evaluate, export, fit, predict
 from fabml.anomaly.runs import load_fitted
 from fabml.config import from_dict
 from fabml.data.anomaly_data import read_split

@@ -91,7 +91,8 @@ def predict(
     --reference or --reference-pattern with --reference-dir (default: the run's data.reference_* settings);
     predictions.csv then also names the reference and the alignment (offset, angle, residual_px).
     """
-    from fabml.anomaly.pipeline import ReferenceSource, predict as predict_run
+    from fabml.anomaly.inputs import ReferenceSource
+    from fabml.anomaly.pipeline import predict as predict_run
 
     out = out or run / "predictions"
     source = ReferenceSource(pairs, reference, reference_pattern, reference_dir)

@@ -148,3 +148,16 @@ def test_a_baseline_run_folder_works_with_cluster_and_search(tmp_path: Path):
                                  "--figure", str(tmp_path / "s.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.png").is_file()
+
+
+def test_wu2015_reads_the_maps_at_its_own_side():
+    """On WM-811K the features at 64 beat those at the encoder's 32 (0.768 vs 0.687 kNN macro accuracy):
+    the commands resize the original grids to baseline.wu_size, whatever data.size is."""
+    from fabml.wafer.config import wafer_config
+    from fabml.wafer.pipeline import baseline_tensors, load_dataset
+
+    cfg = wafer_config(None, ["data.size=32", "baseline.wu_size=48"])
+    data = load_dataset("synthetic:6:0", cfg)
+    wu = build_baseline("wu2015", cfg.baseline)
+    assert baseline_tensors(wu, "synthetic:6:0", data, cfg).shape == (6, 2, 48, 48)
+    assert baseline_tensors(build_baseline("raw", cfg.baseline), "synthetic:6:0", data, cfg) is data.tensors

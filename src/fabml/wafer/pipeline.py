@@ -7,7 +7,7 @@ The CLI and the tests call these; each reads and writes the run folder described
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,6 +160,22 @@ def check_fixed(cfg: WaferConfig, run_cfg: WaferConfig, run_dir: Path) -> None:
                           "with the run's values): drop those settings from --config/--set, or train a new run")
 
 
+def baseline_tensors(base: Baseline, source: str | list[str], dataset: WaferTensorDataset,
+                     cfg: WaferConfig) -> torch.Tensor:
+    """The maps of ``source`` as ``base`` wants them: ``dataset.tensors`` (at ``data.size``) unless the baseline
+    asks for another side (``input_size``, e.g. ``baseline.wu_size``); then the original die grids are read
+    again and resized to that side (same maps, same order)."""
+    size = base.input_size
+    if not size or size == dataset.size:
+        return dataset.tensors
+    return load_dataset(source, at_size(cfg, size), limit=0).tensors
+
+
+def at_size(cfg: WaferConfig, size: int | None) -> WaferConfig:
+    """``cfg`` with ``data.size = size`` (unchanged when ``size`` is None)."""
+    return replace(cfg, data=replace(cfg.data, size=size)) if size else cfg
+
+
 def run_settings(run_dir: Path | None, cfg: WaferConfig | None) -> WaferConfig:
     """``cfg`` when given, else the run's own config.yaml, else the defaults."""
     if cfg is not None:
@@ -207,8 +223,9 @@ def embed(
                 raise ConfigError(f"{run_dir} is a trained run and RUN/embeddings/ holds its encoder's embeddings: give "
                                   f"--out DIR for the {method} embeddings, or a new --run folder")
             RunFolder.create(run_dir, JOB, config=cfg, seed=cfg.train.seed)  # a model-free wafer run
-        dataset = load_dataset(data, cfg, limit=0)
-        fitted = build_baseline(method, cfg.baseline, cfg.train.seed).fit(dataset.tensors, cfg.eval.embed_batch)
+        fitted = build_baseline(method, cfg.baseline, cfg.train.seed)
+        dataset = load_dataset(data, at_size(cfg, fitted.input_size), limit=0)
+        fitted.fit(dataset.tensors, cfg.eval.embed_batch)
         tta = bool(tta_d4)
         fn = d4_averaged(fitted) if tta else fitted
         info = {"settings": to_dict(cfg.baseline)}
@@ -237,7 +254,8 @@ def query_embedder(run_dir: Path) -> tuple[WaferConfig, Callable]:
         import joblib
 
         fitted: Baseline = joblib.load(folder / "baseline.joblib")
-        return run_settings(run_dir, None), d4_averaged(fitted) if info.get("tta_d4") else fitted
+        cfg = at_size(run_settings(run_dir, None), fitted.input_size)
+        return cfg, d4_averaged(fitted) if info.get("tta_d4") else fitted
     cfg, model = load_trained(run_dir, info.get("checkpoint", "best"))
     return cfg, embed_fn(cfg, model, info.get("tta_d4", cfg.eval.tta_d4))
 
@@ -354,7 +372,8 @@ def evaluate(
     """Evaluate the run's encoder and, with ``baseline``, every baseline of ``baseline.methods`` on ``test`` maps.
 
     Each method is one entry of the results (``byol``, ``byol_tta_d4``, ``baseline_<name>``); a baseline is
-    fitted on the reference maps (on the test maps without labels) and its fit time is ``fit_seconds``.
+    fitted on the reference maps (on the test maps without labels), at its own map side when it has one
+    (:func:`baseline_tensors`), and its fit time is ``fit_seconds``.
     ``cfg``: the settings (default: the run's config.yaml); it may not change :data:`FIXED_BY_RUN`.
 
     With labels (test and ``reference``): kNN accuracy, label retrieval, clustering, D4 invariance and the
@@ -375,25 +394,29 @@ def evaluate(
     tst = load_dataset(test, cfg, limit=0)
     labelled = reference is not None and all(m.get("label") is not None for m in tst.meta)
     ref = load_dataset(reference, cfg, limit=0) if labelled else None
-    methods = {"byol": embed_fn(run_cfg, method, False)}
+    # name -> (embed function, reference tensors, test tensors): a baseline may want its own map side
+    methods = {"byol": (embed_fn(run_cfg, method, False), ref.tensors if ref else None, tst.tensors)}
     if tta_d4:
-        methods["byol_tta_d4"] = embed_fn(run_cfg, method, True)
+        methods["byol_tta_d4"] = (embed_fn(run_cfg, method, True), *methods["byol"][1:])
     fit_seconds: dict[str, float] = {}
     for name in cfg.baseline.methods if baseline else []:
         t0 = time.perf_counter()
-        methods[f"baseline_{name}"] = build_baseline(name, cfg.baseline, cfg.train.seed).fit(
-            (ref or tst).tensors, cfg.eval.embed_batch)
+        base = build_baseline(name, cfg.baseline, cfg.train.seed)
+        ref_x = baseline_tensors(base, reference, ref, cfg) if ref else None
+        tst_x = baseline_tensors(base, test, tst, cfg)
+        base.fit(ref_x if ref_x is not None else tst_x, cfg.eval.embed_batch)
+        methods[f"baseline_{name}"] = (base, ref_x, tst_x)
         fit_seconds[f"baseline_{name}"] = time.perf_counter() - t0
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    for name, fn in methods.items():
+    for name, (fn, ref_x, tst_x) in methods.items():
         if not labelled:
-            results[name] = evaluate_unlabelled(fn, tst.tensors, cfg.eval, cfg.cluster)
+            results[name] = evaluate_unlabelled(fn, tst_x, cfg.eval, cfg.cluster)
             if name in fit_seconds:
                 results[name]["fit_seconds"] = fit_seconds[name]
             continue
-        res = evaluate_embeddings(fn, ref.tensors, map_labels(ref.meta, "reference data"), tst.tensors,
+        res = evaluate_embeddings(fn, ref_x, map_labels(ref.meta, "reference data"), tst_x,
                                   map_labels(tst.meta, "test data"), cfg.eval, cfg.cluster, grid_shapes(ref),
                                   grid_shapes(tst), progress=True)
         plot_per_class_bars(res["per_class"], out_dir / f"per_class_{name}.png",

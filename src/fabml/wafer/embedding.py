@@ -16,6 +16,8 @@ from fabml.data.wafer_dataset import select_channels
 from fabml.wafer.augment import d4_transform
 from fabml.wafer.baselines import PCABaseline  # noqa: F401  (re-exported: its home was this module)
 
+__all__ = ["EmbedFn", "PCABaseline", "d4_averaged", "embed_d4_orbits", "embed_tensors", "encoder_embed_fn"]
+
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -7,8 +7,8 @@ The CLI and the tests call these; each reads and writes the run folder described
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np

@@ -55,6 +55,24 @@ def test_paste_is_additive_severity_times_scale_and_clipped() -> None:
     assert float(bright.images.max()) == 1.0  # clipped to the valid range
 
 
+def test_polarity_dark_subtracts_both_mixes_and_bright_keeps_the_seed_stream() -> None:
+    x = images(64) + 0.25  # in [0.25, 0.75]: no clipping at either end for scale 0.02
+    settings = {"probability": 1.0, "scale": 0.02}
+    bright = CutPasteFaults(CutPasteFaultConfig(**settings))(x, torch.Generator().manual_seed(5))
+    default = CutPasteFaults(CutPasteFaultConfig(**settings, polarity="bright"))(x, torch.Generator().manual_seed(5))
+    assert torch.equal(bright.images, default.images)
+    dark = CutPasteFaults(CutPasteFaultConfig(**settings, polarity="dark"))(x, torch.Generator().manual_seed(5))
+    both = CutPasteFaults(CutPasteFaultConfig(**settings, polarity="both"))(x, torch.Generator().manual_seed(5))
+    for out, sign in ((bright, 1.0), (dark, -1.0)):
+        m = out.masks[:, 0] > 0
+        # the mean change inside the mask has the polarity's sign (the source rectangle is of the same image)
+        change = ((out.images - x)[:, 0] * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+        assert bool((change * sign > 0).float().mean() > 0.9)
+    m = both.masks[:, 0] > 0
+    change = ((both.images - x)[:, 0] * m).flatten(1).sum(1) / m.flatten(1).sum(1)
+    assert 16 < int((change < 0).sum()) < 48  # about half dark, half bright
+
+
 def test_probability_zero_and_one_exact_and_half_within_tolerance() -> None:
     x = images(2000, size=32)
     none = CutPasteFaults(CutPasteFaultConfig(probability=0.0))(x, torch.Generator().manual_seed(0))
@@ -129,6 +147,7 @@ def test_same_generator_seed_gives_the_same_faults() -> None:
         ({"patch_ratio_range": (-1.0, 2.0)}, "faults.patch_ratio_range"),
         ({"patch_count": 0}, "faults.patch_count"),
         ({"severity_max": 0.0}, "faults.severity_max"),
+        ({"polarity": "up"}, "faults.polarity='up' is unknown; choose one of: bright, dark, both"),
     ],
 )
 def test_invalid_settings_are_one_line_config_errors(settings: dict, text: str) -> None:

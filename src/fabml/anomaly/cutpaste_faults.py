@@ -5,7 +5,10 @@ intensity raised in proportion to a severity ``s`` drawn uniformly in ``(0, seve
 
     faulty[dst] = clip(image[src] + s * scale, 0, 1)        (images in [0, 1])
 
-so the paste is additive and the result stays in the valid range. Pixels outside the pasted
+so the paste is additive and the result stays in the valid range. ``polarity`` chooses the sign:
+``bright`` (the seed's, ``+ s * scale``), ``dark`` (``- s * scale``) or ``both`` (each faulty image
+bright or dark with equal odds; real defects such as blowholes and cracks are darker than their
+surroundings, so a model that has only seen brighter faults can miss them). Pixels outside the pasted
 rectangles are returned unchanged. Patch geometry (all patches of one image share it):
 
 - width ``w``: uniform in ``patch_width_range`` pixels at the reference size
@@ -33,6 +36,8 @@ import torch
 
 from fabml.errors import ConfigError, DataError
 
+POLARITIES = ("bright", "dark", "both")
+
 
 @dataclass
 class CutPasteFaultConfig:
@@ -43,7 +48,7 @@ class CutPasteFaultConfig:
     patch_width_range: (low, high) patch width in pixels at ``reference_size`` (seed (20, 80) at 256).
     patch_ratio_range: (low, high) of width / height (landscape (2.0, 4.0), portrait (0.25, 0.5),
     square (1.0, 1.0)). patch_count: rectangles per faulty image (1; 2 and 3 in the ablation).
-    probability: share of images that get a fault (0.5).
+    probability: share of images that get a fault (0.5). polarity: ``bright`` (seed) | ``dark`` | ``both``.
     """
 
     severity_max: float = 10.0
@@ -53,6 +58,7 @@ class CutPasteFaultConfig:
     patch_count: int = 1
     probability: float = 0.5
     reference_size: int = 256
+    polarity: str = "bright"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,6 +87,8 @@ class CutPasteFaultConfig:
                 f"faults.patch_ratio_range={tuple(self.patch_ratio_range)} must be positive with low <= high "
                 "(width / height: landscape (2.0, 4.0), portrait (0.25, 0.5), square (1.0, 1.0))"
             )
+        if self.polarity not in POLARITIES:
+            raise ConfigError(f"faults.polarity={self.polarity!r} is unknown; choose one of: {', '.join(POLARITIES)}")
         if self.patch_count < 1:
             raise ConfigError(f"faults.patch_count={self.patch_count} must be >= 1")
 
@@ -153,11 +161,14 @@ class CutPasteFaults:
                 continue
             s = cfg.severity_max * (1.0 - _uniform(0.0, 1.0, generator))  # in (0, severity_max]
             h, w = self.patch_size(height, width, generator)
+            # "both" draws its coin only then, so bright-only runs keep the seed's exact random stream
+            dark = cfg.polarity == "dark" or (cfg.polarity == "both" and _uniform(0.0, 1.0, generator) < 0.5)
+            shift = -s * cfg.scale if dark else s * cfg.scale
             for _ in range(cfg.patch_count):
                 sy, sx = _randint(0, height - h, generator), _randint(0, width - w, generator)
                 dy, dx = _randint(0, height - h, generator), _randint(0, width - w, generator)
                 patch = images[i, :, sy:sy + h, sx:sx + w]
-                faulty[i, :, dy:dy + h, dx:dx + w] = (patch + s * cfg.scale).clamp(0.0, 1.0)
+                faulty[i, :, dy:dy + h, dx:dx + w] = (patch + shift).clamp(0.0, 1.0)
                 masks[i, 0, dy:dy + h, dx:dx + w] = 1.0
             severity[i] = s
         return FaultBatch(faulty, masks, masks * severity.view(b, 1, 1, 1), severity)

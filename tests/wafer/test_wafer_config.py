@@ -29,3 +29,19 @@ def test_commands_on_a_run_start_from_its_config(tmp_path: Path) -> None:
     assert cfg.data.size == 32 and cfg.cluster.min_cluster_size == 7  # kept from the run
     assert cfg.eval.knn_k == 3 and cfg.baseline.raw_size == 16 and cfg.baseline.methods == ["wu2015"]
     assert wafer_config(None, [], base=tmp_path / "missing.yaml").data.size == 128  # no run config: defaults
+
+
+def test_the_label_separator_setting_reaches_the_readers(tmp_path: Path) -> None:
+    """A mixed-pattern label read from metadata.csv is joined with eval.label_separator."""
+    import numpy as np
+
+    from fabml.wafer.pipeline import load_dataset
+
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    np.save(folder / "w1.npy", np.ones((8, 8), dtype=np.uint8))
+    (folder / "metadata.csv").write_text("file,label\nw1.npy,Scratch/Center\n")
+    dataset = load_dataset(str(folder), wafer_config(None, ["eval.label_separator=/", "data.size=8"]))
+    assert dataset.meta[0]["label"] == "Center/Scratch"  # split on "/", sorted, joined with "/"
+    default = load_dataset(str(folder), wafer_config(None, ["data.size=8"]))
+    assert default.meta[0]["label"] == "Scratch/Center"  # with '+' the cell is one name

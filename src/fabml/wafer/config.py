@@ -29,6 +29,7 @@ class EvalConfig:
     d4_maps: int = 2000  # maps whose 8-member D4 orbit is embedded for the invariance figures
     embed_batch: int = 512
     no_pattern_label: str = "None"  # the label of maps without a pattern (not a "defect" query)
+    label_separator: str = "+"  # joins the patterns of a mixed-pattern map (Center+Scratch) when maps are read
     val_every: int = 1  # epochs between validation kNN runs when a validation set is given (0 = never)
     val_limit: int = 3000  # validation maps used per validation run (0 = all)
 

@@ -134,8 +134,8 @@ def pattern_precision(
 
 
 def label_settings(cfg: EvalConfig) -> tuple[str, frozenset[str]]:
-    """``(label separator, no-pattern names)`` of an eval config: ``cfg.label_separator`` when the config has
-    one (else :data:`~fabml.data.wafer_labels.LABEL_SEPARATOR`), ``cfg.no_pattern_label`` as one name or a set."""
+    """``(label separator, no-pattern names)`` of an eval config: ``cfg.label_separator`` (the one the readers
+    joined mixed-pattern labels with; ``+`` when the object has none) and ``cfg.no_pattern_label`` as one name or a set."""
     return getattr(cfg, "label_separator", LABEL_SEPARATOR), no_pattern_set(cfg.no_pattern_label)
 
 

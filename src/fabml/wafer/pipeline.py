@@ -49,7 +49,8 @@ from fabml.wafer.trend import cluster_trend
 def load_dataset(source: str | list[str], cfg: WaferConfig, limit: int | None = None) -> WaferTensorDataset:
     """Read maps from ``source`` (file, folder, pickles, ``synthetic:N[:seed]``) as a tensor dataset."""
     limit = limit if limit is not None else (cfg.data.limit or None)
-    return WaferTensorDataset(load_wafer_maps(source, limit=limit), cfg.data.size)
+    maps = load_wafer_maps(source, limit=limit, label_separator=cfg.eval.label_separator)
+    return WaferTensorDataset(maps, cfg.data.size)
 
 
 def grid_shapes(dataset: WaferTensorDataset) -> list[str]:

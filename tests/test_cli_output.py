@@ -99,7 +99,7 @@ def test_wafer_train_and_evaluate_print_each_metric_once(bracketed: Path) -> Non
     _one_line_with(evaluated.stdout, bracketed / "eval" / "metrics.json")
     _no_empty_lines(evaluated)
     metrics = json.loads((bracketed / "eval" / "metrics.json").read_text())
-    assert set(metrics) == {"byol", "baseline_pca"}
+    assert set(metrics) == {"byol", "baseline_pca", "baseline_raw", "baseline_wu2015"}  # every baseline beside it
     printed = [line.split("|")[1].strip() for line in evaluated.stdout.splitlines() if line.startswith("| ")]
     assert printed[0] == "metric" and len(printed) == len(set(printed)), printed  # each row once (five were twice)
     assert {"knn_macro_acc", "silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine"} <= set(printed)

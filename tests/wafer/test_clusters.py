@@ -127,3 +127,77 @@ def test_bad_inputs(fitted, monkeypatch, tmp_path):
     bad.write_text("not a model")
     with pytest.raises(DataError, match="cannot read cluster model"):
         ClusterModel.load(bad)
+
+
+def _dominant_case(seed: int = 0) -> np.ndarray:
+    """One family (80% of 500 points) made of four close sub-blobs, plus one separate small family (20%).
+
+    HDBSCAN's eom selection keeps the four sub-blobs as one cluster (share 0.8); leaf selection splits them.
+    """
+    rng = np.random.default_rng(seed)
+    dim, d = 6, 0.8
+    offsets = [d * np.eye(dim)[4], -d * np.eye(dim)[4], d * np.eye(dim)[5], -d * np.eye(dim)[5]]
+    big = np.concatenate([10 * np.eye(dim)[0] + o + 0.15 * rng.normal(size=(100, dim)) for o in offsets])
+    small = 10 * np.eye(dim)[1] + 0.15 * rng.normal(size=(100, dim))
+    return np.concatenate([big, small])
+
+
+def test_largest_cluster_share_hand_computed() -> None:
+    from fabml.wafer.clusters import largest_cluster_share
+
+    assert largest_cluster_share(np.array([0, 0, 0, 1, -1, -1])) == pytest.approx(0.75)  # noise left out
+    assert largest_cluster_share(np.array([-1, -1])) == 0.0
+
+
+def test_a_dominant_cluster_is_flagged_and_leaf_selection_splits_it() -> None:
+    x = _dominant_case()
+    eom = ClusterModel(ClusterConfig(min_cluster_size=20, reduce="none", leaf_fallback=False))
+    eom.fit(x)
+    assert eom.n_clusters == 2 and eom.largest_share == pytest.approx(0.8) and eom.dominant
+    assert eom.dominance() == {"largest_cluster_share": pytest.approx(0.8), "dominant_cluster": True,
+                               "cluster_selection_used": "eom"}
+    leaf = ClusterModel(ClusterConfig(min_cluster_size=20, reduce="none", cluster_selection_method="leaf"))
+    leaf.fit(x)
+    assert leaf.n_clusters == 5 and not leaf.dominant and leaf.largest_share < 0.3
+    # the fallback: eom is dominant, so leaf is tried and kept because it is no longer dominant
+    auto = ClusterModel(ClusterConfig(min_cluster_size=20, reduce="none"))
+    assert np.array_equal(auto.fit(x), leaf.labels_) and auto.selection_used == "leaf" and not auto.dominant
+
+
+def test_the_fallback_leaves_a_clustering_that_is_not_dominant_alone() -> None:
+    x, _ = _blobs()
+    model = ClusterModel(ClusterConfig(min_cluster_size=20, reduce="pca", reduce_dim=4))
+    model.fit(x)
+    assert model.selection_used == "eom" and not model.dominant
+
+
+def test_dominant_share_is_checked() -> None:
+    with pytest.raises(ConfigError, match="dominant_share"):
+        ClusterModel(ClusterConfig(dominant_share=0.0))
+
+
+def test_cluster_command_warns_and_writes_the_dominant_flag(tmp_path, capsys, monkeypatch) -> None:
+    import json
+
+    import pandas as pd
+
+    from fabml.wafer import pipeline
+    from fabml.wafer.config import WaferConfig
+
+    x = _dominant_case()
+    meta = pd.DataFrame({"id": [str(i) for i in range(len(x))], "date": [None] * len(x)})
+    monkeypatch.setattr(pipeline, "read_embeddings", lambda run_dir: (x, meta, "unused"))
+    monkeypatch.setattr(pipeline, "_cluster_gallery", lambda *args: None)
+    cfg = WaferConfig()
+    cfg.cluster = ClusterConfig(min_cluster_size=20, reduce="none", leaf_fallback=False)
+    pipeline.cluster(tmp_path, cfg)
+    summary = json.loads((tmp_path / "clusters" / "summary.json").read_text())
+    assert summary["dominant_cluster"] is True and summary["largest_cluster_share"] == pytest.approx(0.8)
+    assert summary["cluster_selection_used"] == "eom"
+    warning = [line for line in capsys.readouterr().err.splitlines() if "80%" in line]
+    assert len(warning) == 1 and "cluster_selection_method=leaf" in warning[0]
+    cfg.cluster.leaf_fallback = True  # the default: leaf is used and nothing is warned
+    pipeline.cluster(tmp_path, cfg)
+    summary = json.loads((tmp_path / "clusters" / "summary.json").read_text())
+    assert summary["dominant_cluster"] is False and summary["cluster_selection_used"] == "leaf"
+    assert "80%" not in capsys.readouterr().err

@@ -11,6 +11,12 @@ centroids, spreads and novelty live; it is always named in reports (``reduce:red
   its centroid. Flag = score > 1.0: the map lies farther from the nearest family's centre than
   95% of that family's own members. ``nearest_cluster`` there is by centroid and may differ
   from ``predict``'s nearest-member assignment for a map between families.
+- Dominant cluster: ``largest_share`` = size of the largest cluster / number of clustered (non-noise)
+  maps. When it exceeds ``dominant_share`` (0.5) the clustering is ``dominant``: one family holds
+  most maps and cluster-based figures (the D4 same-cluster rate above all) say little. With
+  ``leaf_fallback`` an ``eom`` clustering that is dominant is redone with HDBSCAN's ``leaf``
+  selection (finer clusters from the leaves of the condensed tree) and the leaf result is kept only
+  if it is no longer dominant; ``selection_used`` names the selection the labels come from.
 
 ``save`` writes one joblib (pickle) file: load only files you wrote yourself (trusted input).
 """
@@ -46,6 +52,25 @@ class ClusterConfig:
     metric: str = "euclidean"  # HDBSCAN distance in the reduced space
     seed: int = 0  # PCA / UMAP randomness
     novelty_quantile: float = 0.95  # member-distance quantile that defines a cluster's spread
+    dominant_share: float = 0.5  # largest cluster / clustered maps above this = one dominant cluster (warned)
+    leaf_fallback: bool = True  # an eom clustering that is dominant is redone with leaf; kept if no longer dominant
+
+
+def largest_cluster_share(labels: np.ndarray) -> float:
+    """Size of the largest cluster / number of non-noise labels (``-1`` = noise); 0.0 when all are noise."""
+    labels = np.asarray(labels)
+    clustered = labels[labels != -1]
+    if len(clustered) == 0:
+        return 0.0
+    return float(np.bincount(clustered - clustered.min()).max() / len(clustered))
+
+
+def dominant_warning(share: float, n_clusters: int, selection: str, what: str = "clustering") -> str:
+    """The one-line warning for a dominant cluster: the share, and what to try."""
+    tip = ("try cluster.reduce=umap, a smaller cluster.min_cluster_size or a better embedding"
+           if selection == "leaf" else "try cluster.cluster_selection_method=leaf or cluster.reduce=umap")
+    return (f"{what}: one cluster holds {share:.0%} of the clustered maps ({n_clusters} clusters, "
+            f"{selection} selection); the D4 same-cluster rate means little here: {tip}")
 
 
 def _check_config(cfg: ClusterConfig) -> None:
@@ -59,6 +84,8 @@ def _check_config(cfg: ClusterConfig) -> None:
         raise ConfigError(f"cluster.min_samples={cfg.min_samples} must be >= 1 or null")
     if int(cfg.reduce_dim) < 1:
         raise ConfigError(f"cluster.reduce_dim={cfg.reduce_dim} must be >= 1")
+    if not 0.0 < float(cfg.dominant_share) <= 1.0:
+        raise ConfigError(f"cluster.dominant_share={cfg.dominant_share} must be in (0, 1]")
     if not 0.0 < float(cfg.novelty_quantile) <= 1.0:
         raise ConfigError(f"cluster.novelty_quantile={cfg.novelty_quantile} must be in (0, 1]")
 
@@ -104,10 +131,26 @@ class ClusterModel:
         self.spreads = np.zeros(0)  # [K]
         self.sizes = np.zeros(0, dtype=np.int64)  # [K]
         self._nn: NearestNeighbors | None = None
+        self.selection_used: str = self.cfg.cluster_selection_method  # the HDBSCAN selection the labels come from
 
     @property
     def n_clusters(self) -> int:
         return int(len(self.cluster_ids))
+
+    @property
+    def largest_share(self) -> float:
+        """Largest cluster / clustered (non-noise) training maps; 0.0 before fitting or with no cluster."""
+        return 0.0 if self.labels_ is None else largest_cluster_share(self.labels_)
+
+    @property
+    def dominant(self) -> bool:
+        """Whether one cluster holds more than ``cfg.dominant_share`` of the clustered maps."""
+        return self.largest_share > float(self.cfg.dominant_share)
+
+    def dominance(self) -> dict:
+        """``{largest_cluster_share, dominant_cluster, cluster_selection_used}`` for reports."""
+        return {"largest_cluster_share": self.largest_share, "dominant_cluster": bool(self.dominant),
+                "cluster_selection_used": self.selection_used}
 
     def fit(self, emb: np.ndarray) -> np.ndarray:
         """Cluster ``emb`` [N, D]; returns [N] labels (-1 = noise), also kept as ``labels_``."""
@@ -124,16 +167,26 @@ class ClusterModel:
         self.reducer = _make_reducer(self.cfg, n, x.shape[1])
         z = x if self.reducer is None else self.reducer.fit_transform(x)
         z = np.ascontiguousarray(z, dtype=np.float64)
+        labels = self._hdbscan(z, self.cfg.cluster_selection_method)
+        self.selection_used = self.cfg.cluster_selection_method
+        if (self.cfg.leaf_fallback and self.selection_used == "eom"
+                and largest_cluster_share(labels) > float(self.cfg.dominant_share)):
+            leaf = self._hdbscan(z, "leaf")
+            if 0.0 < largest_cluster_share(leaf) <= float(self.cfg.dominant_share):
+                labels, self.selection_used = leaf, "leaf"
+        self._set_state(z, labels)
+        return labels.copy()
+
+    def _hdbscan(self, z: np.ndarray, selection: str) -> np.ndarray:
+        """[N] HDBSCAN labels of the reduced points ``z`` with the given cluster selection (eom | leaf)."""
         hdb = HDBSCAN(
             min_cluster_size=int(self.cfg.min_cluster_size),
             min_samples=None if self.cfg.min_samples is None else int(self.cfg.min_samples),
-            cluster_selection_method=self.cfg.cluster_selection_method,
+            cluster_selection_method=selection,
             metric=self.cfg.metric,
             copy=True,
         )
-        labels = hdb.fit_predict(z).astype(np.int64)
-        self._set_state(z, labels)
-        return labels.copy()
+        return hdb.fit_predict(z).astype(np.int64)
 
     def _set_state(self, z: np.ndarray, labels: np.ndarray) -> None:
         """Store training points and labels; derive centroids, spreads and the member search."""
@@ -209,7 +262,7 @@ class ClusterModel:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {"format": _FORMAT, "config": asdict(self.cfg), "dim": self.dim, "points": self.points,
-                 "labels": self.labels_, "reducer": self.reducer}
+                 "labels": self.labels_, "reducer": self.reducer, "selection_used": self.selection_used}
         tmp = path.with_name(path.name + ".tmp")
         joblib.dump(state, tmp)
         tmp.replace(path)
@@ -231,5 +284,6 @@ class ClusterModel:
         model = cls(ClusterConfig(**{k: v for k, v in state["config"].items() if k in known}))
         model.dim, model.reducer = int(state["dim"]), state["reducer"]
         model._set_state(np.asarray(state["points"]), np.asarray(state["labels"], dtype=np.int64))
+        model.selection_used = str(state.get("selection_used", model.cfg.cluster_selection_method))
         return model
 

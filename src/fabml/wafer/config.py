@@ -28,7 +28,8 @@ class EvalConfig:
     tta_d4: bool = False  # test-time D4 averaging of embeddings; reported separately from the raw encoder
     d4_maps: int = 2000  # maps whose 8-member D4 orbit is embedded for the invariance figures
     embed_batch: int = 512
-    no_pattern_label: str = "None"  # the label of maps without a pattern (not a "defect" query)
+    # the label(s) of maps without a pattern, never a "defect" query: one name or a list ([None, Normal])
+    no_pattern_label: str | list[str] = "None"
     label_separator: str = "+"  # joins the patterns of a mixed-pattern map (Center+Scratch) when maps are read
     val_every: int = 1  # epochs between validation kNN runs when a validation set is given (0 = never)
     val_limit: int = 3000  # validation maps used per validation run (0 = all)

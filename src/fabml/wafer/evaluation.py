@@ -10,6 +10,7 @@ Mixed-pattern labels (``Center+Scratch``, see :mod:`fabml.data.wafer_labels`) ar
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -19,6 +20,7 @@ import torch
 
 from fabml.console import table_lines
 from fabml.data.wafer_labels import LABEL_SEPARATOR, label_patterns, multi_hot_matrix, no_pattern_set
+from fabml.errors import DataError
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.metrics.clustering import cluster_quality
@@ -31,21 +33,23 @@ from fabml.wafer.embedding import EmbedFn, embed_d4_orbits, embed_tensors
 SUMMARY_KEYS = (
     "knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map", "defect_mrr", "silhouette",
     "silhouette_embedding_space", "n_clusters", "noise_ratio", "nmi", "ari", "d4_mean_cosine",
-    "d4_same_cluster_rate", "shape_match@5", "shape_match_label_chance",
-    "label_set_precision@5", "shared_pattern_precision@5",
+    "d4_same_cluster_rate", "shape_match@5", "shape_match_label_chance", "outline_match@5",
+    "outline_match_label_chance",
+    "label_set_precision@5", "shared_pattern_precision@5", "largest_cluster_share", "dominant_cluster",
 )
 """The headline figures of a labelled evaluation, in table order."""
 
 UNLABELLED_KEYS = (
     "d4_orbit_precision@5", "d4_orbit_recall@10", "d4_orbit_mrr", "d4_orbit_map", "iou_precision@5", "iou_map",
     "iou_queries_without_relevant", "silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine", "d4_same_cluster_rate",
+    "largest_cluster_share", "dominant_cluster",
 )
-"""The headline figures of an evaluation without labels (five of them are shared with :data:`SUMMARY_KEYS`)."""
+"""The headline figures of an evaluation without labels (seven of them are shared with :data:`SUMMARY_KEYS`)."""
 
 
 def metric_keys(results: dict[str, dict], keys: tuple[str, ...] | None = None) -> list[str]:
     """The metric names to tabulate, in order and each once: ``keys`` (default :data:`SUMMARY_KEYS` then
-    :data:`UNLABELLED_KEYS`, which share five names) that at least one method of ``results`` has."""
+    :data:`UNLABELLED_KEYS`, which share seven names) that at least one method of ``results`` has."""
     keys = keys or SUMMARY_KEYS + UNLABELLED_KEYS
     return [k for k in dict.fromkeys(keys) if any(k in res for res in results.values())]
 
@@ -57,16 +61,30 @@ def metrics_markdown(results: dict[str, dict], keys: tuple[str, ...] | None = No
     return "\n".join(table_lines(["metric", *names], rows)) + "\n"
 
 
+def outline_keys(tensors: torch.Tensor) -> list[str]:
+    """One key per map of ``tensors [N, 2, S, S]``: a digest of its resized die mask (channel 1 > 0.5).
+
+    Two maps share a key iff their wafer outlines (which pixels hold a die, after resizing to S x S)
+    are identical; maps on the same die grid with different edge dies get different keys.
+    """
+    if tensors.ndim != 4 or tensors.shape[1] < 2:
+        raise DataError(f"outline keys need maps [N, 2, S, S] (channel 1 = die mask), got {list(tensors.shape)}")
+    masks = (tensors[:, 1] > 0.5).reshape(len(tensors), -1).numpy()
+    return [hashlib.blake2b(np.packbits(m).tobytes(), digest_size=8).hexdigest() for m in masks]
+
+
 def shape_shortcut(
     query_emb: np.ndarray, ref_emb: np.ndarray, query_shapes: list[str], ref_shapes: list[str],
-    query_labels: list[str] | None, ref_labels: list[str] | None, k: int = 5,
+    query_labels: list[str] | None, ref_labels: list[str] | None, k: int = 5, name: str = "shape",
 ) -> dict[str, float]:
-    """How much nearest neighbours share the query's die-grid shape beyond what its label explains.
+    """How much nearest neighbours share the query's die-grid shape (or outline) beyond what its label explains.
 
-    ``shape_match@k``: fraction of the k nearest reference maps with the query's grid shape.
-    ``shape_match_label_chance``: the same fraction for k maps drawn at random among the reference maps
+    ``{name}_match@k``: fraction of the k nearest reference maps with the query's grid shape (or, with
+    ``name="outline"`` and keys from :func:`outline_keys`, the query's exact die mask).
+    ``{name}_match_label_chance``: the same fraction for k maps drawn at random among the reference maps
     with the query's label (what a perfect, shape-blind pattern matcher would show).
-    A ratio well above 1 means the encoder matches maps by outline/grid rather than by pattern.
+    A ratio well above 1 means the encoder matches maps by outline/grid rather than by pattern. When every
+    map has the same grid, the grid figure reads 1.0 against a chance of 1.0; the outline figure still measures.
     """
     index = VectorIndex(ref_emb.shape[1])  # exact cosine search
     index.add(ref_emb)
@@ -74,12 +92,12 @@ def shape_shortcut(
     ref_shapes_arr = np.asarray(ref_shapes)
     q_shapes = np.asarray(query_shapes)
     match = float((ref_shapes_arr[idx] == q_shapes[:, None]).mean())
-    out = {f"shape_match@{k}": match}
+    out = {f"{name}_match@{k}": match}
     if query_labels is not None and ref_labels is not None:
         pair_counts = Counter(zip(ref_labels, ref_shapes))
         label_counts = Counter(ref_labels)
         chance = [pair_counts[(lab, shp)] / max(label_counts[lab], 1) for lab, shp in zip(query_labels, query_shapes)]
-        out["shape_match_label_chance"] = float(np.mean(chance))
+        out[f"{name}_match_label_chance"] = float(np.mean(chance))
     return out
 
 
@@ -150,13 +168,16 @@ def evaluate_embeddings(
     ref_shapes: list[str] | None = None,
     test_shapes: list[str] | None = None,
     progress: bool = False,
+    ref_outlines: list[str] | None = None,
+    test_outlines: list[str] | None = None,
 ) -> dict:
     """All wafer metrics for one embedding function.
 
     ``ref_*`` is the labelled reference set (the kNN memory and the retrieval database),
     ``test_*`` the evaluated maps; tensors are ``[N,2,S,S]``. Returns a flat dict of figures plus
     ``per_class`` (kNN per-class table), ``test_clusters`` (HDBSCAN labels of the test maps)
-    and ``test_embeddings`` for figures.
+    and ``test_embeddings`` for figures. ``*_shapes`` (grid ``ROWSxCOLS``) and ``*_outlines`` (keys of
+    :func:`outline_keys`) give the outline-shortcut figures ``shape_match@5`` and ``outline_match@5``.
     """
     t0 = time.perf_counter()
     ref_emb = embed_tensors(embed, ref_tensors, cfg.embed_batch, progress)
@@ -180,12 +201,16 @@ def evaluate_embeddings(
 
     if ref_shapes is not None and test_shapes is not None:
         out.update(shape_shortcut(test_emb, ref_emb, test_shapes, ref_shapes, test_labels, ref_labels, k=5))
+    if ref_outlines is not None and test_outlines is not None:
+        out.update(shape_shortcut(test_emb, ref_emb, test_outlines, ref_outlines, test_labels, ref_labels, k=5,
+                                  name="outline"))
 
     t1 = time.perf_counter()
     clusters = ClusterModel(cluster_cfg)
     test_clusters = clusters.fit(test_emb)
     quality = cluster_quality(clusters.transform(test_emb), test_clusters, np.asarray(test_labels))
     out.update(quality)
+    out.update(clusters.dominance())
     out["silhouette_space"] = f"{cluster_cfg.reduce}:{cluster_cfg.reduce_dim}" if cluster_cfg.reduce != "none" else "embedding"
     raw_quality = cluster_quality(test_emb, test_clusters, None)
     out["silhouette_embedding_space"] = raw_quality.get("silhouette")
@@ -233,6 +258,7 @@ def evaluate_unlabelled(embed: EmbedFn, tensors: torch.Tensor, cfg: EvalConfig, 
     clusters = ClusterModel(cluster_cfg)
     labels = clusters.fit(emb)
     out.update(cluster_quality(clusters.transform(emb), labels, None))
+    out.update(clusters.dominance())
     if len(pick):
         orbit = embed_d4_orbits(embed, queries, cfg.embed_batch)
         out["d4_mean_cosine"] = d4_mean_cosine(orbit)

@@ -27,11 +27,12 @@ from fabml.errors import ConfigError, DataError
 from fabml.index import VectorIndex
 from fabml.metrics.classification import classification_report, knn_predict
 from fabml.viz import plot_cluster_gallery, plot_search_results, plot_trend
-from fabml.wafer.clusters import ClusterModel
+from fabml.wafer.clusters import ClusterModel, dominant_warning
 from fabml.wafer.baselines import BASELINES, Baseline, build_baseline
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import d4_averaged, encoder_embed_fn, embed_tensors
 from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metrics_markdown  # noqa: F401  (public here too)
+from fabml.wafer.evaluation import outline_keys
 from fabml.wafer.runs import (
     JOB,
     build_method,
@@ -288,7 +289,10 @@ def cluster(run_dir: Path, cfg: WaferConfig | None = None, per_cluster: int = 8)
         table["novelty_score"], table["is_novel"] = score, flag
     table.to_csv(folder / "clusters.csv", index=False)
     summary = {"n_maps": int(len(labels)), "n_clusters": int(labels.max() + 1), "noise_ratio": float((labels < 0).mean()),
-               "clusters": model.summary() if (labels >= 0).any() else [], "settings": cfg.cluster.__dict__}
+               **model.dominance(), "clusters": model.summary() if (labels >= 0).any() else [],
+               "settings": cfg.cluster.__dict__}
+    if model.dominant:
+        err.print("warning: " + dominant_warning(model.largest_share, model.n_clusters, model.selection_used, "cluster"))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _cluster_gallery(table, source, folder / "gallery.png", per_cluster)
     if table["date"].notna().any():
@@ -411,24 +415,37 @@ def evaluate(
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    # the die masks of the maps as read (not a baseline's own tensors): the outline-shortcut keys
+    ref_outlines = outline_keys(ref.tensors) if labelled else None
+    test_outlines = outline_keys(tst.tensors) if labelled else None
     for name, (fn, ref_x, tst_x) in methods.items():
         if not labelled:
             results[name] = evaluate_unlabelled(fn, tst_x, cfg.eval, cfg.cluster)
+            _warn_dominant(name, results[name], cfg.cluster.dominant_share)
             if name in fit_seconds:
                 results[name]["fit_seconds"] = fit_seconds[name]
             continue
         res = evaluate_embeddings(fn, ref_x, map_labels(ref.meta, "reference data"), tst_x,
                                   map_labels(tst.meta, "test data"), cfg.eval, cfg.cluster, grid_shapes(ref),
-                                  grid_shapes(tst), progress=True)
+                                  grid_shapes(tst), progress=True, ref_outlines=ref_outlines,
+                                  test_outlines=test_outlines)
         plot_per_class_bars(res["per_class"], out_dir / f"per_class_{name}.png",
                             title=f"kNN (k={cfg.eval.knn_k}) per class: {name}")
         res.pop("test_embeddings"), res.pop("test_clusters")
+        _warn_dominant(name, res, cfg.cluster.dominant_share)
         if name in fit_seconds:
             res["fit_seconds"] = fit_seconds[name]
         results[name] = res
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=_jsonable))
     (out_dir / "metrics.md").write_text(metrics_markdown(results, SUMMARY_KEYS if labelled else UNLABELLED_KEYS))
     return results
+
+
+def _warn_dominant(name: str, res: dict, threshold: float) -> None:
+    """One stderr line when the evaluation's clustering of method ``name`` has a dominant cluster."""
+    if res.get("dominant_cluster"):
+        err.print("warning: " + dominant_warning(res["largest_cluster_share"], int(res.get("n_clusters", 0)),
+                                                 str(res.get("cluster_selection_used")), f"evaluate {name}"))
 
 
 def _jsonable(value):

@@ -113,7 +113,8 @@ def test_wafer_metrics_table_lists_each_metric_once() -> None:
     from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metric_keys, metrics_markdown
 
     shared = [k for k in SUMMARY_KEYS if k in UNLABELLED_KEYS]
-    assert shared == ["silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine", "d4_same_cluster_rate"]
+    assert shared == ["silhouette", "n_clusters", "noise_ratio", "d4_mean_cosine", "d4_same_cluster_rate",
+                      "largest_cluster_share", "dominant_cluster"]
     results = {"byol": {k: 0.5 for k in SUMMARY_KEYS}, "baseline_pca": {"silhouette": 0.123456, "iou_map": 0.25}}
     keys = metric_keys(results)
     assert keys == [*SUMMARY_KEYS, "iou_map"]

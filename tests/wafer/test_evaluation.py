@@ -1,4 +1,4 @@
-"""The outline-shortcut measure against hand-computed values."""
+"""The wafer evaluation: outline shortcut (grid and die mask), pattern precision, no-pattern labels."""
 
 import numpy as np
 import pytest
@@ -82,7 +82,7 @@ def test_evaluate_embeddings_on_a_small_mixed_generated_set():
     from fabml.data.wafer_io import load_wafer_maps
     from fabml.wafer.clusters import ClusterConfig
     from fabml.wafer.config import EvalConfig
-    from fabml.wafer.evaluation import SUMMARY_KEYS, evaluate_embeddings
+    from fabml.wafer.evaluation import SUMMARY_KEYS, evaluate_embeddings, outline_keys
 
     ref = WaferTensorDataset(load_wafer_maps("synthetic-mixed:102:0"), size=16)
     test = WaferTensorDataset(load_wafer_maps("synthetic-mixed:68:1"), size=16)
@@ -93,9 +93,59 @@ def test_evaluate_embeddings_on_a_small_mixed_generated_set():
     labels = [m["label"] for m in ref.meta], [m["label"] for m in test.meta]
     assert any("+" in lab for lab in labels[1])
     out = evaluate_embeddings(embed, ref.tensors, labels[0], test.tensors, labels[1], EvalConfig(d4_maps=8),
-                              ClusterConfig(min_cluster_size=5, reduce_dim=4))
+                              ClusterConfig(min_cluster_size=5, reduce_dim=4), ref_outlines=outline_keys(ref.tensors),
+                              test_outlines=outline_keys(test.tensors))
+    for key in ("outline_match@5", "outline_match_label_chance", "largest_cluster_share", "dominant_cluster"):
+        assert key in SUMMARY_KEYS and key in out
+    assert out["dominant_cluster"] == (out["largest_cluster_share"] > 0.5)
     for key in ("label_set_precision@5", "shared_pattern_precision@5"):
         assert key in SUMMARY_KEYS and key in out
     assert out["pattern_queries"] == sum(lab != "None" for lab in labels[1])
     assert 0 <= out["label_set_precision@5"] <= out["shared_pattern_precision@5"] <= 1
     assert out["label_set_precision@5"] == pytest.approx(out["defect_precision@5"])  # labels are canonical
+
+
+def test_outline_shortcut_by_die_mask_hand_computed():
+    """Same 3x3 grid everywhere (the grid figure is 1.0 against 1.0); the die masks still differ."""
+    import torch
+
+    from fabml.wafer.evaluation import outline_keys
+
+    full = torch.ones(3, 3)
+    corner = full.clone()
+    corner[0, 0] = 0  # one edge die missing: another outline on the same grid
+    masks = [full, full, corner, corner]  # reference maps 0..3
+    ref_x = torch.stack([torch.stack([torch.zeros(3, 3), m]) for m in masks])  # [4, 2, 3, 3], channel 1 = die mask
+    q_x = torch.stack([torch.stack([torch.zeros(3, 3), m]) for m in (full, corner)])
+    ref_keys, q_keys = outline_keys(ref_x), outline_keys(q_x)
+    assert ref_keys[0] == ref_keys[1] == q_keys[0] != ref_keys[2] == ref_keys[3] == q_keys[1]
+    ref = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    query = np.array([[1, 0.05], [0.05, 1]], dtype=np.float32)
+    ref_labels, query_labels = ["A", "B", "A", "B"], ["A", "B"]
+    grid = shape_shortcut(query, ref, ["3x3"] * 2, ["3x3"] * 4, query_labels, ref_labels, k=2)
+    assert grid == {"shape_match@2": 1.0, "shape_match_label_chance": 1.0}
+    out = shape_shortcut(query, ref, q_keys, ref_keys, query_labels, ref_labels, k=2, name="outline")
+    # query 0 (full) neighbours refs 0, 1 (both full) -> 1.0; query 1 (corner) refs 2, 3 (both corner) -> 1.0
+    assert out["outline_match@2"] == pytest.approx(1.0)
+    # label chance: label A refs are {full, corner} -> 1/2 for query 0; label B refs {full, corner} -> 1/2 for query 1
+    assert out["outline_match_label_chance"] == pytest.approx(0.5)
+
+
+def test_outline_keys_need_the_die_mask_channel():
+    import torch
+
+    from fabml.errors import DataError
+    from fabml.wafer.evaluation import outline_keys
+
+    with pytest.raises(DataError, match="channel 1"):
+        outline_keys(torch.zeros(2, 1, 4, 4))
+
+
+def test_normal_maps_are_never_pattern_queries():
+    from fabml.wafer.evaluation import pattern_precision
+
+    emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    labels = ["None", "Normal", "Center", "Center"]
+    one = pattern_precision(emb, emb, labels, labels, ks=(1,), no_pattern="None")
+    both = pattern_precision(emb, emb, labels, labels, ks=(1,), no_pattern=["None", "Normal"])
+    assert one["pattern_queries"] == 3 and both["pattern_queries"] == 2

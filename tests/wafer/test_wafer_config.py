@@ -45,3 +45,14 @@ def test_the_label_separator_setting_reaches_the_readers(tmp_path: Path) -> None
     assert dataset.meta[0]["label"] == "Center/Scratch"  # split on "/", sorted, joined with "/"
     default = load_dataset(str(folder), wafer_config(None, ["data.size=8"]))
     assert default.meta[0]["label"] == "Scratch/Center"  # with '+' the cell is one name
+
+
+def test_the_no_pattern_label_takes_a_list_from_yaml_and_set(tmp_path: Path) -> None:
+    from fabml.wafer.evaluation import label_settings
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("eval:\n  no_pattern_label: [None, Normal]\n")
+    assert label_settings(wafer_config(path).eval)[1] == frozenset({"None", "Normal"})
+    cfg = wafer_config(None, ["eval.no_pattern_label=[None,Normal]"])
+    assert label_settings(cfg.eval)[1] == frozenset({"None", "Normal"})
+    assert label_settings(wafer_config(None, []).eval)[1] == frozenset({"None"})  # the default: one name

@@ -71,9 +71,11 @@ def model_settings(cfg: AnomalyConfig, image_size: tuple[int, int], channels: in
     return name, settings
 
 
-def loader(records: list[ImageRecord], cfg: AnomalyConfig, size: tuple[int, int], channels: int) -> DataLoader:
-    """An in-order loader over ``records`` for feature extraction, calibration and scoring."""
-    dataset = AnomalyImageDataset(records, size, channels, align_max_angle=cfg.data.align_max_angle)
+def loader(records: list[ImageRecord], cfg: AnomalyConfig, size: tuple[int, int], channels: int,
+           cache: bool = False) -> DataLoader:
+    """An in-order loader over ``records`` for feature extraction, calibration and scoring; ``cache`` keeps
+    the decoded (and, in reference mode, aligned) images for a loader that is read more than once."""
+    dataset = AnomalyImageDataset(records, size, channels, cache=cache, align_max_angle=cfg.data.align_max_angle)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
 
 
@@ -151,7 +153,7 @@ def _calibrate_and_save(run: RunFolder, cfg: AnomalyConfig, split: Any, method: 
                         settings: dict[str, Any], size: tuple[int, int], channels: int, device: torch.device,
                         stats: dict[str, float], start: float) -> FitReport:
     """Finalise the fitted method, calibrate on the held-out normals, write model.pt and fit.json (main process)."""
-    val_loader = loader(split.val, cfg, size, channels)
+    val_loader = loader(split.val, cfg, size, channels, cache=True)  # read by finalize, calibration, synthetic
     stats.update(method.finalize(val_loader))
     fit_seconds = time.perf_counter() - start
 
@@ -189,12 +191,11 @@ class Predictions:
 def run_predictions(fitted: FittedModel, records: list[ImageRecord], batch_size: int, device: torch.device,
                     keep_maps: bool = True) -> Predictions:
     """Score ``records`` with ``fitted``; times the loop after a one-batch warm-up."""
-    size, channels = fitted.image_size, fitted.channels
     check_reference_mode(fitted.name, fitted.model, records)
-    dataset = AnomalyImageDataset(records, size, channels, align_max_angle=fitted.cfg.data.align_max_angle)
+    dataset = fitted.dataset(records)
     data = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with torch.no_grad():  # warm-up: first-call allocations and kernel selection are not inference time
-        fitted.model(next(iter(data))["image"][:1].to(device))
+        fitted.model(dataset[0]["image"][None].to(device))  # one image, not a whole batch read (and aligned) twice
     start = time.perf_counter()
     scored = score_batches(fitted.model, data, device, keep_maps=keep_maps, description="predicting")
     ms = 1000.0 * (time.perf_counter() - start) / max(1, len(records))
@@ -217,9 +218,8 @@ def run_predictions(fitted: FittedModel, records: list[ImageRecord], batch_size:
         table["defect_area_fraction"] = (maps >= 0.5).reshape(len(maps), -1).mean(axis=1)
     if dataset.alignments:  # reference mode: where each image sat relative to its reference
         table["reference"] = [records[i].reference for i in scored.indices]
-        for key in ("dx", "dy", "angle_deg", "residual_px", "coverage"):
-            table[f"align_{key}" if key != "residual_px" else key] = [dataset.alignments[int(i)][key]
-                                                                     for i in scored.indices]
+        for column in dataset.alignments[int(scored.indices[0])]:
+            table[column] = [dataset.alignments[int(i)][column] for i in scored.indices]
     return Predictions(table, scored, maps, ms)
 
 
@@ -316,7 +316,6 @@ def export(run_dir: str | Path, out: str | Path | None = None, n_samples: int = 
     fitted = load_fitted(run_dir, "cpu")
     split = read_split(run_dir / SPLIT_FILE)
     records = (split.test + split.val)[: max(1, n_samples)]
-    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels,
-                                  align_max_angle=fitted.cfg.data.align_max_angle)
+    dataset = fitted.dataset(records)
     samples = torch.stack([dataset[i]["image"] for i in range(len(records))]) * 255.0
     return export_onnx(fitted, Path(out) if out else run_dir / "model.onnx", samples, tolerance)

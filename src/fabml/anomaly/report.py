@@ -10,7 +10,7 @@ import numpy as np
 
 from fabml.anomaly.runs import FittedModel
 from fabml.console import table_lines
-from fabml.data.anomaly_data import AnomalyImageDataset, ImageRecord
+from fabml.data.anomaly_data import ImageRecord
 from fabml.viz.anomaly import plot_grade_counts, plot_overlays, plot_roc_curves, plot_score_histograms
 
 if TYPE_CHECKING:
@@ -39,11 +39,10 @@ def overlay_figure(path: Path, fitted: FittedModel, records: list[ImageRecord], 
     if result.maps is None or not len(result.table):
         return None
     rows = pick_overlay_rows(result.table.reset_index(drop=True), limit)
-    # the test image alone: in reference mode the dataset stacks its aligned reference behind it
-    dataset = AnomalyImageDataset(records, fitted.image_size, fitted.channels,
-                                  align_max_angle=fitted.cfg.data.align_max_angle)
+    dataset = fitted.dataset(records)
     order = result.scored.indices
     items = [dataset[int(order[r])] for r in rows]
+    # the test image alone: in reference mode the dataset stacks its aligned reference behind it
     images = np.stack([item["image"][: fitted.channels].numpy() for item in items])
     true = np.stack([item["mask"][0].numpy() for item in items])
     has_true = any(r.mask_path for r in records)

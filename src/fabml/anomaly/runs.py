@@ -18,6 +18,7 @@ from fabml.anomaly.models import create_anomaly_model
 from fabml.anomaly.models.base import AnomalyModel
 from fabml.anomaly.threshold import GradeConfig, ScoreNormalizer
 from fabml.config import from_dict, to_dict
+from fabml.data.anomaly_data import AnomalyImageDataset, ImageRecord
 from fabml.engine.runs import ARTEFACT, RunFolder, config_sections
 from fabml.errors import ConfigError
 
@@ -43,6 +44,11 @@ class FittedModel:
     @property
     def channels(self) -> int:
         return self.model.in_chans
+
+    def dataset(self, records: list[ImageRecord]) -> AnomalyImageDataset:
+        """``records`` as the fitted model reads them: its image size and channels, and in reference mode
+        each image with its reference aligned within the run's ``data.align_max_angle``."""
+        return AnomalyImageDataset(records, self.image_size, self.channels, align_max_angle=self.cfg.data.align_max_angle)
 
 
 def build_method(cfg: AnomalyConfig, image_size: tuple[int, int] | None = None, channels: int | None = None):

@@ -32,8 +32,8 @@ class AnomalyImageDataset(Dataset):
     ``C`` channels then those of its reference aligned and light-matched onto it
     (:func:`fabml.data.reference_view.reference_on_image`, rotations within ``align_max_angle``
     degrees); :attr:`alignments` keeps, per index read in this process, the test image's offset
-    from its reference (dx, dy in pixels at ``image_size``, angle in degrees), the residual
-    misalignment and the coverage.
+    from its reference (``align_dx``, ``align_dy`` in pixels at ``image_size``, ``align_angle_deg``), the
+    ``residual_px`` misalignment and the ``align_coverage`` (the predictions table's column names).
     """
 
     def __init__(
@@ -59,8 +59,9 @@ class AnomalyImageDataset(Dataset):
         if rec.reference:
             ref = decode_image(open_image(rec.reference), self.channels, self.image_size).transpose(2, 0, 1)
             view = reference_on_image(pixels, ref, self.align_max_angle)
-            self.alignments[index] = {"dx": view.offset.dx, "dy": view.offset.dy, "angle_deg": view.offset.angle_deg,
-                                      "residual_px": view.residual_px, "coverage": view.coverage}
+            self.alignments[index] = {"align_dx": view.offset.dx, "align_dy": view.offset.dy,
+                                      "align_angle_deg": view.offset.angle_deg, "residual_px": view.residual_px,
+                                      "align_coverage": view.coverage}
             pixels = np.concatenate([pixels, view.reference])
         image = torch.from_numpy(pixels.copy())
         if rec.label == 0 or not rec.mask_path:

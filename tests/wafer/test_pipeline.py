@@ -192,6 +192,29 @@ def test_ablation_runs_each_preset(tmp_path: Path):
     assert "crop: false" in config and "d4: true" in config
 
 
+def test_ablation_grid_axes_cross_presets(tmp_path: Path):
+    from fabml.wafer.ablation import ablation_runs
+    from fabml.wafer.config import WaferConfig
+
+    runs = ablation_runs(WaferConfig(), ("d4", "full"), [("data.size", [32, 48])])
+    assert [(folder, s) for folder, s, _ in runs] == [
+        ("run_00", {"augment.preset": "d4", "data.size": 32}), ("run_01", {"augment.preset": "d4", "data.size": 48}),
+        ("run_02", {"augment.preset": "full", "data.size": 32}), ("run_03", {"augment.preset": "full", "data.size": 48})]
+    assert not runs[1][2].augment.crop and runs[1][2].data.size == 48 and runs[3][2].augment.crop
+    assert [folder for folder, _, _ in ablation_runs(WaferConfig(), None, [])] == ["d4", "d4_crop", "d4_crop_noise", "full"]
+    result = CliRunner().invoke(app, ["wafer", "ablation", "--data", "synthetic:64:0", "--reference", "synthetic:64:0",
+                                      "--test", "synthetic:32:1", "--grid", "data.size=16,24", "--out", str(tmp_path),
+                                      *_sets(TINY), "--set", "eval.d4_maps=4", "--set", "eval.tta_d4=true"])
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(table) == {"data.size=16", "data.size=16 (D4-averaged)", "data.size=24", "data.size=24 (D4-averaged)"}
+    assert table["data.size=24"]["run"] == "run_01" and table["data.size=24"]["data.size"] == 24
+    assert "size: 24" in (tmp_path / "run_01" / "config.yaml").read_text()
+    assert table["data.size=16 (D4-averaged)"]["d4_mean_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert table["data.size=16"]["epochs"] >= 1 and table["data.size=16"]["samples_per_second"] > 0
+    assert "data.size=24 (D4-averaged)" in (tmp_path / "ablation.md").read_text()
+
+
 def test_wafer_training_resumes_exactly(tmp_path: Path, monkeypatch):
     from fabml.config import load_config
     from fabml.wafer.config import WaferConfig

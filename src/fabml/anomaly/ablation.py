@@ -28,7 +28,6 @@ model setting (``severity_input_mode`` = ``model.severity_input_mode``, ``faults
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 from dataclasses import fields, replace
 from pathlib import Path
@@ -37,32 +36,17 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
+from fabml import config_grid
 from fabml.anomaly.compare import run_in_child
 from fabml.anomaly.config import AnomalyConfig
-from fabml.config import apply_overrides, from_dict, to_dict
+from fabml.config_grid import split_values  # noqa: F401  (public here too)
 from fabml.console import table_lines
 from fabml.errors import ConfigError
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "severity_mae", "severity_spearman", "val_severity_spearman",
            "real_severity_spearman", "fit_seconds")
 SECTIONS = {f.name for f in fields(AnomalyConfig)}
-
-
-def split_values(text: str) -> list[str]:
-    """``"a,[1, 2],b"`` -> ``["a", "[1, 2]", "b"]``: split on commas outside brackets and braces."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "[{("
-        depth -= char in "]})"
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return [p.strip() for p in parts]
 
 
 def config_key(key: str) -> str:
@@ -72,23 +56,11 @@ def config_key(key: str) -> str:
 
 
 def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[Any]]]:
-    """``["severity_input_mode=a,b", "faults.probability=0.3,0.5"]`` -> ``[(full key, [values]), ...]``."""
-    axes: list[tuple[str, list[Any]]] = []
-    for spec in specs:
-        key, sep, raw = spec.partition("=")
-        values = split_values(raw) if sep else []
-        if not key.strip() or not values or any(v == "" for v in values):
-            raise ConfigError(f"--grid {spec!r} must be KEY=V1,V2,... e.g. --grid faults.probability=0.3,0.5")
-        try:
-            parsed = [yaml.safe_load(v) for v in values]
-        except yaml.YAMLError:
-            raise ConfigError(f"--grid {spec!r}: a value is not valid YAML") from None
-        full = config_key(key)
-        if full == "model.name":
-            raise ConfigError("--grid model.name: the ablation runs one model; use `fabml anomaly compare` for several")
-        if any(full == k for k, _ in axes):
-            raise ConfigError(f"--grid names {full} twice; give each setting once with all its values")
-        axes.append((full, parsed))
+    """``["severity_input_mode=a,b", "faults.probability=0.3,0.5"]`` -> ``[(full key, [values]), ...]``
+    (:func:`fabml.config_grid.parse_grid` with :func:`config_key`; at least one axis, never ``model.name``)."""
+    axes = config_grid.parse_grid(specs, config_key, example="faults.probability=0.3,0.5")
+    if any(key == "model.name" for key, _ in axes):
+        raise ConfigError("--grid model.name: the ablation runs one model; use `fabml anomaly compare` for several")
     if not axes:
         raise ConfigError("the ablation needs at least one --grid KEY=V1,V2,... axis")
     return axes
@@ -97,13 +69,9 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[Any]]]:
 def grid_configs(base: AnomalyConfig, axes: list[tuple[str, list[Any]]]) -> list[tuple[dict[str, Any], AnomalyConfig]]:
     """Every combination of the axes (the first axis varies slowest) as ``(settings, config)``; a bad value
     is a ConfigError naming the setting, before anything is trained."""
-    combos = []
-    for values in itertools.product(*(vals for _, vals in axes)):
-        settings = {key: value for (key, _), value in zip(axes, values)}
-        data = apply_overrides(to_dict(base), [f"{key}={json.dumps(value)}" for key, value in settings.items()])
-        cfg = from_dict(AnomalyConfig, data)
+    combos = config_grid.grid_configs(AnomalyConfig, base, axes)
+    for _, cfg in combos:
         _check_model_settings(cfg)
-        combos.append((settings, cfg))
     return combos
 
 

@@ -154,21 +154,29 @@ def evaluate(
 def ablation(
     data: Annotated[str, typer.Option(help="Training maps (labels unused).")],
     reference: Annotated[str, typer.Option(help="Labelled reference maps.")],
-    test: Annotated[str, typer.Option(help="Labelled test maps.")],
-    out: Annotated[Path, typer.Option(help="Folder for one run per preset.")] = Path("runs/wafer_ablation"),
-    presets: Annotated[str, typer.Option(help="Comma-separated augmentation presets.")] = "d4,d4_crop,d4_crop_noise,full",
+    test: Annotated[str, typer.Option(help="Labelled maps the runs are measured on (a validation set when the "
+                                                "table chooses a setting).")],
+    out: Annotated[Path, typer.Option(help="Folder for one run per combination.")] = Path("runs/wafer_ablation"),
+    presets: Annotated[Optional[str], typer.Option(
+        help="Comma-separated augmentation presets (none, d4, d4_crop, d4_crop_noise, full); default: all but none "
+             "without --grid, the config's augmentation with --grid.")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option(
+        "--grid", help="A settings axis KEY=V1,V2,... (values as YAML); repeat for more axes.")] = None,
     val: Annotated[Optional[str], typer.Option(help="Labelled validation maps for checkpoint selection.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Augmentation ablation: D4 alone / D4+crop / D4+crop+noise / everything, same settings otherwise."""
+    """One run per combination of augmentation presets and --grid settings, same settings otherwise; one table."""
+    from fabml.config_grid import parse_grid
+    from fabml.wafer.ablation import TABLE_KEYS, ablation as run_ablation
     from fabml.wafer.evaluation import metrics_markdown
-    from fabml.wafer.pipeline import ablation as run_ablation
 
     cfg = wafer_config(config, set_, select_on_val=bool(val))
-    results = run_ablation(cfg, _split(data), _split(reference), _split(test), out, tuple(presets.split(",")),
-                           val_data=_split(val) if val else None)
-    console.print(metrics_markdown(results).rstrip("\n"))
+    axes = parse_grid(grid or [], example="data.size=32,64")
+    results = run_ablation(cfg, _split(data), _split(reference), _split(test), out,
+                           tuple(presets.split(",")) if presets else None, val_data=_split(val) if val else None,
+                           axes=axes)
+    console.print(metrics_markdown(results, TABLE_KEYS).rstrip("\n"))
     console.print(f"table: {out / 'ablation.md'}")
 
 

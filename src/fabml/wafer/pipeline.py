@@ -454,31 +454,3 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
-
-
-AUGMENT_OPS = ("d4", "crop", "rotate", "die_noise", "erase")
-
-
-def ablation(
-    cfg: WaferConfig, data: str | list[str], reference: str | list[str], test: str | list[str], out: Path,
-    presets: tuple[str, ...] = ("d4", "d4_crop", "d4_crop_noise", "full"), val_data: str | list[str] | None = None,
-) -> dict[str, dict]:
-    """Train and evaluate one run per augmentation preset (only the on/off switches change).
-
-    Writes ``OUT/<preset>/`` runs and ``OUT/ablation.{json,md}``; returns the figures per preset.
-    """
-    from dataclasses import replace
-
-    from fabml.wafer.augment import AugmentConfig
-
-    out = Path(out)
-    results: dict[str, dict] = {}
-    for name in presets:
-        switches = AugmentConfig.preset(name)
-        run_cfg = replace(cfg, augment=replace(cfg.augment, **{op: getattr(switches, op) for op in AUGMENT_OPS}))
-        train(run_cfg, data, out / name, fresh=True, val_data=val_data)
-        results[name] = evaluate(out / name, reference, test, baseline=False)["byol"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(results, indent=2, default=_jsonable))
-    (out / "ablation.md").write_text(metrics_markdown(results))
-    return results

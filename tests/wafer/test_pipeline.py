@@ -193,7 +193,7 @@ def test_ablation_runs_each_preset(tmp_path: Path):
 
 
 def test_ablation_grid_axes_cross_presets(tmp_path: Path):
-    from fabml.wafer.ablation import ablation_runs
+    from fabml.wafer.ablation_runner import ablation_runs
     from fabml.wafer.config import WaferConfig
 
     runs = ablation_runs(WaferConfig(), ("d4", "full"), [("data.size", [32, 48])])

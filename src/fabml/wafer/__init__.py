@@ -34,7 +34,7 @@ _EXPORTS = {
     "assign": "fabml.wafer.pipeline",
     "search": "fabml.wafer.pipeline",
     "evaluate": "fabml.wafer.pipeline",
-    "ablation": "fabml.wafer.pipeline",
+    "ablation": "fabml.wafer.ablation_runner",
     "load_trained": "fabml.wafer.runs",
 }
 

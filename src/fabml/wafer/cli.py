@@ -168,7 +168,7 @@ def ablation(
 ) -> None:
     """One run per combination of augmentation presets and --grid settings, same settings otherwise; one table."""
     from fabml.config_grid import parse_grid
-    from fabml.wafer.ablation import TABLE_KEYS, ablation as run_ablation
+    from fabml.wafer.ablation_runner import TABLE_KEYS, ablation as run_ablation
     from fabml.wafer.evaluation import metrics_markdown
 
     cfg = wafer_config(config, set_, select_on_val=bool(val))

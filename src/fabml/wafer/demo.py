@@ -12,12 +12,28 @@ from fabml.config import load_config
 from fabml.errors import ConfigError
 from fabml.wafer.config import WaferConfig
 
-# The CPU recipe of configs/wafer_cpu.yaml, shortened: a small encoder on 32x32 maps.
+# The CPU recipe of configs/wafer_cpu.yaml, shortened: a small encoder with the strided stem on 64x64 maps, one
+# attention block, embeddings averaged over the D4 orbit. Measured on these maps (3,000 train / 600 test, 10 epochs):
+# kNN macro accuracy 0.85 (0.58 with the earlier 32x32 input: the pattern detail was lost in the resize).
 DEMO_OVERRIDES = [
-    "data.size=32", "model.preset=small", "model.stem=imagenet", "model.radial_channel=true", "train.batch_size=128",
-    "train.lr=1e-3", "train.num_workers=0", "byol.tau_start=0.99",
+    "data.size=64", "model.preset=small", "model.stem=imagenet", "model.radial_channel=true", "model.attention=true",
+    "train.batch_size=128", "train.lr=1e-3", "train.num_workers=0", "byol.tau_start=0.99", "eval.tta_d4=true",
     "cluster.min_cluster_size=30", "eval.d4_maps=300",
 ]
+
+
+def comparison_line(results: dict[str, dict]) -> str:
+    """One line: the learned embedding's kNN macro accuracy beside every baseline's, and which is best."""
+    learned = results.get("byol_tta_d4", results["byol"])["knn_macro_acc"]
+    bases = {name.removeprefix("baseline_"): r["knn_macro_acc"] for name, r in results.items()
+             if name.startswith("baseline_")}
+    line = f"kNN macro accuracy on unseen maps: learned (BYOL, D4-averaged) {learned:.3f}"
+    if bases:
+        best = max(bases, key=bases.get)
+        line += " | baselines " + ", ".join(f"{name} {acc:.3f}" for name, acc in bases.items())
+        verdict = "learned is best" if learned > bases[best] else f"best: {best} (fabml wafer embed --method {best})"
+        line += f" | {verdict}"
+    return line
 
 
 def run_demo(out: Path, n_maps: int = 3000, epochs: int = 10, console: Console | None = None) -> dict[str, Path]:
@@ -48,9 +64,8 @@ def run_demo(out: Path, n_maps: int = 3000, epochs: int = 10, console: Console |
     table, figure = search(out, query_id, k=8)
     console.print(f"maps most like {query_id} ({result.table['label'].iloc[0]}): "
                   + ", ".join(f"{r.id} {r.label} {r.similarity:.2f}" for r in table.itertuples()))
-    results = evaluate(out, data, test, baseline=True)
-    byol, base = results["byol"], results["baseline_pca"]
-    console.print(f"kNN macro accuracy on unseen maps: BYOL {byol['knn_macro_acc']:.3f} vs PCA baseline {base['knn_macro_acc']:.3f}")
+    results = evaluate(out, data, test, baseline=True, tta_d4=True)
+    console.print(comparison_line(results))
     html = report(out)
     paths = {"run": out, "report": html, "clusters": out / "clusters" / "clusters.csv", "search": figure,
              "metrics": out / "eval" / "metrics.json"}

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-wafer bench-anomaly bench-severity bench-retrieval bench-surrogate bench-reference clean
+.PHONY: demo test install bench-wafer bench-wafer-ablation bench-anomaly bench-severity bench-retrieval bench-surrogate bench-reference clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PYTHON)': set PYTHON=/path/to/python3.11"; exit 1; }
@@ -23,6 +23,16 @@ test: $(STAMP)
 
 bench-wafer: $(STAMP)
 	$(PY) benchmarks/wafer_wm811k.py
+
+# about 13 minutes on 2 CPU cores: the wafer recipe's input size x attention block on WM-811K, measured on val_data
+WM := ../shared/data/wm811k
+bench-wafer-ablation: $(STAMP)
+	$(VENV)/bin/fabml wafer ablation --data $(WM)/train_20_split.pkl.xz,$(WM)/train_10_split.pkl.xz \
+		--reference $(WM)/train_10_split.pkl.xz --test $(WM)/val_data.pkl.xz --out runs/wafer_ablation \
+		--config configs/wafer_cpu.yaml --set train.epochs=2 --set train.max_minutes=6 --set eval.tta_d4=true \
+		--set eval.d4_maps=1000 --grid data.size=32,64 --grid model.attention=false,true
+	cp runs/wafer_ablation/ablation.md benchmarks/results/wafer_ablation.md
+	cp runs/wafer_ablation/ablation.json benchmarks/results/wafer_ablation.json
 
 # needs anomalib in its own environment: see the docstring of benchmarks/anomaly_magnetic_tile.py
 bench-anomaly: $(STAMP)

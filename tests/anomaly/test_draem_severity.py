@@ -187,6 +187,8 @@ def test_onnx_export_includes_severity_with_parity(severity_run: Path, tmp_path:
     assert report.max_severity_diff is not None and report.max_severity_diff <= 1e-4
     parity = json.loads(report.parity.read_text())
     assert parity["max_severity_diff"] <= 1e-4
+    # the raw score matches torch, and the graph normalises it exactly as the run's normaliser does
+    assert parity["max_raw_score_diff"] <= 1e-4 and parity["max_score_normalisation_diff"] <= 1e-4
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["score", "anomaly_map", "raw_score", "severity"]
     image = (panels(2) * 255.0).numpy()
@@ -195,6 +197,21 @@ def test_onnx_export_includes_severity_with_parity(severity_run: Path, tmp_path:
     with torch.no_grad():
         expected = fitted.model(torch.from_numpy(image) / 255.0).pred_severity.numpy()
     assert severity.shape == (2,) and np.abs(severity - expected).max() < 1e-4
+
+
+def test_normalisation_gap_catches_a_graph_normaliser_that_is_not_the_runs(severity_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from dataclasses import replace
+
+    from fabml.anomaly.export import normalisation_gap
+
+    report = export(severity_run, tmp_path / "severity.onnx")
+    fitted = load_fitted(severity_run)
+    samples = panels(2) * 255.0
+    assert normalisation_gap(report.path, samples, fitted.normalizer) <= 1e-4
+    spread = fitted.normalizer.image_max - fitted.normalizer.image_min
+    moved = replace(fitted.normalizer, image_threshold=fitted.normalizer.image_threshold + spread)
+    assert normalisation_gap(report.path, samples, moved) > 0.05  # another threshold: the check sees it
 
 
 def test_resume_is_exact(inspection_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,10 +24,11 @@ DEMO_OVERRIDES = [
 
 def comparison_line(results: dict[str, dict]) -> str:
     """One line: the learned embedding's kNN macro accuracy beside every baseline's, and which is best."""
-    learned = results.get("byol_tta_d4", results["byol"])["knn_macro_acc"]
+    averaged = "byol_tta_d4" in results
+    learned = results["byol_tta_d4" if averaged else "byol"]["knn_macro_acc"]
     bases = {name.removeprefix("baseline_"): r["knn_macro_acc"] for name, r in results.items()
              if name.startswith("baseline_")}
-    line = f"kNN macro accuracy on unseen maps: learned (BYOL, D4-averaged) {learned:.3f}"
+    line = f"kNN macro accuracy on unseen maps: learned (BYOL{', D4-averaged' if averaged else ''}) {learned:.3f}"
     if bases:
         best = max(bases, key=bases.get)
         line += " | baselines " + ", ".join(f"{name} {acc:.3f}" for name, acc in bases.items())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ def export_checked(
     module: nn.Module, samples: torch.Tensor, path: str | Path, input_name: str, output_names: Sequence[str],
     dynamic_axes: dict[str, dict[int, str]], what: str, tolerance: float = 1e-4,
     checked: Sequence[str] | None = None,
+    self_checks: Mapping[str, Callable[[dict[str, np.ndarray]], float]] | None = None,
 ) -> dict[str, float]:
     """Export ``module`` (eval mode, one tensor input) to ``path`` and check it against torch.
 
@@ -50,10 +51,14 @@ def export_checked(
         output_names / dynamic_axes: as for :func:`torch.onnx.export`.
         what: names the model in the error message.
         checked: outputs whose difference must stay within ``tolerance`` (default: all).
+        self_checks: ``{name: f(onnx outputs of one sample by output name) -> a difference}``: checks of the graph
+            against itself (e.g. its normalised score against the run's normaliser applied to its raw score); each
+            must stay within ``tolerance`` too.
     Returns:
-        ``{output name: max |onnx - torch|}`` over the samples (every output).
+        ``{output name: max |onnx - torch|}`` over the samples (every output), plus ``{name: max difference}`` of
+        each self-check.
     Raises:
-        TrainingError when a checked output differs by more than ``tolerance`` (nothing is written).
+        TrainingError when a checked output or a self-check differs by more than ``tolerance`` (nothing is written).
     """
     ort = _onnxruntime()
     path = Path(path)
@@ -65,7 +70,8 @@ def export_checked(
         torch.onnx.export(module, (samples[:1].float(),), str(tmp), dynamo=False, opset_version=OPSET,
                           input_names=[input_name], output_names=list(output_names), dynamic_axes=dynamic_axes)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    diffs = {name: 0.0 for name in output_names}
+    self_checks = dict(self_checks or {})
+    diffs = {name: 0.0 for name in [*output_names, *self_checks]}
     with torch.no_grad():
         for sample in samples.float():
             batch = sample[None]
@@ -74,7 +80,10 @@ def export_checked(
             got = session.run(None, {input_name: batch.numpy()})
             for name, r, g in zip(output_names, ref, got):
                 diffs[name] = max(diffs[name], float(np.abs(g - r.numpy()).max()))
-    worst = {name: diffs[name] for name in (checked or output_names)}
+            outputs = dict(zip(output_names, got))
+            for name, check in self_checks.items():
+                diffs[name] = max(diffs[name], float(check(outputs)))
+    worst = {name: diffs[name] for name in [*(checked or output_names), *self_checks]}
     if max(worst.values()) > tolerance:
         tmp.unlink(missing_ok=True)
         figures = ", ".join(f"{name} difference {value:.2e}" for name, value in worst.items())

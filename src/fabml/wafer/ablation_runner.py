@@ -22,8 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from fabml.config_grid import Axes, grid_configs, settings_label
-from fabml.errors import ConfigError
-from fabml.wafer.augment import AUGMENT_PRESETS, AugmentConfig
+from fabml.wafer.augment import AugmentConfig
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.evaluation import metrics_markdown
 
@@ -36,9 +35,8 @@ TABLE_KEYS = ("knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map
 
 
 def with_preset(cfg: WaferConfig, preset: str) -> WaferConfig:
-    """``cfg`` with the augmentation on/off switches of ``preset`` (ranges and rates unchanged)."""
-    if preset not in AUGMENT_PRESETS:
-        raise ConfigError(f"augmentation preset {preset!r} is unknown; use one of {list(AUGMENT_PRESETS)}")
+    """``cfg`` with the augmentation on/off switches of ``preset`` (ranges and rates unchanged); an unknown preset
+    is :meth:`AugmentConfig.preset`'s ConfigError."""
     switches = AugmentConfig.preset(preset)
     return replace(cfg, augment=replace(cfg.augment, **{op: getattr(switches, op) for op in AUGMENT_OPS}))
 

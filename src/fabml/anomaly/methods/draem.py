@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
 from fabml.anomaly.models.draem import DraemModel
 from fabml.anomaly.synthetic import synthesize_anomalies
-from fabml.engine.distributed import get_rank
+from fabml.engine.step_generator import StepGenerator
 
 
 def focal_loss(
@@ -52,28 +52,6 @@ def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, wind
     """``mean (target - reconstruction)^2 + (1 - mean SSIM)`` (images in [0, 1], SSIM ``window`` px)."""
     l2 = F.mse_loss(reconstruction, target)
     return l2 + 2.0 * ssim_loss(reconstruction, target, window_size=window, max_val=1.0)
-
-
-class StepGenerator(nn.Module):
-    """A ``torch.Generator`` per training step, seeded from buffers so that resume is exact.
-
-    ``seed`` (-1 until the first step, then ``torch.initial_seed()``, i.e. the trainer's
-    ``seed + rank``) and ``step`` are part of the owning method's ``state_dict``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("seed", torch.tensor(-1, dtype=torch.int64))
-        self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
-
-    def next(self) -> torch.Generator:
-        """The (CPU) generator of the current step; advances the step counter."""
-        if int(self.seed) < 0:
-            self.seed.fill_(torch.initial_seed() % 2**62)
-        rank = get_rank()  # each torchrun rank draws its own anomalies
-        mixed = (int(self.seed) * 1_000_003 + int(self.step)) * 1_000_003 + rank
-        self.step += 1
-        return torch.Generator().manual_seed(mixed % 2**63)
 
 
 @ANOMALY_METHODS.register("draem")

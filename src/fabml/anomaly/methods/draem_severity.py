@@ -26,7 +26,8 @@ from torch.nn import functional as F
 
 from fabml.anomaly.cutpaste_faults import CutPasteFaults, FaultBatch
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
-from fabml.anomaly.methods.draem import StepGenerator, focal_loss, reconstruction_loss
+from fabml.anomaly.methods.draem import focal_loss, reconstruction_loss
+from fabml.engine.step_generator import StepGenerator
 from fabml.anomaly.models.draem_severity import DraemSeverityModel
 
 

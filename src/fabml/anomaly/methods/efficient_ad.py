@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
-from fabml.anomaly.methods.draem import StepGenerator
+from fabml.engine.step_generator import StepGenerator
 from fabml.anomaly.models.efficient_ad import EfficientAdModel, PatchDescriptionNetwork, teacher_file_names
 from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError, DataError, FabmlError, TrainingError

@@ -187,6 +187,19 @@ def test_cnn_has_spectral_norm_groupnorm_and_se():
     assert any(type(m).__name__ == "SqueezeExcite" for m in model.modules())
 
 
+def test_cnn_full_res_blocks_keep_the_input_resolution_before_the_strided_blocks():
+    seen = []
+    model = CNNConditioner(1, 16, 32, 4, 8, cfg=ConditionerConfig(hidden=8, blocks=2, full_res_blocks=2))
+    for block in model.stem[3:]:
+        block.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    z, xs = model(torch.randn(3, 1, 16, 16))
+    assert seen == [(3, 8, 16, 16)] * 2 and z.shape == (3, 32) and xs.shape == (3, 4, 8)
+    plain = CNNConditioner(1, 16, 32, 4, 8, cfg=ConditionerConfig(hidden=8, blocks=2))
+    assert len(plain.stem) == 3  # the seed's CNN: conv, norm, activation
+    with pytest.raises(ConfigError, match="full_res_blocks=-1"):
+        CNNConditioner(1, 16, cfg=ConditionerConfig(hidden=8, blocks=2, full_res_blocks=-1))
+
+
 def test_describe_activation_estimate_matches_saved_tensors():
     """The documented memory formula (used to plan the seed's 200 x 95,008 case) against what autograd keeps."""
     torch.manual_seed(0)

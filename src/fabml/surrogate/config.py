@@ -47,6 +47,9 @@ class SurrogateDataConfig:
         fitted on the training cases only.
     image_size: side (pixels) image inputs are resized to; image_channels: 1 (grey) or 3.
     val_fraction / test_fraction: cases held out by the seeded split (``split_seed``).
+    symmetry: ``none`` or ``transpose`` (the physics is unchanged when the image's axes and the
+        field's square grid are swapped: the e2e stage trains on both orientations; see
+        :mod:`fabml.surrogate.symmetry` for when that holds).
     """
 
     fields: str = ""
@@ -69,6 +72,7 @@ class SurrogateDataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+    symmetry: str = "none"
 
 
 @dataclass
@@ -113,6 +117,7 @@ class ConditionerConfig:
     patch_size: int = 16
     heads: int = 4
     drop_path: float = 0.1
+    full_res_blocks: int = 0
 
 
 @dataclass

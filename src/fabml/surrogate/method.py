@@ -18,6 +18,8 @@ Stage losses (per-term values are logged beside ``loss``)::
                   loss = MSE(z^, z) + MSE(xs^, xs)
     e2e:          (z^, xs^) = conditioner(inputs);  field^ = frozen vae.decode(z^, xs^)
                   loss = e2e_loss(field^, field) + e2e.latent_reg_weight * mean([z^, xs^]^2)
+                  (with ``data.symmetry=transpose`` a random half of each training batch has its
+                  image and field grid transposed first: :mod:`fabml.surrogate.symmetry`)
 
 What trains: in a single-mode run (``train --mode vae|conditioner|e2e``) only that mode's part is
 in the optimizer (``vae`` for vae, ``conditioner`` otherwise) and the other part has
@@ -37,9 +39,11 @@ from torch import nn
 from fabml.engine.method import Method
 from fabml.engine.param_groups import decay_groups
 from fabml.engine.schedules import kl_beta
+from fabml.engine.step_generator import StepGenerator
 from fabml.errors import ConfigError, DataError
 from fabml.surrogate.config import SurrogateConfig
 from fabml.surrogate.models.losses import kl_divergence, latent_regulariser, reconstruction_loss
+from fabml.surrogate.symmetry import transpose_cases
 
 STAGES = ("vae", "conditioner", "e2e")
 #: the trainable module of each stage (StageConfig.trainable / the single-mode optimizer)
@@ -69,6 +73,8 @@ class SurrogateMethod(Method):
         self.epoch = 0
         self.train_all = bool(train_all)
         self.weight_decay = dict(weight_decay or {})
+        if cfg.data.symmetry != "none":  # only then: older checkpoints keep loading strictly
+            self.rng = StepGenerator()  # which cases are transposed: seeded per step, so resume is exact
         if not self.train_all:
             trained = STAGE_MODULE[stage]
             for name, module in (("vae", self.vae), ("conditioner", self.conditioner)):
@@ -130,7 +136,7 @@ class SurrogateMethod(Method):
             return self._vae_losses(batch, train)
         if self.stage == "conditioner":
             return self._conditioner_losses(batch)
-        return self._e2e_losses(batch)
+        return self._e2e_losses(batch, train)
 
     def _vae_losses(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
         field = _field(batch)
@@ -157,9 +163,12 @@ class SurrogateMethod(Method):
         xs_mse = F.mse_loss(xs.float(), xs_true)
         return {"loss": z_mse + xs_mse, "z_mse": z_mse.detach(), "xs_mse": xs_mse.detach()}
 
-    def _e2e_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        field = _field(batch)
-        z, xs = self.conditioner(batch["inputs"])
+    def _e2e_losses(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
+        field, inputs = _field(batch), batch["inputs"]
+        if train and self.cfg.data.symmetry == "transpose":
+            flip = torch.rand(field.shape[0], generator=self.rng.next()) < 0.5
+            inputs, field = transpose_cases(inputs, field, flip)
+        z, xs = self.conditioner(inputs)
         pred = self.vae.decode(z, xs)
         field_loss = reconstruction_loss(pred.float(), field.float(), self.cfg.e2e.loss, setting="e2e.loss")
         reg = latent_regulariser(z, xs)

@@ -75,6 +75,7 @@ from fabml.surrogate.runs import (
     save_model,
     shapes_of,
 )
+from fabml.surrogate.symmetry import check_symmetry
 
 #: the config sections a mode's result depends on (compared by train.auto_resume, beside the train section)
 MODE_SECTIONS = {
@@ -324,6 +325,7 @@ def train(cfg: SurrogateConfig, run_dir: str | Path, mode: str | None = None, fr
     # a fresh VAE gets a fresh split of the current data
     data = open_case_data(cfg, run, new_split=fresh and mode in ("vae", "all"))
     shapes = data.shapes
+    check_symmetry(cfg.data.symmetry, cfg.data.layout, cfg.data.grid_shape, shapes.input_kind)
     if len(data.split["train"]) == 0:
         raise DataError("the train split is empty: lower data.val_fraction / data.test_fraction")
 

@@ -3,6 +3,7 @@
 ::
 
     h = SiLU(GN(conv3x3(x)))                               [B, W0, S, S]   (W0 = cfg.hidden)
+    h = SEResBlock(h), stride 1                            x cfg.full_res_blocks   [B, W0, S, S]
     h = SEResBlock_i(h)                                    x cfg.blocks
     f = AdaptiveAvgPool(h, 4x4).flatten()                  [B, W * 16]  (W = last block's width; fewer cells if S < 4)
     out = Linear(Dropout(SiLU(Linear(Dropout(f)))))       [B, Z + S*L] -> z, xs   (inner width W)
@@ -12,6 +13,11 @@ with spectrally normalised 3x3 convs (Miyato et al. 2018: each conv's largest si
 kept at 1, which keeps the image-to-latent map smooth in its input) and a squeeze-and-excitation
 gate. Block ``i`` halves the resolution (stride 2, channels doubled up to ``4 * W0``) while the
 map is larger than the 4x4 pooling grid; the shortcut is a strided 1x1 conv when the shape changes.
+``full_res_blocks`` (default 0, the seed's CNN) first adds blocks at the input resolution: on small
+images they let the features mix before the first halving (measured on Darcy 16x16, CNN hidden 32,
+3 strided blocks, e2e with ``data.symmetry=transpose``: 3 such blocks lowered the selection-slice
+relative L2 from 0.121 to 0.117 for 6% more parameters; 4 Fourier layers in their place did not help,
+0.123).
 Pooling to a 4x4 grid rather than a single cell keeps where things are in the image, which the
 field depends on. The two dropouts are plain :class:`torch.nn.Dropout` (``cfg.dropout``; Monte-Carlo
 dropout at predict time).
@@ -74,15 +80,17 @@ class CNNConditioner(nn.Module):
         cfg = cfg or ConditionerConfig()
         if in_channels < 1 or image_size < 1:
             raise ConfigError(f"the CNN conditioner needs images with channels >= 1 and size >= 1, got {in_channels}, {image_size}")
-        if cfg.hidden < 1 or cfg.blocks < 0 or not 0.0 <= cfg.dropout < 1.0:
+        if cfg.hidden < 1 or cfg.blocks < 0 or cfg.full_res_blocks < 0 or not 0.0 <= cfg.dropout < 1.0:
             raise ConfigError(
-                f"conditioner.hidden={cfg.hidden}, blocks={cfg.blocks}, dropout={cfg.dropout}: "
-                "need hidden >= 1, blocks >= 0 and 0 <= dropout < 1"
+                f"conditioner.hidden={cfg.hidden}, blocks={cfg.blocks}, full_res_blocks={cfg.full_res_blocks}, "
+                f"dropout={cfg.dropout}: need hidden >= 1, blocks >= 0, full_res_blocks >= 0 and 0 <= dropout < 1"
             )
         self.in_channels, self.image_size = in_channels, image_size
         self.latent_dim_end, self.stages, self.latent_dim = latent_dim_end, stages, latent_dim
         width = cfg.hidden
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), group_norm(width), nn.SiLU())
+        full_res = [SEResBlock(width, width, 1) for _ in range(cfg.full_res_blocks)]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), group_norm(width), nn.SiLU(),
+                                  *full_res)
         blocks: list[nn.Module] = []
         size = image_size
         for _ in range(cfg.blocks):

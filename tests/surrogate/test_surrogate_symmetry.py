@@ -1,0 +1,115 @@
+"""data.symmetry=transpose: the batch transform swaps exactly the chosen cases, the settings it needs are
+checked with one-line errors, the e2e stage trains on it only in training steps, and a killed e2e run with it
+resumes to the same weights."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tiny_surrogate import tiny_config  # noqa: E402
+
+from fabml.data.synthetic_simulation import SyntheticSimulation, make_synthetic_simulation  # noqa: E402
+from fabml.errors import ConfigError  # noqa: E402
+from fabml.surrogate.config import SurrogateConfig  # noqa: E402
+from fabml.surrogate.method import SurrogateMethod, build_method  # noqa: E402
+from fabml.surrogate.pipeline import train  # noqa: E402
+from fabml.surrogate.runs import SurrogateShapes, build_models  # noqa: E402
+from fabml.surrogate.symmetry import check_symmetry, transpose_cases  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GRID = ["data.layout=grid", "data.grid_shape=[4,4]", "data.symmetry=transpose"]
+
+
+def test_transpose_cases_swaps_the_image_and_the_field_grid_of_the_flagged_cases_only() -> None:
+    inputs = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    field = torch.arange(2 * 1 * 2 * 9, dtype=torch.float32).reshape(2, 1, 2, 9)  # T = 2, 3 x 3 grid
+    new_inputs, new_field = transpose_cases(inputs, field, torch.tensor([True, False]))
+    assert torch.equal(new_inputs[0, 0], inputs[0, 0].T) and torch.equal(new_inputs[1], inputs[1])
+    # node (r, c) of the row-major grid is index 3 r + c; after the swap it holds the old node (c, r)
+    expected = torch.tensor([0.0, 3, 6, 1, 4, 7, 2, 5, 8])
+    assert torch.equal(new_field[0, 0, 0], expected) and torch.equal(new_field[0, 0, 1], expected + 9)
+    assert torch.equal(new_field[1], field[1])
+    twice = transpose_cases(*transpose_cases(inputs, field, torch.tensor([True, True])), torch.tensor([True, True]))
+    assert torch.equal(twice[0], inputs) and torch.equal(twice[1], field)
+
+
+@pytest.mark.parametrize("symmetry, layout, grid, kind, message", [
+    ("rotate", "grid", [4, 4], "image", "data.symmetry='rotate' is unknown"),
+    ("transpose", "grid", [4, 4], "params", "needs image inputs"),
+    ("transpose", "1d", [], "image", "layout=grid on a square grid_shape"),
+    ("transpose", "grid", [4, 8], "image", r"grid_shape \[4, 8\]"),
+])
+def test_settings_the_transpose_needs_are_one_line_errors(symmetry: str, layout: str, grid: list[int], kind: str,
+                                                          message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_symmetry(symmetry, layout, grid, kind)
+    check_symmetry("none", layout, grid, kind)  # no symmetry: nothing to check
+
+
+def _e2e_method() -> SurrogateMethod:
+    cfg = SurrogateConfig()
+    cfg.vae.filters = [16, 8]
+    cfg.conditioner.hidden, cfg.conditioner.blocks, cfg.conditioner.kind = 8, 1, "cnn"
+    cfg.data.layout, cfg.data.grid_shape, cfg.data.symmetry = "grid", [4, 4], "transpose"
+    torch.manual_seed(0)
+    vae, cond = build_models(cfg, SurrogateShapes(12, 2, 16, 1, "image", [1, 8, 8]))
+    return build_method(vae, cond, cfg, "e2e").eval()
+
+
+def test_e2e_transposes_part_of_each_training_batch_and_never_the_validation_batch() -> None:
+    method = _e2e_method()
+    g = torch.Generator().manual_seed(1)
+    batch = {"field": torch.randn(16, 1, 2, 16, generator=g), "inputs": torch.rand(16, 1, 8, 8, generator=g)}
+    seen: list[torch.Tensor] = []
+    method.conditioner.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    assert int(method.rng.step) == 0 and "rng.step" in method.state_dict()
+    method.stage_losses(batch, train=False)
+    assert torch.equal(seen[-1], batch["inputs"]) and int(method.rng.step) == 0
+    method.stage_losses(batch, train=True)
+    swapped = [not torch.equal(seen[-1][i], batch["inputs"][i]) for i in range(16)]
+    assert torch.equal(seen[-1][~torch.tensor(swapped)], batch["inputs"][~torch.tensor(swapped)])
+    assert 0 < sum(swapped) < 16 and int(method.rng.step) == 1
+    assert all(torch.equal(seen[-1][i, 0], batch["inputs"][i, 0].T) for i in range(16) if swapped[i])
+
+
+@pytest.fixture(scope="module")
+def grid_data(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSimulation:
+    return make_synthetic_simulation(tmp_path_factory.mktemp("grid_data"), n_cases=24, time_steps=8, nodes=16,
+                                     image_size=16, seed=0)
+
+
+def test_parameter_inputs_with_the_transpose_are_refused_before_training(grid_data: SyntheticSimulation,
+                                                                         tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs image inputs"):
+        train(tiny_config(grid_data, extra=GRID), tmp_path / "run", "vae")
+
+
+def test_a_killed_e2e_run_with_the_transpose_resumes_to_the_same_weights(grid_data: SyntheticSimulation,
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = [*GRID, "conditioner.kind=cnn", "train_e2e.epochs=3"]
+    for name in ("straight", "resumed"):
+        train(tiny_config(grid_data, images=True, extra=extra), tmp_path / name, "vae")
+    train(tiny_config(grid_data, images=True, extra=extra), tmp_path / "straight", "e2e")
+
+    real = SurrogateMethod.training_step
+    calls = {"n": 0}
+
+    def crash_in_epoch_three(self: SurrogateMethod, batch: dict) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 8:  # 3 batches per epoch: the second batch of epoch 3
+            raise RuntimeError("simulated crash")
+        return real(self, batch)
+
+    monkeypatch.setattr(SurrogateMethod, "training_step", crash_in_epoch_three)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_config(grid_data, images=True, extra=extra), tmp_path / "resumed", "e2e")
+    monkeypatch.setattr(SurrogateMethod, "training_step", real)
+    train(tiny_config(grid_data, images=True, extra=extra), tmp_path / "resumed", "e2e")
+    a, b = (torch.load(tmp_path / n / "model.pt", weights_only=False)["conditioner"] for n in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

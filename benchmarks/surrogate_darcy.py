@@ -130,6 +130,8 @@ def base_config(imported: Any, args: argparse.Namespace) -> SurrogateConfig:
     cfg.conditioner.hidden, cfg.conditioner.blocks = args.cond_hidden, args.cond_blocks
     cfg.conditioner.patch_size, cfg.conditioner.heads = args.patch_size, args.heads
     cfg.conditioner.dropout = args.dropout
+    cfg.conditioner.full_res_blocks = args.full_res_blocks
+    d.symmetry = args.symmetry
     for section, epochs, lr in ((cfg.train_vae, args.vae_epochs, args.vae_lr),
                                 (cfg.train_conditioner, args.cond_epochs, args.cond_lr),
                                 (cfg.train_e2e, args.e2e_epochs, args.e2e_lr)):
@@ -211,6 +213,7 @@ def fabml_rows(imported: dict[str, Any], work: Path, args: argparse.Namespace) -
         kcfg.conditioner.kind = kind
         if kind == "vit":
             kcfg.conditioner.hidden, kcfg.conditioner.blocks = args.vit_hidden, args.vit_blocks
+            kcfg.train_conditioner.epochs, kcfg.train_e2e.epochs = args.vit_cond_epochs, args.vit_e2e_epochs
         reset_peak_rss()
         steps = [run_mode(kcfg, run, "conditioner"), run_mode(kcfg, run, "e2e")]
         peak = max(peak_rss_mb(), vae_peak)
@@ -547,18 +550,23 @@ def main() -> None:
     p.add_argument("--models", default="cnn,vit")
     p.add_argument("--filters", default="64,32", help="VAE filters, deepest first")
     p.add_argument("--alpha", type=float, default=1e-6)
-    p.add_argument("--latent-dim-end", type=int, default=64)
-    p.add_argument("--latent-dim", type=int, default=16)
+    p.add_argument("--latent-dim-end", type=int, default=128)
+    p.add_argument("--latent-dim", type=int, default=32)
+    p.add_argument("--symmetry", default="transpose", choices=["none", "transpose"],
+                   help="data.symmetry: Darcy on this grid is unchanged by swapping the two axes (fabml.surrogate.symmetry)")
+    p.add_argument("--full-res-blocks", type=int, default=3, help="conditioner.full_res_blocks (CNN)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--vae-epochs", type=int, default=80)
     p.add_argument("--vae-lr", type=float, default=3e-3)
     p.add_argument("--cond-epochs", type=int, default=40)
     p.add_argument("--cond-lr", type=float, default=1e-3)
-    p.add_argument("--e2e-epochs", type=int, default=80)
+    p.add_argument("--e2e-epochs", type=int, default=150)
     p.add_argument("--e2e-lr", type=float, default=1e-3)
     p.add_argument("--cond-hidden", type=int, default=32)
     p.add_argument("--cond-blocks", type=int, default=3)
-    p.add_argument("--vit-hidden", type=int, default=64, help="ViT embedding width")
+    p.add_argument("--vit-hidden", type=int, default=96, help="ViT embedding width")
+    p.add_argument("--vit-cond-epochs", type=int, default=100, help="the ViT's conditioner epochs (it trains faster)")
+    p.add_argument("--vit-e2e-epochs", type=int, default=300, help="the ViT's e2e epochs")
     p.add_argument("--vit-blocks", type=int, default=3, help="ViT transformer blocks")
     p.add_argument("--patch-size", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -622,9 +630,12 @@ def main() -> None:
         "fabml_summary": (f"VAE filters {cfg.vae.filters} (deepest first), latent {cfg.vae.latent_dim_end} + "
                           f"{len(cfg.vae.filters)}x{cfg.vae.latent_dim}, "
                           f"alpha {cfg.vae.alpha}, MSE, {args.vae_epochs} epochs lr {args.vae_lr}; conditioner "
-                          f"hidden {args.cond_hidden}, blocks {args.cond_blocks}, dropout {args.dropout} "
-                          f"(ViT: width {args.vit_hidden}, {args.vit_blocks} blocks, patch {args.patch_size}, {args.heads} heads), {args.cond_epochs} epochs on the saved "
-                          f"latents lr {args.cond_lr}, then {args.e2e_epochs} e2e epochs lr {args.e2e_lr}; batch "
+                          f"hidden {args.cond_hidden}, blocks {args.cond_blocks}, full-resolution blocks "
+                          f"{args.full_res_blocks}, dropout {args.dropout} "
+                          f"(ViT: width {args.vit_hidden}, {args.vit_blocks} blocks, patch {args.patch_size}, {args.heads} heads, "
+                          f"{args.vit_cond_epochs} + {args.vit_e2e_epochs} epochs), {args.cond_epochs} epochs on the saved "
+                          f"latents lr {args.cond_lr}, then {args.e2e_epochs} e2e epochs lr {args.e2e_lr} "
+                          f"(data.symmetry={args.symmetry}); batch "
                           f"{args.batch_size}, AdamW, one cosine cycle per mode with warm-up, fp32, cap "
                           f"{args.budget_minutes} min per mode"),
     }

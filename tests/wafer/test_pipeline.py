@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from fabml.cli import app, main
+from fabml.data.wafer_dataset import WaferTensorDataset
+from fabml.data.wafer_io import load_wafer_maps
+from fabml.wafer.pipeline import query_embedder
 
 TINY = ["data.size=32", "model.preset=tiny", "model.stem=imagenet", "train.epochs=1", "train.batch_size=32",
         "train.num_workers=0", "train.lr=1e-3", "cluster.min_cluster_size=8", "cluster.reduce_dim=4",
@@ -138,6 +142,36 @@ def test_search_with_a_map_file(run_dir: Path, tmp_path: Path):
                                       "-k", "3", "--figure", str(tmp_path / "s.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.png").is_file()
+
+
+def test_fused_embeddings_join_the_encoder_and_the_baseline_and_search_embeds_queries_the_same_way(
+        run_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["wafer", "embed", "--run", str(run), "--data", "synthetic:160:0", "--method", "fused"])
+    assert refused.exit_code != 0 and "baseline.wu_size=32" in str(refused.exception) + refused.output
+    result = runner.invoke(app, ["wafer", "embed", "--run", str(run), "--data", "synthetic:160:0", "--method", "fused",
+                                 "--set", "baseline.wu_size=32", "--set", "baseline.fusion_weight=0.25"])
+    assert result.exit_code == 0, result.output
+    fused, learned = np.load(run / "embeddings" / "embeddings.npy"), np.load(run_dir / "embeddings" / "embeddings.npy")
+    assert fused.shape[0] == 160 and fused.shape[1] > learned.shape[1]
+    np.testing.assert_allclose(fused[:, :128] / np.sqrt(0.25), learned, atol=1e-5)  # the learned part, scaled
+    info = json.loads((run / "embeddings" / "embedder.json").read_text())
+    assert info["method"] == "fused" and info["settings"]["fusion_weight"] == 0.25
+    assert (run / "embeddings" / "baseline.joblib").is_file()
+
+    cfg, fn = query_embedder(run)
+    maps = load_wafer_maps("synthetic:160:0")[:5]
+    again = fn(WaferTensorDataset(maps, cfg.data.size).tensors.float()).numpy()
+    np.testing.assert_allclose(again, fused[:5], atol=1e-5)  # a query is embedded exactly as the collection was
+
+    result = runner.invoke(app, ["wafer", "evaluate", "--run", str(run), "--reference", "synthetic:160:0",
+                                 "--test", "synthetic:40:5", "--set", "baseline.methods=[raw]",
+                                 "--set", "baseline.wu_size=32"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"byol", "baseline_raw", "fused"} and metrics["fused"]["embedding_dim"] > 128
 
 
 def _run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:

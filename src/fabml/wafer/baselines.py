@@ -34,6 +34,7 @@ from scipy.spatial import ConvexHull
 from sklearn.decomposition import PCA
 
 from fabml.errors import ConfigError, DataError
+from fabml.wafer.fusion import check_weight
 
 BASELINES = ("pca", "raw", "wu2015")
 """The baseline names ``fabml wafer embed --method`` and ``baseline.methods`` accept."""
@@ -53,6 +54,10 @@ class BaselineConfig:
         at 64 reach kNN macro accuracy 0.768, at 32 only 0.687.
     radon_angles: projection angles over [0°, 180°) (even, so that a 90° rotation permutes them).
     radon_points: points each Radon profile (mean, std) is resampled to (paper: 20).
+    fuse_with / fusion_weight: ``embed --method fused`` joins the run's learned embedding with this baseline,
+        weighing the learned cosine by ``fusion_weight`` w (:mod:`fabml.wafer.fusion`). 0.3 is the weight
+        chosen on WM-811K's val_data (``benchmarks/wafer_wm811k.py``); choose yours on labelled validation
+        maps with :func:`fabml.wafer.fusion.choose_weight`.
     """
 
     methods: list[str] = field(default_factory=lambda: list(BASELINES))
@@ -61,11 +66,16 @@ class BaselineConfig:
     wu_size: int = 64
     radon_angles: int = 64
     radon_points: int = 20
+    fuse_with: str = "wu2015"
+    fusion_weight: float = 0.3
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in BASELINES]
         if unknown:
             raise ConfigError(f"baseline.methods: unknown {unknown}; choose from {list(BASELINES)}")
+        if self.fuse_with not in BASELINES:
+            raise ConfigError(f"baseline.fuse_with={self.fuse_with!r} is unknown; choose from {list(BASELINES)}")
+        check_weight(self.fusion_weight)
         for name in ("pca_dim", "raw_size", "wu_size", "radon_angles", "radon_points"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"baseline.{name} must be a positive integer, got {getattr(self, name)}")

@@ -55,13 +55,14 @@ def _run_config(run: Optional[Path], config: Optional[Path], set_: Optional[list
 def embed(
     data: Annotated[str, typer.Option(help="Maps to embed (the searchable, clusterable collection).")],
     run: Annotated[Optional[Path], typer.Option(
-        "--run", "-r", help="learned: the trained run. Baseline: the folder the embeddings belong to (a new folder "
+        "--run", "-r", help="learned / fused: the trained run. Baseline: the folder the embeddings belong to (a new folder "
         "becomes a model-free run that cluster/search/assign use; a trained run needs --out).")] = None,
     method: Annotated[str, typer.Option(
-        help="learned (the run's encoder) | pca | raw | wu2015 (model-free baselines, fitted on --data).")] = "learned",
+        help="learned (the run's encoder) | fused (the encoder joined with baseline.fuse_with at "
+        "baseline.fusion_weight) | pca | raw | wu2015 (model-free baselines, fitted on --data).")] = "learned",
     out: Annotated[Optional[Path], typer.Option(help="Folder to write (default RUN/embeddings).")] = None,
     tta_d4: Annotated[Optional[bool], typer.Option("--tta-d4/--no-tta-d4", help="Average the 8 D4 views.")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt (learned only)")] = "best",
+    checkpoint: Annotated[str, typer.Option(help="best | latest | path to a .pt (learned and fused)")] = "best",
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:

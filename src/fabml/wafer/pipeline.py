@@ -33,6 +33,7 @@ from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import d4_averaged, encoder_embed_fn, embed_tensors
 from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metrics_markdown  # noqa: F401  (public here too)
 from fabml.wafer.evaluation import outline_keys
+from fabml.wafer.fusion import FusedEmbedder
 from fabml.wafer.runs import (
     JOB,
     build_method,
@@ -143,6 +144,9 @@ def embed_fn(cfg: WaferConfig, method, tta_d4: bool):
 FIXED_BY_RUN = ("model", "data.size", "data.outline_channel")
 """Settings a trained run fixes: ``--config``/``--set`` of ``embed``/``evaluate`` may not change them."""
 
+MODEL_METHODS = ("learned", "fused")
+"""``embed --method`` values that need a trained run (the others are the model-free baselines)."""
+
 EMBEDDER = "embedder.json"
 """Beside the embeddings: which method made them (``learned`` or a baseline) and with what settings."""
 
@@ -197,27 +201,33 @@ def embed(
 ) -> Path:
     """Embed every map of ``data``; writes embeddings.npy, meta.csv, source.json, index.faiss and embedder.json.
 
-    ``method``: ``learned`` (the run's encoder; ``run_dir`` is a trained run) or a baseline of
+    ``method``: ``learned`` (the run's encoder; ``run_dir`` is a trained run), a baseline of
     :mod:`fabml.wafer.baselines` (``pca``, ``raw``, ``wu2015``), fitted on these maps and saved beside them as
-    ``baseline.joblib`` (``search`` and ``assign`` embed new maps with it). For a baseline ``run_dir`` is just
+    ``baseline.joblib`` (``search`` and ``assign`` embed new maps with it), or ``fused``: the run's encoder
+    joined with the baseline ``baseline.fuse_with`` at weight ``baseline.fusion_weight``
+    (:mod:`fabml.wafer.fusion`; the baseline is fitted and saved as for a baseline). For a baseline ``run_dir`` is just
     the folder the result belongs to: a new or model-free folder becomes a model-free wafer run (config.yaml,
     run.json) that ``cluster``, ``search`` and ``assign`` work on; a trained run keeps its own embeddings
     unless ``out`` is given. ``out``: the folder to write (default ``RUN/embeddings``). ``cfg``: the settings
     (default: the run's config.yaml); for ``learned`` it may not change :data:`FIXED_BY_RUN`.
     Returns the folder written.
     """
-    if method != "learned" and method not in BASELINES:
-        raise ConfigError(f"--method {method!r} is unknown: use learned or one of {list(BASELINES)}")
+    if method not in MODEL_METHODS and method not in BASELINES:
+        raise ConfigError(f"--method {method!r} is unknown: use one of {[*MODEL_METHODS, *BASELINES]}")
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is None and (method == "learned" or out is None):
-        raise DataError("embed needs --run (a trained run for --method learned; any folder for a baseline) or, "
-                        "for a baseline, --out")
-    if method == "learned":
+    if run_dir is None and (method in MODEL_METHODS or out is None):
+        raise DataError(f"embed needs --run (a trained run for --method {'/'.join(MODEL_METHODS)}; any folder for a "
+                        "baseline) or, for a baseline, --out")
+    if method in MODEL_METHODS:
         run_cfg, model = load_trained(run_dir, checkpoint)
         cfg = cfg or run_cfg
         check_fixed(cfg, run_cfg, run_dir)
         tta = cfg.eval.tta_d4 if tta_d4 is None else tta_d4
         fn, info, dataset = embed_fn(run_cfg, model, tta), {"checkpoint": checkpoint}, load_dataset(data, cfg, limit=0)
+        if method == "fused":
+            fitted = fit_fusion_baseline(cfg, dataset)
+            fn = FusedEmbedder(fn, fitted, cfg.baseline.fusion_weight)
+            info |= {"settings": to_dict(cfg.baseline)}
     else:
         cfg = run_settings(run_dir, cfg)
         if run_dir is not None and out is None:
@@ -237,7 +247,7 @@ def embed(
     index = VectorIndex(emb.shape[1], cfg.index)
     index.add(emb)
     index.save(folder / "index.faiss")
-    if method != "learned":
+    if method != "learned":  # a baseline, or the baseline part of fused
         import joblib
 
         joblib.dump(fitted, folder / "baseline.joblib")
@@ -247,11 +257,30 @@ def embed(
     return folder
 
 
+def fit_fusion_baseline(cfg: WaferConfig, dataset: WaferTensorDataset) -> Baseline:
+    """The baseline ``baseline.fuse_with``, fitted on ``dataset`` (the maps being embedded, at ``data.size``).
+
+    The fused row needs both parts from the same tensors, so a baseline that wants another side
+    (``baseline.wu_size`` != ``data.size``) is a one-line error naming both settings."""
+    fitted = build_baseline(cfg.baseline.fuse_with, cfg.baseline, cfg.train.seed)
+    if fitted.input_size and fitted.input_size != dataset.size:
+        raise ConfigError(f"--method fused embeds one tensor per map for both parts, but baseline.fuse_with="
+                          f"{cfg.baseline.fuse_with} wants side {fitted.input_size} and the run's data.size is "
+                          f"{dataset.size}: set baseline.wu_size={dataset.size}")
+    return fitted.fit(dataset.tensors, cfg.eval.embed_batch)
+
+
 def query_embedder(run_dir: Path) -> tuple[WaferConfig, Callable]:
     """The settings and the embed function that made ``RUN/embeddings`` (to embed new maps the same way):
     the saved baseline for a baseline's embeddings, else the run's encoder (D4-averaged as recorded)."""
     folder = Path(run_dir) / "embeddings"
     info = json.loads((folder / EMBEDDER).read_text()) if (folder / EMBEDDER).is_file() else {"method": "learned"}
+    if info["method"] == "fused":
+        import joblib
+
+        cfg, model = load_trained(run_dir, info.get("checkpoint", "best"))
+        learned = embed_fn(cfg, model, info.get("tta_d4", cfg.eval.tta_d4))
+        return cfg, FusedEmbedder(learned, joblib.load(folder / "baseline.joblib"), info["settings"]["fusion_weight"])
     if info["method"] != "learned":
         import joblib
 
@@ -376,9 +405,11 @@ def evaluate(
 ) -> dict[str, dict]:
     """Evaluate the run's encoder and, with ``baseline``, every baseline of ``baseline.methods`` on ``test`` maps.
 
-    Each method is one entry of the results (``byol``, ``byol_tta_d4``, ``baseline_<name>``); a baseline is
-    fitted on the reference maps (on the test maps without labels), at its own map side when it has one
-    (:func:`baseline_tensors`), and its fit time is ``fit_seconds``.
+    Each method is one entry of the results (``byol``, ``byol_tta_d4``, ``baseline_<name>``, ``fused``); a
+    baseline is fitted on the reference maps (on the test maps without labels), at its own map side when it has
+    one (:func:`baseline_tensors`), and its fit time is ``fit_seconds``. ``fused`` is what ``embed --method
+    fused`` makes (the encoder, D4-averaged when ``eval.tta_d4``, joined with ``baseline.fuse_with`` at
+    ``baseline.fusion_weight``); it is left out, with a one-line note, when that baseline wants another map side.
     ``cfg``: the settings (default: the run's config.yaml); it may not change :data:`FIXED_BY_RUN`.
 
     With labels (test and ``reference``): kNN accuracy, label retrieval, clustering, D4 invariance and the
@@ -412,6 +443,16 @@ def evaluate(
         base.fit(ref_x if ref_x is not None else tst_x, cfg.eval.embed_batch)
         methods[f"baseline_{name}"] = (base, ref_x, tst_x)
         fit_seconds[f"baseline_{name}"] = time.perf_counter() - t0
+    side = build_baseline(cfg.baseline.fuse_with, cfg.baseline, cfg.train.seed).input_size
+    if baseline and side not in (None, cfg.data.size):
+        err.print(f"note: fused not evaluated: baseline.fuse_with={cfg.baseline.fuse_with} works at side {side}, the run at "
+            f"data.size {cfg.data.size} (set baseline.wu_size={cfg.data.size} to evaluate it)")
+    elif baseline:
+        t0 = time.perf_counter()
+        fitted = fit_fusion_baseline(cfg, ref if ref else tst)
+        fused = FusedEmbedder(embed_fn(run_cfg, method, cfg.eval.tta_d4), fitted, cfg.baseline.fusion_weight)
+        methods["fused"] = (fused, ref.tensors if ref else None, tst.tensors)
+        fit_seconds["fused"] = time.perf_counter() - t0
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}

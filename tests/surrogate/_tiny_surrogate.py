@@ -7,6 +7,7 @@ MLP / CNN conditioner, batch 8, two epochs per mode: each mode trains in about a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from fabml.config import load_config
 from fabml.data.synthetic_simulation import SyntheticSimulation, make_synthetic_simulation
@@ -32,3 +33,20 @@ def tiny_config(data: SyntheticSimulation, images: bool = False, extra: list[str
     inputs = data.images_dir if images else data.params_csv
     return load_config(SurrogateConfig, None, [*TINY, f"data.fields={data.fields}", f"data.inputs={inputs}",
                                                *(extra or [])])
+
+
+def crash_at_step(n: int) -> Callable[..., dict]:
+    """A ``SurrogateMethod.training_step`` that raises ``RuntimeError("simulated crash")`` at its ``n``-th call
+    (a killed run: patch it in, train, patch the real one back and train again to resume)."""
+    from fabml.surrogate.method import SurrogateMethod
+
+    real = SurrogateMethod.training_step
+    calls = {"n": 0}
+
+    def step(self: SurrogateMethod, batch: dict) -> dict:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        return real(self, batch)
+
+    return step

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny_surrogate import N_CASES, NODES, TIME_STEPS, make_tiny_data, tiny_config  # noqa: E402
+from _tiny_surrogate import (  # noqa: E402
+    N_CASES, NODES, TIME_STEPS, crash_at_step, make_tiny_data, tiny_config,
+)
 
 from fabml.data.synthetic_simulation import SyntheticSimulation  # noqa: E402
 from fabml.errors import DataError  # noqa: E402
@@ -110,15 +112,8 @@ def test_a_crashed_run_resumes_to_the_same_weights(data: SyntheticSimulation, tm
     train(tiny_config(data, extra=extra), tmp_path / "straight", "vae")
 
     real = SurrogateMethod.training_step
-    calls = {"n": 0}
-
-    def crash_in_epoch_three(self: SurrogateMethod, batch: dict) -> dict:
-        calls["n"] += 1
-        if calls["n"] == 8:  # 3 batches per epoch: the second batch of epoch 3
-            raise RuntimeError("simulated crash")
-        return real(self, batch)
-
-    monkeypatch.setattr(SurrogateMethod, "training_step", crash_in_epoch_three)
+    # 3 batches per epoch: the second batch of epoch 3
+    monkeypatch.setattr(SurrogateMethod, "training_step", crash_at_step(8))
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tiny_config(data, extra=extra), tmp_path / "resumed", "vae")
     assert not (tmp_path / "resumed" / "model.pt").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny_surrogate import tiny_config  # noqa: E402
+from _tiny_surrogate import crash_at_step, tiny_config  # noqa: E402
 
 from fabml.data.synthetic_simulation import SyntheticSimulation, make_synthetic_simulation  # noqa: E402
 from fabml.errors import ConfigError  # noqa: E402
@@ -98,15 +98,8 @@ def test_a_killed_e2e_run_with_the_transpose_resumes_to_the_same_weights(grid_da
     train(tiny_config(grid_data, images=True, extra=extra), tmp_path / "straight", "e2e")
 
     real = SurrogateMethod.training_step
-    calls = {"n": 0}
-
-    def crash_in_epoch_three(self: SurrogateMethod, batch: dict) -> dict:
-        calls["n"] += 1
-        if calls["n"] == 8:  # 3 batches per epoch: the second batch of epoch 3
-            raise RuntimeError("simulated crash")
-        return real(self, batch)
-
-    monkeypatch.setattr(SurrogateMethod, "training_step", crash_in_epoch_three)
+    # 3 batches per epoch: the second batch of epoch 3
+    monkeypatch.setattr(SurrogateMethod, "training_step", crash_at_step(8))
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(tiny_config(grid_data, images=True, extra=extra), tmp_path / "resumed", "e2e")
     monkeypatch.setattr(SurrogateMethod, "training_step", real)

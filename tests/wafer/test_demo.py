@@ -13,5 +13,8 @@ def test_comparison_line_names_the_best_method() -> None:
     assert line.endswith("best: wu2015 (fabml wafer embed --method wu2015)")
     results["baseline_wu2015"]["knn_macro_acc"] = 0.80
     assert comparison_line(results).endswith("learned is best")
+    results["fused"] = {"knn_macro_acc": 0.90}
+    line = comparison_line(results)
+    assert "fused (learned + baseline) 0.900" in line and line.endswith("best: fused (fabml wafer embed --method fused)")
     assert comparison_line({"byol": {"knn_macro_acc": 0.5}}) == (
         "kNN macro accuracy on unseen maps: learned (BYOL) 0.500")

@@ -23,17 +23,23 @@ DEMO_OVERRIDES = [
 
 
 def comparison_line(results: dict[str, dict]) -> str:
-    """One line: the learned embedding's kNN macro accuracy beside every baseline's, and which is best."""
+    """One line: the kNN macro accuracy of the learned embedding, the fused one (when evaluated) and every
+    baseline, and which is best with the ``embed`` command that makes it."""
     averaged = "byol_tta_d4" in results
     learned = results["byol_tta_d4" if averaged else "byol"]["knn_macro_acc"]
+    line = f"kNN macro accuracy on unseen maps: learned (BYOL{', D4-averaged' if averaged else ''}) {learned:.3f}"
+    scores = {"learned": learned}
+    if "fused" in results:
+        scores["fused"] = results["fused"]["knn_macro_acc"]
+        line += f" | fused (learned + baseline) {scores['fused']:.3f}"
     bases = {name.removeprefix("baseline_"): r["knn_macro_acc"] for name, r in results.items()
              if name.startswith("baseline_")}
-    line = f"kNN macro accuracy on unseen maps: learned (BYOL{', D4-averaged' if averaged else ''}) {learned:.3f}"
     if bases:
-        best = max(bases, key=bases.get)
         line += " | baselines " + ", ".join(f"{name} {acc:.3f}" for name, acc in bases.items())
-        verdict = "learned is best" if learned > bases[best] else f"best: {best} (fabml wafer embed --method {best})"
-        line += f" | {verdict}"
+    if len(scores) + len(bases) > 1:
+        scores |= bases
+        best = max(scores, key=scores.get)
+        line += " | learned is best" if best == "learned" else f" | best: {best} (fabml wafer embed --method {best})"
     return line
 
 

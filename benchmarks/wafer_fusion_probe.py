@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from fabml.metrics.classification import classification_report, knn_predict  # noqa: E402
 from fabml.wafer.baselines import build_baseline  # noqa: E402
 from fabml.wafer.embedding import embed_tensors  # noqa: E402
-from fabml.wafer.pipeline import at_size, embed_fn, load_dataset, map_labels  # noqa: E402
+from fabml.wafer.embedder import at_size, embed_fn  # noqa: E402
+from fabml.wafer.maps import load_dataset, map_labels  # noqa: E402
 from fabml.wafer.runs import load_trained  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "wm811k"

@@ -25,7 +25,9 @@ from fabml.config import load_config  # noqa: E402
 from fabml.metrics.classification import classification_report, knn_predict  # noqa: E402
 from fabml.wafer.config import WaferConfig  # noqa: E402
 from fabml.wafer.embedding import embed_tensors  # noqa: E402
-from fabml.wafer.pipeline import embed_fn, map_labels, load_dataset, train  # noqa: E402
+from fabml.wafer.embedder import embed_fn  # noqa: E402
+from fabml.wafer.maps import load_dataset, map_labels  # noqa: E402
+from fabml.wafer.pipeline import train  # noqa: E402
 from fabml.wafer.runs import load_trained  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "wm811k"

@@ -41,13 +41,11 @@ from fabml.config import load_config, to_dict  # noqa: E402
 from fabml.engine.hardware import peak_rss_mb  # noqa: E402
 from fabml.wafer.baselines import BASELINES, build_baseline  # noqa: E402
 from fabml.wafer.config import WaferConfig  # noqa: E402
+from fabml.wafer.embedder import baseline_tensors, embed_fn, fit_fusion_baseline  # noqa: E402
 from fabml.wafer.embedding import embed_tensors  # noqa: E402
-from fabml.wafer.evaluation import evaluate_embeddings, outline_keys  # noqa: E402
+from fabml.wafer.evaluation import SUMMARY_KEYS, evaluate_embeddings, metrics_markdown, outline_keys  # noqa: E402
 from fabml.wafer.fusion import FusedEmbedder, choose_weight  # noqa: E402
-from fabml.wafer.pipeline import (  # noqa: E402
-    SUMMARY_KEYS, baseline_tensors, embed_fn, fit_fusion_baseline, grid_shapes, load_dataset, map_labels,
-    metrics_markdown,
-)
+from fabml.wafer.maps import grid_shapes, load_dataset, map_labels  # noqa: E402
 from fabml.wafer.runs import load_trained  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "wm811k"

@@ -154,7 +154,8 @@ def test_wu2015_reads_the_maps_at_its_own_side():
     """On WM-811K the features at 64 beat those at the encoder's 32 (0.768 vs 0.687 kNN macro accuracy):
     the commands resize the original grids to baseline.wu_size, whatever data.size is."""
     from fabml.wafer.config import wafer_config
-    from fabml.wafer.pipeline import baseline_tensors, load_dataset
+    from fabml.wafer.embedder import baseline_tensors
+    from fabml.wafer.maps import load_dataset
 
     cfg = wafer_config(None, ["data.size=32", "baseline.wu_size=48"])
     data = load_dataset("synthetic:6:0", cfg)

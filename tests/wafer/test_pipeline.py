@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fabml.cli import app, main
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import load_wafer_maps
-from fabml.wafer.pipeline import query_embedder
+from fabml.wafer.embedder import query_embedder
 
 TINY = ["data.size=32", "model.preset=tiny", "model.stem=imagenet", "train.epochs=1", "train.batch_size=32",
         "train.num_workers=0", "train.lr=1e-3", "cluster.min_cluster_size=8", "cluster.reduce_dim=4",
@@ -120,7 +120,8 @@ def test_evaluate_and_embed_take_settings_and_an_output_folder(run_dir: Path, tm
 def test_the_monitor_warns_once_about_small_validation_classes(capsys):
     from fabml.config import load_config
     from fabml.wafer.config import WaferConfig
-    from fabml.wafer.pipeline import load_dataset, make_validator
+    from fabml.wafer.maps import load_dataset
+    from fabml.wafer.pipeline import make_validator
 
     cfg = load_config(WaferConfig, None, TINY)
     make_validator(cfg, load_dataset("synthetic:60:3", cfg))

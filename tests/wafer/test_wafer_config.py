@@ -35,7 +35,7 @@ def test_the_label_separator_setting_reaches_the_readers(tmp_path: Path) -> None
     """A mixed-pattern label read from metadata.csv is joined with eval.label_separator."""
     import numpy as np
 
-    from fabml.wafer.pipeline import load_dataset
+    from fabml.wafer.maps import load_dataset
 
     folder = tmp_path / "maps"
     folder.mkdir()

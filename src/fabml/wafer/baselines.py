@@ -99,7 +99,7 @@ class Baseline:
     name = ""
     input_size: int | None = None
     """The map side this baseline wants its input resized to from the original die grids (None: the
-    ``data.size`` tensors the encoder sees); see :func:`fabml.wafer.pipeline.baseline_tensors`."""
+    ``data.size`` tensors the encoder sees); see :func:`fabml.wafer.embedder.baseline_tensors`."""
 
     def features(self, x: torch.Tensor) -> np.ndarray:
         raise NotImplementedError

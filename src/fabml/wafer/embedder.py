@@ -150,35 +150,44 @@ def embed(
     return folder
 
 
-def fit_fusion_baseline(cfg: WaferConfig, dataset: WaferTensorDataset) -> Baseline:
-    """The baseline ``baseline.fuse_with``, fitted on ``dataset`` (the maps being embedded, at ``data.size``).
+def fusion_size_conflict(cfg: WaferConfig, size: int) -> str:
+    """Why ``baseline.fuse_with`` cannot join an encoder that reads side-``size`` maps (one line), or ``""``.
 
     The fused row needs both parts from the same tensors, so a baseline that wants another side
-    (``baseline.wu_size`` != ``data.size``) is a one-line error naming both settings."""
-    fitted = build_baseline(cfg.baseline.fuse_with, cfg.baseline, cfg.train.seed)
-    if fitted.input_size and fitted.input_size != dataset.size:
-        raise ConfigError(f"--method fused embeds one tensor per map for both parts, but baseline.fuse_with="
-                          f"{cfg.baseline.fuse_with} wants side {fitted.input_size} and the run's data.size is "
-                          f"{dataset.size}: set baseline.wu_size={dataset.size}")
-    return fitted.fit(dataset.tensors, cfg.eval.embed_batch)
+    (``baseline.wu_size`` != ``data.size``) cannot be fused."""
+    side = build_baseline(cfg.baseline.fuse_with, cfg.baseline, cfg.train.seed).input_size
+    if not side or side == size:
+        return ""
+    return (f"--method fused embeds one tensor per map for both parts, but baseline.fuse_with="
+            f"{cfg.baseline.fuse_with} wants side {side} and the run's data.size is {size}: set baseline.wu_size={size}")
+
+
+def fit_fusion_baseline(cfg: WaferConfig, dataset: WaferTensorDataset) -> Baseline:
+    """The baseline ``baseline.fuse_with``, fitted on ``dataset`` (the maps being embedded, at ``data.size``);
+    a :func:`fusion_size_conflict` is a one-line error."""
+    conflict = fusion_size_conflict(cfg, dataset.size)
+    if conflict:
+        raise ConfigError(conflict)
+    return build_baseline(cfg.baseline.fuse_with, cfg.baseline, cfg.train.seed).fit(dataset.tensors,
+                                                                                    cfg.eval.embed_batch)
 
 
 def query_embedder(run_dir: Path) -> tuple[WaferConfig, Callable]:
     """The settings and the embed function that made ``RUN/embeddings`` (to embed new maps the same way):
-    the saved baseline for a baseline's embeddings, else the run's encoder (D4-averaged as recorded)."""
+    the saved baseline for a baseline's embeddings, else the run's encoder (D4-averaged as recorded), joined with
+    the saved baseline for ``fused``."""
     folder = Path(run_dir) / "embeddings"
     info = json.loads((folder / EMBEDDER).read_text()) if (folder / EMBEDDER).is_file() else {"method": "learned"}
-    if info["method"] == "fused":
-        import joblib
-
-        cfg, model = load_trained(run_dir, info.get("checkpoint", "best"))
-        learned = embed_fn(cfg, model, info.get("tta_d4", cfg.eval.tta_d4))
-        return cfg, FusedEmbedder(learned, joblib.load(folder / "baseline.joblib"), info["settings"]["fusion_weight"])
-    if info["method"] != "learned":
+    if info["method"] not in MODEL_METHODS:
         import joblib
 
         fitted: Baseline = joblib.load(folder / "baseline.joblib")
         cfg = at_size(run_settings(run_dir, None), fitted.input_size)
         return cfg, d4_averaged(fitted) if info.get("tta_d4") else fitted
     cfg, model = load_trained(run_dir, info.get("checkpoint", "best"))
-    return cfg, embed_fn(cfg, model, info.get("tta_d4", cfg.eval.tta_d4))
+    fn = embed_fn(cfg, model, info.get("tta_d4", cfg.eval.tta_d4))
+    if info["method"] == "fused":
+        import joblib
+
+        fn = FusedEmbedder(fn, joblib.load(folder / "baseline.joblib"), info["settings"]["fusion_weight"])
+    return cfg, fn

@@ -30,7 +30,9 @@ from fabml.wafer.baselines import build_baseline
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import embed_tensors, encoder_embed_fn
 from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metrics_markdown  # noqa: F401  (public here too)
-from fabml.wafer.embedder import baseline_tensors, check_fixed, embed_fn, fit_fusion_baseline, query_embedder
+from fabml.wafer.embedder import (
+    baseline_tensors, check_fixed, embed_fn, fit_fusion_baseline, fusion_size_conflict, query_embedder,
+)
 from fabml.wafer.embedder import embed  # noqa: F401  (the embed step, public here beside the other steps)
 from fabml.wafer.evaluation import outline_keys
 from fabml.wafer.fusion import FusedEmbedder
@@ -267,10 +269,9 @@ def evaluate(
         base.fit(ref_x if ref_x is not None else tst_x, cfg.eval.embed_batch)
         methods[f"baseline_{name}"] = (base, ref_x, tst_x)
         fit_seconds[f"baseline_{name}"] = time.perf_counter() - t0
-    side = build_baseline(cfg.baseline.fuse_with, cfg.baseline, cfg.train.seed).input_size
-    if baseline and side not in (None, cfg.data.size):
-        err.print(f"note: fused not evaluated: baseline.fuse_with={cfg.baseline.fuse_with} works at side {side}, the run at "
-            f"data.size {cfg.data.size} (set baseline.wu_size={cfg.data.size} to evaluate it)")
+    conflict = fusion_size_conflict(cfg, cfg.data.size) if baseline else ""
+    if conflict:
+        err.print(f"note: fused not evaluated: {conflict}")
     elif baseline:
         t0 = time.perf_counter()
         fitted = fit_fusion_baseline(cfg, ref if ref else tst)

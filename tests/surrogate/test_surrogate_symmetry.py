@@ -1,6 +1,6 @@
 """data.symmetry=transpose: the batch transform swaps exactly the chosen cases, the settings it needs are
-checked with one-line errors, the e2e stage trains on it only in training steps, and a killed e2e run with it
-resumes to the same weights."""
+checked with one-line errors, the e2e stage trains on it only in training steps, a killed e2e run with it
+resumes to the same weights, and predictions averaged over both orientations obey the symmetry exactly."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from fabml.data.synthetic_simulation import SyntheticSimulation, make_synthetic_
 from fabml.errors import ConfigError  # noqa: E402
 from fabml.surrogate.config import SurrogateConfig  # noqa: E402
 from fabml.surrogate.method import SurrogateMethod, build_method  # noqa: E402
-from fabml.surrogate.pipeline import train  # noqa: E402
+from fabml.surrogate.pipeline import load_surrogate, predict_arrays, train  # noqa: E402
 from fabml.surrogate.runs import SurrogateShapes, build_models  # noqa: E402
-from fabml.surrogate.symmetry import check_symmetry, transpose_cases  # noqa: E402
+from fabml.surrogate.symmetry import check_symmetry, transpose_cases, transpose_grid  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GRID = ["data.layout=grid", "data.grid_shape=[4,4]", "data.symmetry=transpose"]
@@ -34,6 +34,8 @@ def test_transpose_cases_swaps_the_image_and_the_field_grid_of_the_flagged_cases
     expected = torch.tensor([0.0, 3, 6, 1, 4, 7, 2, 5, 8])
     assert torch.equal(new_field[0, 0, 0], expected) and torch.equal(new_field[0, 0, 1], expected + 9)
     assert torch.equal(new_field[1], field[1])
+    assert torch.equal(transpose_grid(field, node_dim=-1)[0, 0, 0], expected)
+    assert torch.equal(transpose_grid(field.permute(0, 2, 3, 1), node_dim=2)[0, 0, :, 0], expected)  # [B, T, M, V]
     twice = transpose_cases(*transpose_cases(inputs, field, torch.tensor([True, True])), torch.tensor([True, True]))
     assert torch.equal(twice[0], inputs) and torch.equal(twice[1], field)
 
@@ -106,3 +108,23 @@ def test_a_killed_e2e_run_with_the_transpose_resumes_to_the_same_weights(grid_da
     train(tiny_config(grid_data, images=True, extra=extra), tmp_path / "resumed", "e2e")
     a, b = (torch.load(tmp_path / n / "model.pt", weights_only=False)["conditioner"] for n in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_averaged_predictions_of_a_transposed_input_are_the_transposed_field(grid_data: SyntheticSimulation,
+                                                                              tmp_path: Path) -> None:
+    # grid_data's 16 nodes form a 4 x 4 grid; its images are 16 x 16
+    train(tiny_config(grid_data, images=True, extra=[*GRID, "conditioner.kind=cnn"]), tmp_path / "run", "all")
+    loaded = load_surrogate(tmp_path / "run")
+    images = torch.rand(3, *loaded.shapes.input_shape, generator=torch.Generator().manual_seed(0))
+    pred, _ = predict_arrays(loaded, images)  # [3, T, M, V]
+    pred_t, _ = predict_arrays(loaded, images.transpose(-1, -2))
+    assert torch.allclose(transpose_grid(torch.from_numpy(pred_t), node_dim=2), torch.from_numpy(pred), atol=1e-5)
+
+    loaded.cfg.eval.symmetry_average = False  # one pass: the symmetry holds only as well as training taught it
+    single, _ = predict_arrays(loaded, images)
+    single_t, _ = predict_arrays(loaded, images.transpose(-1, -2))
+    assert torch.allclose(torch.from_numpy(pred), 0.5 * (torch.from_numpy(single)
+                                                         + transpose_grid(torch.from_numpy(single_t), node_dim=2)),
+                          atol=1e-5)
+    assert not torch.allclose(transpose_grid(torch.from_numpy(single_t), node_dim=2), torch.from_numpy(single),
+                              atol=1e-5)

@@ -160,12 +160,16 @@ class E2ETrainConfig(SurrogateTrainConfig):
 class SurrogateEvalConfig:
     """validate_every: epochs between validation passes; overfit_ratio: warn when validation loss /
     train loss exceeds it; samples: Monte-Carlo dropout samples of ``predict`` (1 = deterministic);
-    coverage_sigma: the predicted spread's interval is mean ± coverage_sigma * std."""
+    coverage_sigma: the predicted spread's interval is mean ± coverage_sigma * std.
+    symmetry_average: with ``data.symmetry=transpose``, ``predict`` and ``evaluate`` average the field
+    predicted from the input and the one predicted from its transpose (swapped back), which the physics
+    says are the same field; costs a second pass."""
 
     validate_every: int = 1
     overfit_ratio: float = 3.0
     samples: int = 1
     coverage_sigma: float = 2.0
+    symmetry_average: bool = True
 
 
 @dataclass

@@ -75,7 +75,7 @@ from fabml.surrogate.runs import (
     save_model,
     shapes_of,
 )
-from fabml.surrogate.symmetry import check_symmetry
+from fabml.surrogate.symmetry import check_symmetry, transpose_grid
 
 #: the config sections a mode's result depends on (compared by train.auto_resume, beside the train section)
 MODE_SECTIONS = {
@@ -464,6 +464,19 @@ def _dropout_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
+def decode_inputs(vae: nn.Module, cond: nn.Module, inputs: torch.Tensor, average_transpose: bool) -> torch.Tensor:
+    """Scaled fields ``[b, T, M, V]`` from model inputs ``[b, ...]``: conditioner, then the VAE's decoder.
+
+    ``average_transpose``: ``0.5 * (u(a) + transpose(u(a^T)))`` for image inputs ``a`` ``[b, C, S, S]``."""
+    z, xs = cond(inputs)
+    fields = vae.decode(z, xs).float().permute(0, 2, 3, 1)
+    if not average_transpose:
+        return fields
+    z, xs = cond(inputs.transpose(-1, -2))
+    mirrored = vae.decode(z, xs).float().permute(0, 2, 3, 1)
+    return 0.5 * (fields + transpose_grid(mirrored, node_dim=2))
+
+
 @torch.no_grad()
 def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Tensor, samples: int = 1,
                    batch_size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
@@ -474,6 +487,8 @@ def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Ten
     deterministic pass (dropout off), std None. ``samples > 1``: Monte-Carlo dropout: the conditioner's
     dropout layers stay on and each input is decoded ``samples`` times (seeded by ``seed``, so repeated
     calls agree); mean and standard deviation (ddof 0) over the samples of the fields in original units.
+    With ``data.symmetry=transpose`` and ``eval.symmetry_average`` each pass is the mean of the field from
+    the input and the grid-transposed field from the transposed input.
     """
     samples = int(samples)
     if samples < 1:
@@ -487,6 +502,7 @@ def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Ten
         x = loaded.param_scaler.transform(x.double()).float()
     vae, cond = loaded.vae, loaded.conditioner
     device = loaded.device
+    average_transpose = loaded.cfg.data.symmetry == "transpose" and loaded.cfg.eval.symmetry_average
     vae.eval()
     cond.eval()
     dropouts = _dropout_modules(cond) if samples > 1 else []
@@ -501,8 +517,7 @@ def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Ten
                 xb = x[start:start + batch_size].to(device)
                 mean = m2 = None
                 for k in range(samples):
-                    z, xs = cond(xb)
-                    fields = vae.decode(z, xs).float().permute(0, 2, 3, 1)  # [b, T, M, V] scaled
+                    fields = decode_inputs(vae, cond, xb, average_transpose)  # [b, T, M, V] scaled
                     fields = loaded.field_scaler.inverse(fields.double())
                     if mean is None:
                         mean, m2 = fields.clone(), torch.zeros_like(fields)

@@ -45,11 +45,23 @@ def transpose_cases(inputs: torch.Tensor, field: torch.Tensor, flip: torch.Tenso
 
     ``inputs`` [B, C, S, S]; ``field`` [B, V, T, M] with M = G*G nodes of a row-major square grid.
     Returns new tensors; the others are unchanged."""
-    b, v, t, m = field.shape
-    side = int(round(m**0.5))
-    if side * side != m or inputs.dim() != 4 or inputs.shape[-1] != inputs.shape[-2]:
-        raise ConfigError(f"data.symmetry=transpose needs square images and a square grid, got inputs "
-                          f"{list(inputs.shape)} and {m} nodes")
-    swapped = field.reshape(b, v, t, side, side).transpose(-1, -2).reshape(b, v, t, m)
-    mask = flip.to(field.device).view(b, 1, 1, 1)
+    if inputs.dim() != 4 or inputs.shape[-1] != inputs.shape[-2]:
+        raise ConfigError(f"data.symmetry=transpose needs square images, got inputs {list(inputs.shape)}")
+    swapped = transpose_grid(field, node_dim=-1)
+    mask = flip.to(field.device).view(-1, 1, 1, 1)
     return torch.where(mask, inputs.transpose(-1, -2), inputs), torch.where(mask, swapped, field)
+
+
+def transpose_grid(field: torch.Tensor, node_dim: int) -> torch.Tensor:
+    """The same field with the two axes of its row-major square grid swapped.
+
+    ``field`` has ``M = G*G`` nodes along ``node_dim`` (any other axes are kept); node ``i*G + j``
+    goes to ``j*G + i``."""
+    node_dim = node_dim % field.dim()
+    m = field.shape[node_dim]
+    side = int(round(m**0.5))
+    if side * side != m:
+        raise ConfigError(f"data.symmetry=transpose needs a square grid, got {m} nodes")
+    shape = list(field.shape)
+    grid = field.reshape(shape[:node_dim] + [side, side] + shape[node_dim + 1:])
+    return grid.transpose(node_dim, node_dim + 1).reshape(shape)

@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,8 @@ from fabml.anomaly.config import AnomalyConfig  # noqa: E402
 from fabml.weights import resolve_weights  # noqa: E402
 from fabml.config import from_dict, to_dict  # noqa: E402
 from fabml.data.anomaly_data import read_split  # noqa: E402
-from provenance import commit, machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from anomaly_layer_probe import half_aurocs  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from provenance import commit, machine  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 RECIPE = ROOT / "configs" / "anomaly_magnetic_tile.yaml"
@@ -318,6 +320,10 @@ def cpu_recipes(args: argparse.Namespace, base: AnomalyConfig, names: list[str])
         row = compare(base, {name: recipes[name]}, args.out / f"{name}_cpu15")[0]
         label = f"{name}_cpu15"
         results["fabml"][label] = stamped(row_of(row), before, rev) | {"machine": machine(note=SHARED_NOTE)}
+        if "error" not in row:  # the recipe was chosen on one half of the test images: the other half judges it
+            table = pd.read_csv(args.out / f"{name}_cpu15" / name / "evaluation" / "predictions.csv")
+            results["fabml"][label]["image_auroc_halves"] = half_aurocs(
+                table["label"].to_numpy(), table["raw_score"].to_numpy(), table["path"].tolist())
         results.setdefault("cpu_recipes", {"file": str(CPU_RECIPES.relative_to(ROOT)), "target": CPU_TARGET,
                                            "per_model": {}})["per_model"][name] = recipes[name]
         print(json.dumps({label: results["fabml"][label]}, default=str)[:600], flush=True)
@@ -393,14 +399,18 @@ def write_results(results: dict, folder: Path) -> None:
     if "cpu_recipes" in results:
         lines += ["", f"CPU recipes ({results['cpu_recipes']['file']}; rows `<model>_cpu15`). Target (issue 10): image "
                   f"AUROC >= {CPU_TARGET['image_auroc']} with at most {CPU_TARGET['train_minutes']} minutes of "
-                  "training on 2 CPU cores.", "", "| model | image_auroc | fit_seconds | met | recipe |", "|---|---|---|---|---|"]
+                  "training on 2 CPU cores. Layers and pooling were chosen on the selection half of the test images "
+                  "(benchmarks/anomaly_layer_probe.py); `met` is judged on the report half, which nothing was chosen "
+                  "on.", "", "| model | image_auroc (all) | selection half | report half | fit_seconds | met | recipe |",
+                  "|---|---|---|---|---|---|---|"]
         for name, recipe in results["cpu_recipes"]["per_model"].items():
             row = results["fabml"].get(f"{name}_cpu15", {})
-            auroc, seconds = row.get("image_auroc"), row.get("fit_seconds")
+            halves = row.get("image_auroc_halves", {})
+            auroc, seconds = halves.get("report_half"), row.get("fit_seconds")
             met = (auroc is not None and seconds is not None and auroc >= CPU_TARGET["image_auroc"]
                    and seconds <= CPU_TARGET["train_minutes"] * 60)
-            lines.append(f"| {name} | {fmt(auroc)} | {fmt(seconds)} | {'yes' if met else 'no'} | "
-                         f"{json.dumps(recipe)} |")
+            lines.append(f"| {name} | {fmt(row.get('image_auroc'))} | {fmt(halves.get('selection_half'))} | "
+                         f"{fmt(auroc)} | {fmt(seconds)} | {'yes' if met else 'no'} | {json.dumps(recipe)} |")
     if "patchcore_memory_scaling" in results:
         scaling_rows = {k: v for k, v in results["patchcore_memory_scaling"].items() if k != "commit"}
         rev = results["patchcore_memory_scaling"].get("commit", "this run")

@@ -24,7 +24,7 @@ rectangles are returned unchanged. Patch geometry (all patches of one image shar
 size, ratio and severity. ``probability`` is the share of images that get a fault; the others
 come back unchanged with an empty mask and severity 0. All randomness comes from the
 ``torch.Generator`` passed in (on the CPU), so a seeded generator per training step makes a
-resumed run draw the same faults (see :class:`~fabml.anomaly.methods.draem.StepGenerator`).
+resumed run draw the same faults (see :class:`~fabml.engine.step_generator.StepGenerator`).
 """
 
 from __future__ import annotations

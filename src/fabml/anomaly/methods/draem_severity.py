@@ -13,7 +13,7 @@ For a batch of normal images ``I`` the method draws faults with
 with the seed's weights 1.0 / 1.0 / 0.5. Each term is returned (``loss_l2_ssim``, ``loss_focal``,
 ``loss_severity``) so the trainer logs its epoch mean in ``metrics.csv``.
 
-Randomness: the faults of step ``n`` come from DRAEM's :class:`~fabml.anomaly.methods.draem.StepGenerator`
+Randomness: the faults of step ``n`` come from the shared :class:`~fabml.engine.step_generator.StepGenerator`
 (seeded with ``(seed, n, rank)``, kept in buffers): a resumed run draws the same faults.
 """
 

@@ -21,7 +21,7 @@ Order of work (``fabml.anomaly.pipeline.fit`` calls them in this order):
    model's ``qa_st, qb_st, qa_ae, qb_ae`` buffers.
 
 Randomness (augmentation choice, penalty images) comes from a per-step generator kept in
-buffers (:class:`~fabml.anomaly.methods.draem.StepGenerator`), so resume is exact.
+buffers (:class:`~fabml.engine.step_generator.StepGenerator`), so resume is exact.
 """
 
 from __future__ import annotations

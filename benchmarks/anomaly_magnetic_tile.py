@@ -12,7 +12,7 @@ anomalib is not a fabml dependency; install it in its own environment first (CPU
 
     python benchmarks/anomaly_magnetic_tile.py                     # the committed run
     python benchmarks/anomaly_magnetic_tile.py --size 64 --max-steps 2 --skip-scale --out /tmp/mt --results /tmp/mt  # smoke
-    python benchmarks/anomaly_magnetic_tile.py --cpu-recipes fastflow
+    python benchmarks/anomaly_magnetic_tile.py --cpu-recipes fastflow,stfpm
         # trains each named model with its CPU recipe (configs/anomaly_cpu_recipes.yaml: at most 15 minutes of
         # training) and adds it as row <model>_cpu15 to the results already written
     ANOMALIB_PYTHON=/work/anomalib-env/bin/python python benchmarks/anomaly_magnetic_tile.py --update-memory-bank

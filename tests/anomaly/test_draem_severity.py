@@ -67,6 +67,22 @@ def test_every_input_mode_builds_trains_and_predicts(mode: str) -> None:
     assert bool(((result.pred_severity >= 0) & (result.pred_severity <= 10.0)).all())
 
 
+def test_avg_max_pooling_feeds_the_mlp_the_mean_and_the_peak_of_each_feature() -> None:
+    from fabml.anomaly.models.draem_severity import SeverityNetwork
+
+    head = SeverityNetwork(2, width=1, hidden=4, dropout=0.0, severity_max=10.0, pooling="avg_max").eval()
+    assert head.mlp[0].in_features == 2 * 4  # 4w averages + 4w maxima
+    seen: list[torch.Tensor] = []
+    head.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x = torch.zeros(1, 2, 32, 32)
+    x[:, 1, 14:18, :] = 4.0  # a narrow band: its mean is an eighth of its peak
+    with torch.no_grad():
+        head(x)
+        feats = head.features(x)
+    torch.testing.assert_close(seen[0], torch.cat([feats.mean(dim=(2, 3)), feats.amax(dim=(2, 3))], dim=1))
+    assert tiny().severity.mlp[0].in_features == 4 * TINY["severity_width"]  # the seed's average pooling
+
+
 def test_severity_range_follows_faults_severity_max() -> None:
     model = tiny(faults={"severity_max": 2.5}).eval()
     with torch.no_grad():
@@ -130,6 +146,7 @@ def test_severity_weight_zero_leaves_the_head_without_gradient() -> None:
     [
         ({"severity_input_mode": "everything"}, "severity_input_mode='everything' is unknown"),
         ({"severity_loss": "l1"}, "severity_loss='l1' is unknown"),
+        ({"severity_pooling": "median"}, "severity_pooling='median' is unknown"),
         ({"severity_dropout": 1.0}, "severity_dropout"),
         ({"severity_weight": -1.0}, "severity_weight"),
         ({"faults": {"probability": 2.0}}, "faults.probability"),

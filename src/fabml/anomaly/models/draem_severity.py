@@ -19,6 +19,12 @@ Severity network: three conv(3x3, stride 2)-BN-ReLU layers (widths w, 2w, 4w), g
 pooling, a three-layer MLP (``4w -> hidden -> hidden/2 -> 1``, ReLU and dropout between) and
 ``severity_max * sigmoid(.)``, so the prediction lies in [0, severity_max].
 
+``severity_pooling``: ``avg`` (the seed's global average pooling) or ``avg_max`` (global average
+and global max pooling side by side, ``8w`` numbers into the MLP). Why offer the max: an average
+over the whole map is the fault's intensity *times its area* (a faint wide band and a strong
+narrow one pool alike), while the maximum of a feature is the fault's intensity wherever the
+fault is, whatever its size.
+
 Eval: :class:`~fabml.anomaly.models.base.SeverityOutput` (``pred_score``, ``anomaly_map`` as
 DRAEM, plus ``pred_severity [B]``). Training: :mod:`fabml.anomaly.methods.draem_severity`.
 """
@@ -45,6 +51,7 @@ INPUT_MODES: dict[str, tuple[str, ...]] = {
     "multi_modal": ("image", "reconstruction", "error"),
 }
 SEVERITY_LOSSES = ("mse", "smooth_l1")
+SEVERITY_POOLINGS = ("avg", "avg_max")
 
 
 @dataclass
@@ -61,6 +68,7 @@ class DraemSeverityConfig:
     gradient at the head's inputs (the two DRAEM networks then learn from their own losses only).
     reconstruction_weight / segmentation_weight / severity_weight: loss weights (seed 1.0 / 1.0 /
     0.5). severity_loss: ``mse`` | ``smooth_l1`` on severities in their own units.
+    severity_pooling: ``avg`` (seed) | ``avg_max`` (see the module doc).
     """
 
     image_size: tuple[int, int] = (256, 256)
@@ -83,6 +91,7 @@ class DraemSeverityConfig:
     segmentation_weight: float = 1.0
     severity_weight: float = 0.5
     severity_loss: str = "mse"
+    severity_pooling: str = "avg"
 
 
 def severity_input_channels(mode: str, in_chans: int) -> int:
@@ -95,7 +104,8 @@ def severity_input_channels(mode: str, in_chans: int) -> int:
 class SeverityNetwork(nn.Module):
     """``[B, c_in, H, W] -> [B]`` severity in [0, severity_max] (see the module doc)."""
 
-    def __init__(self, in_chans: int, width: int, hidden: int, dropout: float, severity_max: float) -> None:
+    def __init__(self, in_chans: int, width: int, hidden: int, dropout: float, severity_max: float,
+                 pooling: str = "avg") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_chans
@@ -105,15 +115,19 @@ class SeverityNetwork(nn.Module):
             layers += [conv, bn, relu]
             c = c_out
         self.features = nn.Sequential(*layers)
+        self.with_max = pooling == "avg_max"
         self.mlp = nn.Sequential(
-            nn.Linear(c, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(2 * c if self.with_max else c, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, max(1, hidden // 2)), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(max(1, hidden // 2), 1),
         )
         self.severity_max = float(severity_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(x).mean(dim=(2, 3))  # global average pooling, [B, 4w]
+        features = self.features(x)
+        pooled = features.mean(dim=(2, 3))  # global average pooling, [B, 4w]
+        if self.with_max:
+            pooled = torch.cat([pooled, features.amax(dim=(2, 3))], dim=1)  # [B, 8w]
         return self.severity_max * torch.sigmoid(self.mlp(pooled)[:, 0])
 
 
@@ -137,7 +151,7 @@ class DraemSeverityModel(DraemModel):
         check_head_config(config)
         self.severity = SeverityNetwork(
             severity_input_channels(config.severity_input_mode, config.in_chans), config.severity_width,
-            config.severity_hidden, config.severity_dropout, config.faults.severity_max,
+            config.severity_hidden, config.severity_dropout, config.faults.severity_max, config.severity_pooling,
         )
 
     def severity_inputs(self, images: torch.Tensor, reconstruction: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -171,6 +185,9 @@ def check_head_config(config: DraemSeverityConfig) -> None:
     for name in ("reconstruction_weight", "segmentation_weight", "severity_weight"):
         if getattr(config, name) < 0:
             raise ConfigError(f"model.{name}={getattr(config, name)} must be >= 0")
+    if config.severity_pooling not in SEVERITY_POOLINGS:
+        raise ConfigError(f"model.severity_pooling='{config.severity_pooling}' is unknown; choose one of: "
+                          f"{', '.join(SEVERITY_POOLINGS)}")
     if config.severity_loss not in SEVERITY_LOSSES:
         raise ConfigError(f"model.severity_loss='{config.severity_loss}' is unknown; choose one of: "
                           f"{', '.join(SEVERITY_LOSSES)}")

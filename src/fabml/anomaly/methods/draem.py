@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import torch
 from kornia.losses import ssim_loss
-from torch import nn
 from torch.nn import functional as F
 
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod

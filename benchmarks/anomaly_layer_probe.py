@@ -10,9 +10,9 @@ the report half, which nothing was chosen on. ``benchmarks/anomaly_magnetic_tile
     python benchmarks/anomaly_layer_probe.py runs/bench_magnetic_tile/fastflow_cpu15/fastflow
 
 For a fitted FastFlow or STFPM run it scores the test images once and prints the image AUROC on each half (and
-on all of them) for every non-empty subset of the model's layers, with the layer maps combined as the model does
-(FastFlow: ``1 - mean exp(-0.5 mean_c z^2)``; STFPM: the product) and pooled by ``max`` or by ``topk_mean`` of the
-top 1% of pixels. Writes ``layer_probe.json`` beside the run.
+on all of them) for every non-empty subset of the model's layers, each map made by the model's own
+``compute_anomaly_map`` from that subset (FastFlow: ``1 - mean exp(-0.5 mean_c z^2)``; STFPM: the product) and
+pooled by ``max`` or by ``topk_mean`` of the top 1% of pixels. Writes ``layer_probe.json`` beside the run.
 """
 
 from __future__ import annotations
@@ -23,18 +23,17 @@ import itertools
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from fabml.anomaly.models.base import PoolingConfig, pool_anomaly_map  # noqa: E402
-from fabml.anomaly.models.stfpm import layer_distance_map  # noqa: E402
 from fabml.anomaly.runs import load_fitted  # noqa: E402
 from fabml.data.anomaly_data import read_split  # noqa: E402
 
@@ -54,24 +53,17 @@ def half_aurocs(labels: np.ndarray, scores: np.ndarray, paths: list[str]) -> dic
             "all": float(roc_auc_score(labels, scores))}
 
 
-def layer_maps(model: torch.nn.Module, name: str, images: torch.Tensor) -> list[torch.Tensor]:
-    """Per-layer anomaly maps ``[B, 1, H, W]`` (higher = more anomalous), upsampled to the image size."""
-    def up(t: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(t, size=model.image_size, mode="bilinear", align_corners=False)
-
+def subset_map(model: torch.nn.Module, name: str, images: torch.Tensor) -> Callable[[tuple[int, ...]], torch.Tensor]:
+    """Runs the model's networks on ``images`` once; the returned function gives the anomaly map ``[B, 1, H, W]``
+    that the model's own ``compute_anomaly_map`` makes from a subset of its layers (indices into its layers)."""
     if name == "fastflow":
         features = model.feature_extractor(images)
         zs = [flow(norm(f))[0] for norm, flow, f in zip(model.norms, model.flows, features)]
-        return [up(torch.exp(-0.5 * (z * z).mean(dim=1, keepdim=True))) for z in zs]  # likelihoods, combined below
+        return lambda subset: model.compute_anomaly_map([zs[i] for i in subset])
     if name == "stfpm":
-        return [up(layer_distance_map(t, s)) for t, s in zip(model.teacher(images), model.student(images))]
+        teacher, student = model.teacher(images), model.student(images)
+        return lambda subset: model.compute_anomaly_map([teacher[i] for i in subset], [student[i] for i in subset])
     raise SystemExit(f"the probe knows fastflow and stfpm runs, not {name!r}")
-
-
-def combine(name: str, maps: list[torch.Tensor]) -> torch.Tensor:
-    """The model's own combination of its layer maps."""
-    stacked = torch.stack(maps)
-    return 1.0 - stacked.mean(dim=0) if name == "fastflow" else stacked.prod(dim=0)
 
 
 def main() -> None:
@@ -87,9 +79,9 @@ def main() -> None:
     labels: list[int] = []
     with torch.no_grad():
         for batch in DataLoader(fitted.dataset(records), batch_size=args.batch_size):
-            maps = layer_maps(fitted.model, fitted.name, batch["image"])
+            map_of = subset_map(fitted.model, fitted.name, batch["image"])
             for subset in subsets:
-                combined = combine(fitted.name, [maps[i] for i in subset])
+                combined = map_of(subset)
                 for pooling, cfg in POOLINGS.items():
                     key = f"layers {[layers[i] for i in subset]} {pooling}"
                     scores.setdefault(key, []).extend(pool_anomaly_map(combined, cfg).tolist())

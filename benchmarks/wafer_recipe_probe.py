@@ -1,4 +1,4 @@
-"""Short recipe probes on WM-811K: train with given overrides, print test kNN macro accuracy (raw and D4-averaged).
+"""Short recipe probes on WM-811K: train with given overrides, print val_data kNN macro accuracy (raw and D4-averaged).
 
 Used to choose the CPU recipe of configs/wafer_cpu.yaml before the 30-minute benchmark run, e.g.
 
@@ -6,7 +6,8 @@ Used to choose the CPU recipe of configs/wafer_cpu.yaml before the 30-minute ben
         data.size=32 model.preset=tiny model.stem=small model.radial_channel=true train.epochs=3 train.lr=1e-3
 
 TRAIN picks the training files (labels unused), THREADS the torch threads (two one-thread probes side by side
-use a 2-core machine fully). Selection is on val_data; the reference for the test kNN is all four train files.
+use a 2-core machine fully). The best epoch is chosen on a val_data subset; the printed figure is val_data's kNN
+macro accuracy (k=5) against all four train files as references: a recipe is chosen on val_data, never on test_data.
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ def main() -> None:
     train(cfg, files(os.environ.get("TRAIN", ALL_TRAIN)), out, fresh=True, val_data=str(DATA / "val_data.pkl.xz"))
     run_cfg, method = load_trained(out)
     ref = load_dataset(files(ALL_TRAIN), run_cfg, limit=0)
-    test = load_dataset(str(DATA / "test_data.pkl.xz"), run_cfg, limit=0)
+    val = load_dataset(str(DATA / "val_data.pkl.xz"), run_cfg, limit=0)
     for tta in (False, True):
         fn = embed_fn(run_cfg, method, tta)
         pred = knn_predict(embed_tensors(fn, ref.tensors), np.asarray(map_labels(ref.meta, "train")),
-                           embed_tensors(fn, test.tensors), k=run_cfg.eval.knn_k)
-        acc = classification_report(np.asarray(map_labels(test.meta, "test")), pred)["macro_acc"]
-        print(f"tta_d4={tta}: test kNN macro accuracy {acc:.3f}", flush=True)
+                           embed_tensors(fn, val.tensors), k=run_cfg.eval.knn_k)
+        acc = classification_report(np.asarray(map_labels(val.meta, "val")), pred)["macro_acc"]
+        print(f"tta_d4={tta}: val_data kNN macro accuracy {acc:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ with the training maps as the labelled kNN reference / retrieval database. In th
 - ``baseline_pca``, ``baseline_raw``, ``baseline_wu2015``: the model-free embeddings of
   :mod:`fabml.wafer.baselines` (``fabml wafer embed --method``), fitted on the training maps without labels;
   wu2015 at its own map side (``baseline.wu_size``), read again from the original die grids.
-- ``byol``: the seed's BYOL objective with the CPU recipe (``configs/wafer_cpu.yaml``), the raw encoder.
-- ``learned``: the job's default learned embedding as ``fabml wafer embed`` makes it with the recipe: the same
-  encoder with its embeddings averaged over the D4 orbit (``eval.tta_d4``); ``method`` names it.
+- ``learned``: the job's default learned embedding as ``fabml wafer embed`` makes it with the CPU recipe
+  (``configs/wafer_cpu.yaml``): its encoder with the embeddings averaged over the D4 orbit (``eval.tta_d4``);
+  ``method`` names its objective. When the recipe sets ``byol.aux_features`` (BYOL plus a label-free read-out of
+  hand-crafted features of each map), ``learned_raw`` is the same encoder without D4 averaging (the raw-encoder
+  figures of the targets).
+- ``byol``: the seed's BYOL objective, the raw encoder: the recipe's own run when it has no auxiliary target, else
+  a second run of the recipe with ``byol.aux_features=`` (off), in ``<out>_byol``, trained the same way.
 - ``fused``: ``fabml wafer embed --method fused``: ``learned`` joined with the baseline ``baseline.fuse_with``
   (:mod:`fabml.wafer.fusion`), its weight chosen on ``val_data`` (kNN macro accuracy against the training maps,
   :func:`fabml.wafer.fusion.choose_weight`); reported on ``test_data`` at that weight only.
@@ -54,7 +58,7 @@ PUBLISHED = "BYOL ResNet-18, 150 GPU epochs: kNN (k=5) macro accuracy 0.767 on t
 CPU_RECIPE = ROOT / "configs" / "wafer_cpu.yaml"
 TRAIN_TIME = "benchmark_train_seconds.json"
 """Written into the run folder after training: the wall time, so a later ``--skip-train`` run reports it."""
-METHODS = ("learned", "fused", "byol", "baseline_pca", "baseline_raw", "baseline_wu2015")
+METHODS = ("learned", "learned_raw", "fused", "byol", "baseline_pca", "baseline_raw", "baseline_wu2015")
 KEYS = ("knn_macro_acc", "knn_accuracy", "defect_precision@5", "defect_map", "d4_same_cluster_rate", "d4_mean_cosine",
         "silhouette", "silhouette_space", "silhouette_embedding_space", "n_clusters", "noise_ratio",
         "largest_cluster_share", "dominant_cluster", "nmi", "ari", "shape_match@5", "shape_match_label_chance",
@@ -135,33 +139,53 @@ def main() -> None:  # noqa: C901 (one linear script)
             "peak_rss_mb": peak_rss_mb(), "peak_rss_note": "benchmark process so far (all maps loaded)"})
         print(metrics_markdown({f"baseline_{name}": res}, SUMMARY_KEYS), flush=True)
 
-    log_path = args.out / "metrics.csv"
-    if not args.skip_train:
-        t = time.perf_counter()
-        train_with_torchrun(overrides, train_src, val_src, args.out, args.nproc)
-        train_seconds, seconds_source = time.perf_counter() - t, "wall time of the torchrun training command"
-        (args.out / TRAIN_TIME).write_text(json.dumps({"train_seconds": train_seconds}))
-    elif (args.out / TRAIN_TIME).is_file():  # --skip-train: the wall time the training invocation recorded
-        train_seconds = float(json.loads((args.out / TRAIN_TIME).read_text())["train_seconds"])
-        seconds_source = f"wall time of the torchrun training command, as recorded in {TRAIN_TIME} when it ran"
-    else:
-        train_seconds = float(pd.read_csv(log_path)["epoch_seconds"].sum())
-        seconds_source = "sum of the run's epoch_seconds (--skip-train, no recorded wall time)"
-    log = pd.read_csv(log_path)
-    run_cfg, method = load_trained(args.out, "best")
+    # the recipe's run ("learned", and its raw encoder "learned_raw"); when the recipe adds an auxiliary target, the
+    # seed's BYOL objective ("byol") is a second run of the same recipe without it, in <out>_byol
+    aux = cfg.byol.aux_features
+    runs = {"learned": (args.out, overrides)}
+    runs["byol"] = (args.out.with_name(args.out.name + "_byol"), overrides + ["byol.aux_features="]) if aux else runs["learned"]
+    trained: dict[str, tuple] = {}
+    for role, (folder, run_overrides) in runs.items():
+        if folder in [f for f, *_ in trained.values()]:
+            trained[role] = trained["learned"]
+            continue
+        if not args.skip_train:
+            t = time.perf_counter()
+            train_with_torchrun(run_overrides, train_src, val_src, folder, args.nproc)
+            train_seconds, seconds_source = time.perf_counter() - t, "wall time of the torchrun training command"
+            (folder / TRAIN_TIME).write_text(json.dumps({"train_seconds": train_seconds}))
+        elif (folder / TRAIN_TIME).is_file():  # --skip-train: the wall time the training invocation recorded
+            train_seconds = float(json.loads((folder / TRAIN_TIME).read_text())["train_seconds"])
+            seconds_source = f"wall time of the torchrun training command, as recorded in {TRAIN_TIME} when it ran"
+        else:
+            train_seconds = float(pd.read_csv(folder / "metrics.csv")["epoch_seconds"].sum())
+            seconds_source = "sum of the run's epoch_seconds (--skip-train, no recorded wall time)"
+        log = pd.read_csv(folder / "metrics.csv")
+        run_cfg, method = load_trained(folder, "best")
+        world = int(json.loads((folder / "run.json").read_text()).get("world_size", 1))
+        shared = {"train_seconds": train_seconds, "train_seconds_source": seconds_source,
+                  "epochs": int(log["epoch"].max()), "samples_per_second": float(log["samples_per_s"].median()),
+                  "samples_per_second_note": f"training maps per second over all {world} DDP processes (median "
+                                             "epoch, validation excluded)",
+                  "epoch_seconds": float(log["epoch_seconds"].median()), "peak_rss_mb": float(log["peak_rss_mb"].max()),
+                  "peak_rss_note": f"largest of the {args.nproc} DDP training processes", "run_folder": str(folder)}
+        trained[role] = (folder, run_cfg, method, world, shared)
+
+    _, run_cfg, method, world, _ = trained["learned"]
     learned_tta = run_cfg.eval.tta_d4
-    world = int(json.loads((args.out / "run.json").read_text()).get("world_size", 1))
-    shared = {"train_seconds": train_seconds, "train_seconds_source": seconds_source, "epochs": int(log["epoch"].max()),
-              "samples_per_second": float(log["samples_per_s"].median()),
-              "samples_per_second_note": f"training maps per second over all {world} DDP processes (median epoch, "
-                                         "validation excluded)",
-              "epoch_seconds": float(log["epoch_seconds"].median()), "peak_rss_mb": float(log["peak_rss_mb"].max()),
-              "peak_rss_note": f"largest of the {args.nproc} DDP training processes"}
-    for name, tta in (("byol", False), ("learned", learned_tta)):
-        res = evaluate_embeddings(embed_fn(run_cfg, method, tta), ref.tensors, labels[0], test.tensors, labels[1],
-                                  run_cfg.eval, run_cfg.cluster, *shapes, **outlines)
-        objective = "BYOL" + (" + D4-averaged embeddings (eval.tta_d4)" if tta else ", raw encoder")
-        results[name] = pick(res, n_embedded, {"method": objective, **shared})
+    objective = "BYOL" + (f" + read-out of the {aux} features (byol.aux_features={aux}, byol.aux_weight="
+                          f"{run_cfg.byol.aux_weight})" if aux else "")
+    rows = [("learned", "learned", learned_tta, objective + (" + D4-averaged embeddings (eval.tta_d4)" if learned_tta
+                                                             else ", raw encoder")),
+            ("byol", "byol", False, "BYOL (the seed's objective, the same recipe without byol.aux_features), raw encoder"
+             if aux else "BYOL, raw encoder")]
+    if aux:
+        rows.insert(1, ("learned_raw", "learned", False, objective + ", raw encoder"))
+    for name, role, tta, text in rows:
+        _, role_cfg, role_method, _, shared = trained[role]
+        res = evaluate_embeddings(embed_fn(role_cfg, role_method, tta), ref.tensors, labels[0], test.tensors, labels[1],
+                                  role_cfg.eval, role_cfg.cluster, *shapes, **outlines)
+        results[name] = pick(res, n_embedded, {"method": text, **shared})
         print(metrics_markdown({name: res}, SUMMARY_KEYS), flush=True)
 
     # fused: the learned embedding joined with baseline.fuse_with, the weight chosen on val_data
@@ -180,7 +204,7 @@ def main() -> None:  # noqa: C901 (one linear script)
     results["fused"] = pick(res, n_embedded, {
         "method": f"learned (D4-averaged) joined with {run_cfg.baseline.fuse_with} at fusion_weight {weight} "
                   "(chosen on val_data), fabml.wafer.fusion",
-        **shared, "fusion_weight": weight, "val_knn_macro_acc_by_weight": on_val,
+        **trained["learned"][4], "fusion_weight": weight, "val_knn_macro_acc_by_weight": on_val,
         "fusion_choose_seconds": choose_seconds})
     print(metrics_markdown({"fused": res}, SUMMARY_KEYS), flush=True)
 
@@ -200,9 +224,10 @@ def targets(results: dict) -> dict:
     best_base = max((m for m in METHODS if m.startswith("baseline_")), key=lambda m: results[m]["knn_macro_acc"])
     learned = results["learned"]
     margin = learned["knn_macro_acc"] - results[best_base]["knn_macro_acc"]
-    ratio = (results["byol"]["shape_match@5"] or 0) / max(results["byol"]["shape_match_label_chance"] or 1e-9, 1e-9)
+    raw = results["learned_raw" if "learned_raw" in results else "byol"]  # the learned run's raw encoder
+    ratio = (learned["shape_match@5"] or 0) / max(learned["shape_match_label_chance"] or 1e-9, 1e-9)
     at_least = lambda v, bar: v is not None and v >= bar  # noqa: E731  (a figure that could not be computed fails)
-    d4_raw = results["byol"]["d4_same_cluster_rate"]
+    d4_raw = raw["d4_same_cluster_rate"]
     rows = {
         "knn_macro_acc": (learned["knn_macro_acc"], at_least(learned["knn_macro_acc"], 0.77)),
         "margin_over_best_baseline": (margin, at_least(margin, 0.10)),

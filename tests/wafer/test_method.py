@@ -185,3 +185,64 @@ def test_autocast_channels_last_radial_attention() -> None:
     # the target's cached radial map (set by the views) survives an embed at another size
     assert method.embed(torch.cat([x, x], dim=-1)[..., :48, :48].contiguous()).shape == (4, 128)
     method.on_step_end(2, 10)
+
+
+def make_aux_method(weight: float = 1.0, dim: int = 5) -> BYOLMethod:
+    torch.manual_seed(0)
+    cfg = BYOLConfig(proj_hidden=64, proj_dim=32, pred_hidden=64, aux_features="wu2015", aux_weight=weight)
+    return BYOLMethod(EncoderConfig(preset="tiny", in_chans=1, stem="imagenet"), cfg, AugmentConfig.preset("full"),
+                      aux_dim=dim)
+
+
+def test_aux_target_adds_the_weighted_read_out_error_to_the_byol_loss() -> None:
+    """loss = byol + aux_weight * mean over both views of MSE(linear head(encoder(view)), target of the map)."""
+    x, idx = wafer_maps(8), torch.arange(8)
+    targets = torch.randn(8, 5)
+    method = make_aux_method(weight=0.5)
+    method.set_aux_targets(targets)
+    torch.manual_seed(1)
+    out = method.training_step((x, idx))
+    assert {"loss", "byol_loss", "aux_loss"} <= set(out)
+    assert torch.allclose(out["loss"], out["byol_loss"] + 0.5 * out["aux_loss"])
+    # the same augmented views again, read out by hand: the head sees each view's encoder output
+    torch.manual_seed(1)
+    v1, v2 = method._views(x)
+    head = method.aux_head
+    want = 0.5 * (((head(method.online_encoder(v1)) - targets) ** 2).mean()
+                  + ((head(method.online_encoder(v2)) - targets) ** 2).mean())
+    assert torch.allclose(out["aux_loss"], want, atol=1e-5)
+
+
+def test_aux_target_is_learned_by_the_head_and_encoder() -> None:
+    """The read-out error falls when the targets are a function of the maps (their failed-die fraction)."""
+    x, idx = wafer_maps(16), torch.arange(16)
+    frac = x[:, 0].mean(dim=(1, 2))
+    targets = torch.stack([(frac - frac.mean()) / frac.std()] * 5, dim=1)
+    method = make_aux_method(weight=1.0)
+    method.set_aux_targets(targets)
+    opt = torch.optim.AdamW(method.trainable_parameters(), lr=3e-3)
+    first = []
+    for step in range(40):
+        out = method.training_step((x, idx))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first.append(out["aux_loss"].item())
+    assert sum(first[-5:]) / 5 < 0.6 * sum(first[:5]) / 5
+
+
+def test_aux_target_settings_and_inputs_are_checked() -> None:
+    with pytest.raises(ConfigError, match="aux_features"):
+        BYOLMethod(EncoderConfig(preset="tiny", in_chans=1), BYOLConfig(aux_features="pca"), AugmentConfig(), aux_dim=4)
+    with pytest.raises(ConfigError, match="aux_weight"):
+        BYOLMethod(EncoderConfig(preset="tiny", in_chans=1), BYOLConfig(aux_features="wu2015", aux_weight=-1),
+                   AugmentConfig(), aux_dim=4)
+    method = make_aux_method()
+    with pytest.raises(DataError, match="set_aux_targets"):
+        method.training_step((wafer_maps(4), torch.arange(4)))
+    with pytest.raises(DataError, match=r"\[N, 5\]"):
+        method.set_aux_targets(torch.zeros(4, 3))
+    with pytest.raises(ConfigError, match="off"):
+        make_method().set_aux_targets(torch.zeros(4, 5))
+    # not part of the saved state: a checkpoint of an aux run loads into a fresh aux method
+    assert not any("aux_targets" in k for k in method.state_dict())

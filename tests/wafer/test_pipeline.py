@@ -293,3 +293,20 @@ def test_train_auto_resume_continues_unchanged_settings_and_refuses_changed_ones
     assert len(json.loads((run / "run.json").read_text()).get("resumes", [])) == 1
     changed = CliRunner().invoke(app, args + ["--set", "train.lr=0.5"])
     assert changed.exit_code != 0 and "train.lr" in str(changed.exception) + changed.output
+
+
+def test_train_with_the_wu2015_auxiliary_target_logs_both_losses_and_embeds(tmp_path: Path):
+    """byol.aux_features=wu2015: the run trains on BYOL plus the read-out of the maps' Wu 2015 features, logs both
+    parts, and its model.pt loads and embeds like any run (the targets are not saved)."""
+    torch.set_num_threads(1)
+    run = tmp_path / "aux"
+    sets = _sets([*TINY, "byol.aux_features=wu2015", "byol.aux_weight=0.5", "baseline.wu_size=32"])
+    result = CliRunner().invoke(app, ["wafer", "train", "--data", "synthetic:96:0", "--out", str(run), *sets])
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert {"loss", "byol_loss", "aux_loss"} <= set(metrics.columns)
+    row = metrics.iloc[-1]
+    assert row["loss"] == pytest.approx(row["byol_loss"] + 0.5 * row["aux_loss"], rel=1e-4)
+    result = CliRunner().invoke(app, ["wafer", "embed", "--run", str(run), "--data", "synthetic:40:1"])
+    assert result.exit_code == 0, result.output
+    assert np.load(run / "embeddings" / "embeddings.npy").shape[0] == 40

@@ -121,9 +121,14 @@ class Baseline:
         self._fit(self._features_batched(tensors, batch_size))
         return self
 
+    def transform(self, tensors: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """The fitted features ``[N,D]`` float32 of maps ``[N,2,S,S]`` before the rows are normalised (for
+        ``wu2015``: each feature standardised over the reference maps)."""
+        return self._transform(self._features_batched(tensors, batch_size)).astype(np.float32)
+
     def embed(self, tensors: torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """Unit-norm embeddings ``[N,D]`` float32 of maps ``[N,2,S,S]`` (zero rows stay zero)."""
-        z = self._transform(self._features_batched(tensors, batch_size)).astype(np.float32)
+        z = self.transform(tensors, batch_size)
         norm = np.linalg.norm(z, axis=1, keepdims=True)
         return z / np.maximum(norm, 1e-12)
 

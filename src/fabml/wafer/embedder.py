@@ -70,6 +70,14 @@ def baseline_tensors(base: Baseline, source: str | list[str], dataset: WaferTens
     return load_dataset(source, at_size(cfg, size), limit=0).tensors
 
 
+def aux_targets(cfg: WaferConfig, source: str | list[str], dataset: WaferTensorDataset) -> torch.Tensor:
+    """``byol.aux_features`` of every training map ``[N, D]`` float32, row i for ``dataset`` index i: the
+    baseline fitted on these maps (for ``wu2015``: features standardised over them), rows not normalised."""
+    base = build_baseline(cfg.byol.aux_features, cfg.baseline)
+    tensors = baseline_tensors(base, source, dataset, cfg)
+    return torch.from_numpy(base.fit(tensors).transform(tensors))
+
+
 def at_size(cfg: WaferConfig, size: int | None) -> WaferConfig:
     """``cfg`` with ``data.size = size`` (unchanged when ``size`` is None)."""
     return replace(cfg, data=replace(cfg.data, size=size)) if size else cfg

@@ -50,6 +50,11 @@ class BYOLConfig:
     collapse_cos_threshold: warn when the mean pairwise cosine similarity of the embeddings rises
         above this. Encoder outputs are average-pooled ReLU features (non-negative), so healthy
         values are well above 0; only values near 1 mean that all maps look alike.
+    aux_features: "" (off, the seed's BYOL) or ``wu2015``: the hand-crafted features of Wu, Jang and Chen
+        (2015) of every training map, standardised over the training maps, become a second, label-free
+        target. A linear head on the encoder output of each view regresses them (:data:`AUX_FEATURES`).
+    aux_weight: ``loss = byol + aux_weight * aux``; ``aux`` is the mean squared error per feature, averaged
+        over the two views (about 1 for a head that predicts the mean, 0 for an exact fit).
     """
 
     proj_hidden: int = 1024
@@ -59,6 +64,13 @@ class BYOLConfig:
     tau_end: float = 0.999
     collapse_std_threshold: float = 0.1
     collapse_cos_threshold: float = 0.95
+    aux_features: str = ""
+    aux_weight: float = 1.0
+
+
+#: feature sets a BYOL run can regress as its auxiliary target (``byol.aux_features``); only ones whose
+#: dimension is known before they are fitted, because the head is built with the method
+AUX_FEATURES = ("wu2015",)
 
 
 class CollapseWarning(RuntimeWarning):
@@ -122,6 +134,7 @@ class BYOLMethod(Method):
         byol_cfg: BYOLConfig,
         augment_cfg: AugmentConfig,
         outline_channel: bool = False,
+        aux_dim: int = 0,
     ) -> None:
         super().__init__()
         want = 2 if outline_channel else 1
@@ -130,6 +143,11 @@ class BYOLMethod(Method):
                 f"model.in_chans={encoder_cfg.in_chans} does not match data.outline_channel={outline_channel} "
                 f"(needs in_chans={want})"
             )
+        if byol_cfg.aux_features and (byol_cfg.aux_features not in AUX_FEATURES or aux_dim < 1):
+            raise ConfigError(f"byol.aux_features={byol_cfg.aux_features!r} is unknown; use one of "
+                              f"{list(AUX_FEATURES)} or '' (off)")
+        if byol_cfg.aux_weight < 0:
+            raise ConfigError(f"byol.aux_weight={byol_cfg.aux_weight} must be >= 0")
         if not 0 <= byol_cfg.tau_start <= byol_cfg.tau_end <= 1:
             raise ConfigError(
                 f"byol.tau_start={byol_cfg.tau_start} and byol.tau_end={byol_cfg.tau_end} need 0 <= start <= end <= 1"
@@ -145,8 +163,22 @@ class BYOLMethod(Method):
         self.target_projector = copy.deepcopy(self.projector)
         for p in [*self.target_encoder.parameters(), *self.target_projector.parameters()]:
             p.requires_grad_(False)
+        # the auxiliary target: a linear read-out of the encoder output (so the features sit linearly in the
+        # embedding that kNN and the index compare), and the targets of the training maps by dataset index
+        self.aux_head = nn.Linear(dim, aux_dim) if byol_cfg.aux_features else None
+        self.aux_targets: torch.Tensor | None = None
         self.tau = byol_cfg.tau_start
         self._reset_stats()
+
+    def set_aux_targets(self, targets: torch.Tensor) -> None:
+        """The auxiliary targets ``[N, aux_dim]`` float of the training maps, row i for dataset index i (not saved
+        in checkpoints: the pipeline recomputes them from the data)."""
+        if self.aux_head is None:
+            raise ConfigError("auxiliary targets were given but byol.aux_features is off")
+        want = self.aux_head.out_features
+        if targets.ndim != 2 or targets.shape[1] != want or not torch.isfinite(targets).all():
+            raise DataError(f"auxiliary targets must be finite [N, {want}], got {tuple(targets.shape)}")
+        self.aux_targets = targets.float()
 
     @property
     def encoder(self) -> WaferEncoder:
@@ -168,7 +200,10 @@ class BYOLMethod(Method):
         return v1, v2
 
     def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One BYOL step; returns ``loss`` (scalar in [0, 4]), ``emb_std``, ``emb_cos`` and ``tau``."""
+        """One BYOL step; returns ``loss`` (BYOL's, in [0, 4], plus ``aux_weight * aux_loss`` when the auxiliary
+        target is on), ``emb_std``, ``emb_cos`` and ``tau`` (and ``byol_loss``, ``aux_loss`` with the target).
+
+        ``batch`` is ``x`` or ``(x, index)``; the auxiliary target needs the dataset ``index`` [B] of each map."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         v1, v2 = self._views(x)
         y1, y2 = self.online_encoder(v1), self.online_encoder(v2)
@@ -181,7 +216,21 @@ class BYOLMethod(Method):
         self._std_sum = self._std_sum + std
         self._cos_sum = self._cos_sum + cos
         self._n_stats += 1
-        return {"loss": loss, "emb_std": std, "emb_cos": cos, "tau": torch.tensor(self.tau, device=loss.device)}
+        out = {"emb_std": std, "emb_cos": cos, "tau": torch.tensor(self.tau, device=loss.device)}
+        if self.aux_head is not None:
+            aux = self._aux_loss(batch, y1, y2)
+            out.update(byol_loss=loss.detach(), aux_loss=aux.detach())
+            loss = loss + self.cfg.aux_weight * aux
+        return {"loss": loss, **out}
+
+    def _aux_loss(self, batch: Any, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+        """Mean squared error per feature of the linear head's read-out of both views against the targets."""
+        if self.aux_targets is None or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DataError("byol.aux_features needs the targets of the training maps (set_aux_targets) and "
+                            "batches (x, index)")
+        target = self.aux_targets[batch[1].long().cpu()].to(y1.device)
+        assert self.aux_head is not None
+        return 0.5 * (F.mse_loss(self.aux_head(y1).float(), target) + F.mse_loss(self.aux_head(y2).float(), target))
 
     def on_fit_start(self, step: int, total_steps: int) -> None:
         """``tau`` for the step count a (resumed) run starts from, over the run's current length."""

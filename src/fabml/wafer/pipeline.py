@@ -7,6 +7,7 @@ The CLI and the tests call these; each reads and writes the run folder described
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import embed_tensors, encoder_embed_fn
 from fabml.wafer.evaluation import SUMMARY_KEYS, UNLABELLED_KEYS, metrics_markdown  # noqa: F401  (public here too)
 from fabml.wafer.embedder import (
-    baseline_tensors, check_fixed, embed_fn, fit_fusion_baseline, fusion_size_conflict, query_embedder,
+    aux_targets, baseline_tensors, check_fixed, embed_fn, fit_fusion_baseline, fusion_size_conflict, query_embedder,
 )
 from fabml.wafer.embedder import embed  # noqa: F401  (the embed step, public here beside the other steps)
 from fabml.wafer.evaluation import outline_keys
@@ -103,6 +104,12 @@ def train(
     validate = make_validator(cfg, load_dataset(val_data, cfg, limit=0)) if val_data else None
     seed_everything(cfg.train.seed)  # the initial weights too: the same config gives the same run
     method = build_method(cfg)
+    if cfg.byol.aux_features:
+        started = time.perf_counter()
+        method.set_aux_targets(aux_targets(cfg, data, dataset))
+        if is_main_process():
+            err.print(f"auxiliary target: {cfg.byol.aux_features} features of {len(dataset)} maps "
+                      f"({time.perf_counter() - started:.0f} s)", markup=False, highlight=False)
     trainer = Trainer(method, cfg.train, run_dir, dataset, validate=validate, job_config=to_dict(cfg))
     # before config.yaml is overwritten: an existing checkpoint needs --resume/--fresh, or train.auto_resume
     # with unchanged settings

@@ -30,7 +30,8 @@ from fabml.engine.checkpoint import load_checkpoint
 from fabml.engine.runs import CONFIG, RunFolder, config_sections
 from fabml.errors import DataError
 from fabml.wafer.config import WaferConfig
-from fabml.wafer.method import BYOLMethod
+from fabml.wafer.baselines import build_baseline
+from fabml.wafer.method import AUX_FEATURES, BYOLMethod
 
 JOB = "wafer"
 META_COLUMNS = ("id", "lot", "date", "label", "source")
@@ -39,7 +40,9 @@ META_COLUMNS = ("id", "lot", "date", "label", "source")
 def build_method(cfg: WaferConfig) -> BYOLMethod:
     """The BYOL method for a config; the encoder's input channels follow ``data.outline_channel``."""
     encoder_cfg = replace(cfg.model, in_chans=2 if cfg.data.outline_channel else 1)
-    return BYOLMethod(encoder_cfg, cfg.byol, cfg.augment, outline_channel=cfg.data.outline_channel)
+    aux = cfg.byol.aux_features
+    aux_dim = build_baseline(aux, cfg.baseline).dim if aux in AUX_FEATURES else 0
+    return BYOLMethod(encoder_cfg, cfg.byol, cfg.augment, outline_channel=cfg.data.outline_channel, aux_dim=aux_dim)
 
 
 def is_legacy_run(path: Path) -> bool:

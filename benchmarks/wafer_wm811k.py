@@ -143,12 +143,10 @@ def main() -> None:  # noqa: C901 (one linear script)
     # seed's BYOL objective ("byol") is a second run of the same recipe without it, in <out>_byol
     aux = cfg.byol.aux_features
     runs = {"learned": (args.out, overrides)}
-    runs["byol"] = (args.out.with_name(args.out.name + "_byol"), overrides + ["byol.aux_features="]) if aux else runs["learned"]
+    if aux:
+        runs["byol"] = (args.out.with_name(args.out.name + "_byol"), overrides + ["byol.aux_features="])
     trained: dict[str, tuple] = {}
     for role, (folder, run_overrides) in runs.items():
-        if folder in [f for f, *_ in trained.values()]:
-            trained[role] = trained["learned"]
-            continue
         if not args.skip_train:
             t = time.perf_counter()
             train_with_torchrun(run_overrides, train_src, val_src, folder, args.nproc)
@@ -170,6 +168,7 @@ def main() -> None:  # noqa: C901 (one linear script)
                   "epoch_seconds": float(log["epoch_seconds"].median()), "peak_rss_mb": float(log["peak_rss_mb"].max()),
                   "peak_rss_note": f"largest of the {args.nproc} DDP training processes", "run_folder": str(folder)}
         trained[role] = (folder, run_cfg, method, world, shared)
+    trained.setdefault("byol", trained["learned"])
 
     _, run_cfg, method, world, _ = trained["learned"]
     learned_tta = run_cfg.eval.tta_d4

@@ -162,3 +162,15 @@ def test_wu2015_reads_the_maps_at_its_own_side():
     wu = build_baseline("wu2015", cfg.baseline)
     assert baseline_tensors(wu, "synthetic:6:0", data, cfg).shape == (6, 2, 48, 48)
     assert baseline_tensors(build_baseline("raw", cfg.baseline), "synthetic:6:0", data, cfg) is data.tensors
+
+
+def test_fit_transform_equals_fit_then_transform() -> None:
+    """The auxiliary targets' one-pass path gives exactly the two-pass result (standardised, rows not normalised)."""
+    maps = torch.zeros(12, 2, 32, 32)
+    maps[:, 1] = 1.0
+    for i in range(12):
+        maps[i, 0, i : i + 6, 4 : 10 + i] = 1.0
+    one = Wu2015Baseline(32).fit_transform(maps)
+    two = Wu2015Baseline(32).fit(maps).transform(maps)
+    assert one.shape == (12, 59) and one.dtype == np.float32
+    np.testing.assert_array_equal(one, two)

@@ -116,10 +116,20 @@ class Baseline:
 
     def fit(self, tensors: torch.Tensor, batch_size: int = 512) -> Baseline:
         """Fit on reference maps ``[N,2,S,S]``; returns self."""
+        self._fit_features(tensors, batch_size)
+        return self
+
+    def _fit_features(self, tensors: torch.Tensor, batch_size: int) -> np.ndarray:
+        """Fit on reference maps; returns their features ``[N,F]`` (computed once, for :meth:`fit_transform`)."""
         if len(tensors) == 0:
             raise DataError(f"baseline {self.name}: no reference maps to fit on")
-        self._fit(self._features_batched(tensors, batch_size))
-        return self
+        feats = self._features_batched(tensors, batch_size)
+        self._fit(feats)
+        return feats
+
+    def fit_transform(self, tensors: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """``fit(tensors).transform(tensors)`` with each map's features computed once."""
+        return self._transform(self._fit_features(tensors, batch_size)).astype(np.float32)
 
     def transform(self, tensors: torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """The fitted features ``[N,D]`` float32 of maps ``[N,2,S,S]`` before the rows are normalised (for

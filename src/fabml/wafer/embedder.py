@@ -75,7 +75,7 @@ def aux_targets(cfg: WaferConfig, source: str | list[str], dataset: WaferTensorD
     baseline fitted on these maps (for ``wu2015``: features standardised over them), rows not normalised."""
     base = build_baseline(cfg.byol.aux_features, cfg.baseline)
     tensors = baseline_tensors(base, source, dataset, cfg)
-    return torch.from_numpy(base.fit(tensors).transform(tensors))
+    return torch.from_numpy(base.fit_transform(tensors))
 
 
 def at_size(cfg: WaferConfig, size: int | None) -> WaferConfig:

@@ -234,6 +234,8 @@ def test_aux_target_is_learned_by_the_head_and_encoder() -> None:
 def test_aux_target_settings_and_inputs_are_checked() -> None:
     with pytest.raises(ConfigError, match="aux_features"):
         BYOLMethod(EncoderConfig(preset="tiny", in_chans=1), BYOLConfig(aux_features="pca"), AugmentConfig(), aux_dim=4)
+    with pytest.raises(ConfigError, match="aux_dim >= 1"):
+        BYOLMethod(EncoderConfig(preset="tiny", in_chans=1), BYOLConfig(aux_features="wu2015"), AugmentConfig())
     with pytest.raises(ConfigError, match="aux_weight"):
         BYOLMethod(EncoderConfig(preset="tiny", in_chans=1), BYOLConfig(aux_features="wu2015", aux_weight=-1),
                    AugmentConfig(), aux_dim=4)

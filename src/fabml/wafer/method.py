@@ -143,9 +143,12 @@ class BYOLMethod(Method):
                 f"model.in_chans={encoder_cfg.in_chans} does not match data.outline_channel={outline_channel} "
                 f"(needs in_chans={want})"
             )
-        if byol_cfg.aux_features and (byol_cfg.aux_features not in AUX_FEATURES or aux_dim < 1):
+        if byol_cfg.aux_features and byol_cfg.aux_features not in AUX_FEATURES:
             raise ConfigError(f"byol.aux_features={byol_cfg.aux_features!r} is unknown; use one of "
                               f"{list(AUX_FEATURES)} or '' (off)")
+        if byol_cfg.aux_features and aux_dim < 1:
+            raise ConfigError(f"byol.aux_features={byol_cfg.aux_features!r} needs the feature count (aux_dim >= 1, "
+                              f"got {aux_dim}); build the method with fabml.wafer.runs.build_method")
         if byol_cfg.aux_weight < 0:
             raise ConfigError(f"byol.aux_weight={byol_cfg.aux_weight} must be >= 0")
         if not 0 <= byol_cfg.tau_start <= byol_cfg.tau_end <= 1:

@@ -9,7 +9,8 @@ import torch
 
 from fabml.engine.schedules import kl_beta
 from fabml.errors import ConfigError
-from fabml.surrogate.models import kl_divergence, latent_regulariser, reconstruction_loss
+from fabml.metrics.regression import relative_l2
+from fabml.surrogate.models import kl_divergence, latent_regulariser, reconstruction_loss, relative_l2_loss
 
 
 def test_kl_of_standard_normal_is_zero():
@@ -78,3 +79,26 @@ def test_kl_beta_settings():
         kl_beta(0.5, init_beta_divisor=0.0)
     with pytest.raises(ConfigError, match="anneal"):
         kl_beta(0.5, start=0.9, end=0.2)
+
+
+def test_relative_l2_loss_is_the_evaluation_metric_in_original_units():
+    # one case, one variable, two nodes; scale 2, centre 1: target (0, 1) -> (1, 3), pred (0.5, 1) -> (2, 3)
+    scale, centre = torch.tensor([2.0]), torch.tensor([1.0])
+    target = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2)
+    pred = torch.tensor([0.5, 1.0]).view(1, 1, 1, 2)
+    assert relative_l2_loss(pred, target, scale, centre).item() == pytest.approx(1 / math.sqrt(10))
+    # several cases and variables: the mean over cases of fabml.metrics.regression.relative_l2
+    g = torch.Generator().manual_seed(0)
+    scale, centre = torch.tensor([0.5, 3.0]), torch.tensor([2.0, -1.0])
+    target, pred = torch.randn(3, 2, 4, 5, generator=g), torch.randn(3, 2, 4, 5, generator=g)
+    original = [(f * scale.view(1, 2, 1, 1) + centre.view(1, 2, 1, 1)).numpy() for f in (pred, target)]
+    assert relative_l2_loss(pred, target, scale, centre).item() == pytest.approx(relative_l2(*original).mean(), rel=1e-5)
+
+
+def test_relative_l2_loss_has_finite_gradients_at_zero_error_and_zero_field():
+    pred = torch.zeros(2, 1, 1, 3, requires_grad=True)
+    loss = relative_l2_loss(pred, torch.zeros(2, 1, 1, 3), torch.ones(1), torch.zeros(1))
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-5) and torch.isfinite(pred.grad).all()
+    with pytest.raises(ValueError, match="one scale and centre per variable"):
+        relative_l2_loss(torch.zeros(2, 3, 1, 4), torch.zeros(2, 3, 1, 4), torch.ones(1), torch.zeros(1))

@@ -102,6 +102,26 @@ def test_e2e_stage_trains_the_conditioner_through_the_frozen_decoder() -> None:
         method.training_step(_batch(stages=vae.stages, latents=True))
 
 
+def test_e2e_rel_l2_loss_is_the_relative_error_in_original_units() -> None:
+    vae, cond, cfg = _parts()
+    cfg.e2e.loss = "rel_l2"
+    with pytest.raises(ConfigError, match="needs the run's field scaler"):
+        build_method(vae, cond, cfg, "e2e")
+    build_method(vae, cond, cfg, "vae")  # the VAE stage never uses the e2e loss
+    method = build_method(vae, cond, cfg, "e2e", field_scale=([2.0], [5.0]))
+    assert "field_centre" not in method.state_dict()  # checkpoints keep their keys
+    batch = _batch()
+    method.eval()
+    out = method.stage_losses(batch, train=False)
+    with torch.no_grad():
+        pred = vae.decode(*cond(batch["inputs"]))
+    want = ((pred - batch["field"]) * 2).flatten(1).norm(dim=1) / (batch["field"] * 2 + 5).flatten(1).norm(dim=1)
+    assert float(out["field_loss"]) == pytest.approx(float(want.mean()), rel=1e-5)
+    cfg.e2e.loss = "l3"
+    with pytest.raises(ConfigError, match="rel_l2"):
+        build_method(vae, cond, cfg, "e2e")
+
+
 def test_mode_all_puts_both_modules_in_the_optimizer_with_their_weight_decay() -> None:
     vae, cond, cfg = _parts()
     cfg.train_vae.weight_decay, cfg.train_conditioner.weight_decay = 0.5, 0.25

@@ -18,6 +18,8 @@ from fabml.engine.train_config import TrainConfig
 MODES = ("vae", "conditioner", "e2e", "all")
 LAYOUTS = ("1d", "grid")
 RECON_LOSSES = ("mse", "mae", "smoothl1", "huber")
+#: e2e.loss: the reconstruction losses or ``rel_l2``, the evaluation's relative L2 in original units
+E2E_LOSSES = (*RECON_LOSSES, "rel_l2")
 CONDITIONERS = ("auto", "mlp", "cnn", "vit")
 PRESETS = ("small", "large")
 
@@ -124,8 +126,11 @@ class ConditionerConfig:
 class E2EConfig:
     """End-to-end fine-tuning: inputs -> conditioner -> frozen decoder -> field.
 
-    loss: ``mse | mae | huber | smoothl1`` on the scaled field, plus ``latent_reg_weight`` times
-    the latent regulariser (see :mod:`fabml.surrogate.models.losses`).
+    loss: ``mse | mae | huber | smoothl1`` on the scaled field, or ``rel_l2``: the relative L2 error
+    that ``evaluate`` reports, per case in original units (:func:`~fabml.surrogate.models.losses.
+    relative_l2_loss`), plus ``latent_reg_weight`` times the latent regulariser (see
+    :mod:`fabml.surrogate.models.losses`). ``mse`` (the seed's) weighs the cases with the largest fields
+    most; ``rel_l2`` weighs every case alike, as the reported error does.
     """
 
     loss: str = "mse"

@@ -18,6 +18,8 @@ Stage losses (per-term values are logged beside ``loss``)::
                   loss = MSE(z^, z) + MSE(xs^, xs)
     e2e:          (z^, xs^) = conditioner(inputs);  field^ = frozen vae.decode(z^, xs^)
                   loss = e2e_loss(field^, field) + e2e.latent_reg_weight * mean([z^, xs^]^2)
+                  (e2e.loss=rel_l2: the relative L2 error per case in original units, through the
+                  field scaler's inverse ``field_scale``)
                   (with ``data.symmetry=transpose`` a random half of each training batch has its
                   image and field grid transposed first: :mod:`fabml.surrogate.symmetry`)
 
@@ -41,8 +43,8 @@ from fabml.engine.param_groups import decay_groups
 from fabml.engine.schedules import kl_beta
 from fabml.engine.step_generator import StepGenerator
 from fabml.errors import ConfigError, DataError
-from fabml.surrogate.config import SurrogateConfig
-from fabml.surrogate.models.losses import kl_divergence, latent_regulariser, reconstruction_loss
+from fabml.surrogate.config import E2E_LOSSES, SurrogateConfig
+from fabml.surrogate.models.losses import kl_divergence, latent_regulariser, reconstruction_loss, relative_l2_loss
 from fabml.surrogate.symmetry import transpose_cases
 
 STAGES = ("vae", "conditioner", "e2e")
@@ -58,10 +60,13 @@ class SurrogateMethod(Method):
     in mode ``all`` the trainer's :meth:`set_stage` switches it. ``train_all``: every parameter is in
     the optimizer (mode ``all``, the stages freeze); else only the stage's module is.
     ``weight_decay``: per-module weight decay for the optimizer groups (None = ``train.weight_decay``).
+    ``field_scale``: ``(inverse_scale [V], centre [V])`` of the run's field scaler, which ``e2e.loss=rel_l2``
+    needs to measure errors in original units (kept as non-persistent buffers: checkpoints are unchanged).
     """
 
     def __init__(self, vae: nn.Module, conditioner: nn.Module, cfg: SurrogateConfig, stage: str = "vae",
-                 train_all: bool = False, weight_decay: dict[str, float] | None = None) -> None:
+                 train_all: bool = False, weight_decay: dict[str, float] | None = None,
+                 field_scale: tuple[Any, Any] | None = None) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ConfigError(f"surrogate stage {stage!r} is unknown; choose one of: {', '.join(STAGES)}")
@@ -73,6 +78,16 @@ class SurrogateMethod(Method):
         self.epoch = 0
         self.train_all = bool(train_all)
         self.weight_decay = dict(weight_decay or {})
+        self.has_field_scale = field_scale is not None
+        scale, centre = field_scale if field_scale is not None else ((), ())
+        self.register_buffer("field_inverse_scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("field_centre", torch.as_tensor(centre, dtype=torch.float32), persistent=False)
+        self.e2e_loss = str(cfg.e2e.loss).lower()
+        if self.e2e_loss not in E2E_LOSSES:
+            raise ConfigError(f"e2e.loss={cfg.e2e.loss!r} is unknown; use one of {list(E2E_LOSSES)}")
+        if self.e2e_loss == "rel_l2" and not self.has_field_scale and (train_all or stage == "e2e"):
+            raise ConfigError("e2e.loss=rel_l2 measures errors in original units and needs the run's field scaler "
+                              "(SurrogateMethod(field_scale=...)); use mse, mae, huber or smoothl1 without one")
         if cfg.data.symmetry != "none":  # only then: older checkpoints keep loading strictly
             self.rng = StepGenerator()  # which cases are transposed: seeded per step, so resume is exact
         if not self.train_all:
@@ -170,7 +185,10 @@ class SurrogateMethod(Method):
             inputs, field = transpose_cases(inputs, field, flip)
         z, xs = self.conditioner(inputs)
         pred = self.vae.decode(z, xs)
-        field_loss = reconstruction_loss(pred.float(), field.float(), self.cfg.e2e.loss, setting="e2e.loss")
+        if self.e2e_loss == "rel_l2":
+            field_loss = relative_l2_loss(pred.float(), field.float(), self.field_inverse_scale, self.field_centre)
+        else:
+            field_loss = reconstruction_loss(pred.float(), field.float(), self.e2e_loss, setting="e2e.loss")
         reg = latent_regulariser(z, xs)
         loss = field_loss + float(self.cfg.e2e.latent_reg_weight) * reg
         return {"loss": loss, "field_loss": field_loss.detach(), "latent_reg": reg.detach()}
@@ -183,13 +201,16 @@ def _field(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["field"]
 
 
-def build_method(vae: nn.Module, conditioner: nn.Module, cfg: SurrogateConfig, mode: str) -> SurrogateMethod:
+def build_method(vae: nn.Module, conditioner: nn.Module, cfg: SurrogateConfig, mode: str,
+                 field_scale: tuple[Any, Any] | None = None) -> SurrogateMethod:
     """The method for ``train --mode``: ``all`` puts both modules in the optimizer (the stages freeze) with
     each module's weight decay from its section (``train_vae`` / ``train_conditioner``); a single mode
-    trains only its module with that mode's ``train_<mode>`` settings."""
+    trains only its module with that mode's ``train_<mode>`` settings. ``field_scale``: see
+    :class:`SurrogateMethod` (needed by ``e2e.loss=rel_l2``)."""
     if mode == "all":
         decay = {"vae": cfg.train_vae.weight_decay, "conditioner": cfg.train_conditioner.weight_decay}
-        return SurrogateMethod(vae, conditioner, cfg, stage="vae", train_all=True, weight_decay=decay)
+        return SurrogateMethod(vae, conditioner, cfg, stage="vae", train_all=True, weight_decay=decay,
+                               field_scale=field_scale)
     if mode not in STAGES:
         raise ConfigError(f"--mode {mode!r} is unknown; choose one of: vae, conditioner, e2e, all")
-    return SurrogateMethod(vae, conditioner, cfg, stage=mode)
+    return SurrogateMethod(vae, conditioner, cfg, stage=mode, field_scale=field_scale)

@@ -348,7 +348,7 @@ def train(cfg: SurrogateConfig, run_dir: str | Path, mode: str | None = None, fr
             conditioner.load_state_dict(previous["conditioner"])
         elif mode == "e2e":
             notes.append("e2e starts from an untrained conditioner (train --mode conditioner first for a better start)")
-    method = build_method(vae, conditioner, cfg, mode)
+    method = build_method(vae, conditioner, cfg, mode, field_scale=(field_scaler.inverse_scale, field_scaler.centre))
     tcfg, tnotes = mode_train_config(cfg, mode)
     notes += tnotes
 

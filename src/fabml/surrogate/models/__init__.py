@@ -4,13 +4,14 @@
   hierarchical latents ``xs [B, stages, 8]``.
 - Latent conditioners (case inputs -> ``(z, xs)``): :class:`MLPConditioner` (parameter vectors),
   :class:`CNNConditioner` and :class:`ViTConditioner` (images); :func:`build_conditioner` picks one.
-- Losses (:mod:`.losses`): :func:`reconstruction_loss`, :func:`kl_divergence`, :func:`latent_regulariser`.
+- Losses (:mod:`.losses`): :func:`reconstruction_loss`, :func:`relative_l2_loss`, :func:`kl_divergence`,
+  :func:`latent_regulariser`.
 """
 
 from fabml.surrogate.models.cnn import CNNConditioner
 from fabml.surrogate.models.conditioners import build_conditioner, resolve_kind
 from fabml.surrogate.models.hvae import VAE_PRESETS, HierarchicalVAE, VAEEncoding, VAEOutput
-from fabml.surrogate.models.losses import kl_divergence, latent_regulariser, reconstruction_loss
+from fabml.surrogate.models.losses import kl_divergence, latent_regulariser, reconstruction_loss, relative_l2_loss
 from fabml.surrogate.models.mlp import MLPConditioner
 from fabml.surrogate.models.vit import ViTConditioner
 
@@ -26,5 +27,6 @@ __all__ = [
     "kl_divergence",
     "latent_regulariser",
     "reconstruction_loss",
+    "relative_l2_loss",
     "resolve_kind",
 ]

@@ -9,6 +9,11 @@
 
   On fields scaled to [-0.7, 0.7] the residuals stay below the thresholds of 1 once training has
   started, so ``smoothl1`` and ``huber`` act as ``0.5 * mse`` there and only damp early outliers.
+- :func:`relative_l2_loss`: the mean over the batch of ``||u^_i - u_i|| / ||u_i||``, the relative L2
+  error of each case in original units, ``u = s * inverse_scale_v + centre_v`` for a scaled field ``s``
+  ``[B, V, T, M]`` (the field scaler's inverse, variable ``v`` on axis 1): the figure ``evaluate``
+  reports, as a loss (e2e ``e2e.loss=rel_l2``). A case whose field is zero everywhere divides by
+  ``eps`` instead of 0.
 - :func:`kl_divergence`: ``KL(N(mu, exp(logvar)) || N(0, I)) = 0.5 * sum(mu^2 + exp(logvar) - 1 - logvar)``
   summed over the latent dimensions (all but the batch axis) and averaged over the batch. ``logvar``
   is clamped to [-30, 20] first so ``exp`` cannot overflow and a collapsing variance cannot send
@@ -49,6 +54,21 @@ def reconstruction_loss(pred: Tensor, target: Tensor, kind: str = "mse", setting
     if key == "smoothl1":
         return F.smooth_l1_loss(pred, target, beta=1.0)
     return F.huber_loss(pred, target, delta=1.0)
+
+
+def relative_l2_loss(pred: Tensor, target: Tensor, inverse_scale: Tensor, centre: Tensor, eps: float = 1e-12) -> Tensor:
+    """Mean over cases of the relative L2 error in original units of scaled fields ``pred``/``target``
+    ``[B, V, T, M]``; ``inverse_scale``/``centre`` ``[V]`` invert the field scaler (module doc)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"relative_l2_loss: prediction {list(pred.shape)} and target {list(target.shape)} differ")
+    if pred.dim() < 2 or inverse_scale.shape != (pred.shape[1],) or centre.shape != (pred.shape[1],):
+        raise ValueError(f"relative_l2_loss: fields {list(pred.shape)} need one scale and centre per variable "
+                         f"(axis 1), got {list(inverse_scale.shape)} and {list(centre.shape)}")
+    shape = (1, -1) + (1,) * (pred.dim() - 2)
+    scale, shift = inverse_scale.view(shape), centre.view(shape)
+    diff = ((pred - target) * scale).flatten(1).pow(2).sum(dim=1)
+    norm = (target * scale + shift).flatten(1).pow(2).sum(dim=1)
+    return (diff / norm.clamp_min(eps)).clamp_min(eps).sqrt().mean()  # clamp: sqrt has no gradient at 0
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -131,7 +131,8 @@ def base_config(imported: Any, args: argparse.Namespace) -> SurrogateConfig:
     cfg.conditioner.patch_size, cfg.conditioner.heads = args.patch_size, args.heads
     cfg.conditioner.dropout = args.dropout
     cfg.conditioner.full_res_blocks = args.full_res_blocks
-    d.symmetry = args.symmetry
+    d.symmetry, d.grid_nodes = args.symmetry, args.grid_nodes
+    cfg.e2e.loss = args.e2e_loss
     for section, epochs, lr in ((cfg.train_vae, args.vae_epochs, args.vae_lr),
                                 (cfg.train_conditioner, args.cond_epochs, args.cond_lr),
                                 (cfg.train_e2e, args.e2e_epochs, args.e2e_lr)):
@@ -552,8 +553,12 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=1e-6)
     p.add_argument("--latent-dim-end", type=int, default=128)
     p.add_argument("--latent-dim", type=int, default=32)
-    p.add_argument("--symmetry", default="transpose", choices=["none", "transpose"],
-                   help="data.symmetry: Darcy on this grid is unchanged by swapping the two axes (fabml.surrogate.symmetry)")
+    p.add_argument("--symmetry", default="d4", choices=["none", "transpose", "d4"],
+                   help="data.symmetry: Darcy on a square is unchanged by its rotations and reflections "
+                        "(fabml.surrogate.symmetry)")
+    p.add_argument("--grid-nodes", default="first_edge", choices=["symmetric", "first_edge"],
+                   help="data.grid_nodes: this Darcy grid stores the first boundary row/column, not the last")
+    p.add_argument("--e2e-loss", default="rel_l2", help="e2e.loss (rel_l2: the reported error itself)")
     p.add_argument("--full-res-blocks", type=int, default=3, help="conditioner.full_res_blocks (CNN)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--vae-epochs", type=int, default=80)
@@ -635,7 +640,8 @@ def main() -> None:
                           f"(ViT: width {args.vit_hidden}, {args.vit_blocks} blocks, patch {args.patch_size}, {args.heads} heads, "
                           f"{args.vit_cond_epochs} + {args.vit_e2e_epochs} epochs), {args.cond_epochs} epochs on the saved "
                           f"latents lr {args.cond_lr}, then {args.e2e_epochs} e2e epochs lr {args.e2e_lr} "
-                          f"(data.symmetry={args.symmetry}); batch "
+                          f"on e2e.loss={args.e2e_loss} (data.symmetry={args.symmetry}, data.grid_nodes="
+                          f"{args.grid_nodes}; predictions averaged over the group); batch "
                           f"{args.batch_size}, AdamW, one cosine cycle per mode with warm-up, fp32, cap "
                           f"{args.budget_minutes} min per mode"),
     }

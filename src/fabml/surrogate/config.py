@@ -49,9 +49,13 @@ class SurrogateDataConfig:
         fitted on the training cases only.
     image_size: side (pixels) image inputs are resized to; image_channels: 1 (grey) or 3.
     val_fraction / test_fraction: cases held out by the seeded split (``split_seed``).
-    symmetry: ``none`` or ``transpose`` (the physics is unchanged when the image's axes and the
-        field's square grid are swapped: the e2e stage trains on both orientations; see
-        :mod:`fabml.surrogate.symmetry` for when that holds).
+    symmetry: ``none``, ``transpose`` (the physics is unchanged when the image's axes and the
+        field's square grid are swapped) or ``d4`` (unchanged by every rotation and reflection of the
+        square): the e2e stage trains on randomly moved copies; see :mod:`fabml.surrogate.symmetry`
+        for when that holds.
+    grid_nodes: where a square grid's nodes sit, which decides what a reflection is (``d4``):
+        ``symmetric`` (both boundaries stored, or cell centres) or ``first_edge`` (nodes ``i h``,
+        ``i < n``: the first boundary stored, the last not, as in neuraloperator's Darcy files).
     """
 
     fields: str = ""
@@ -75,6 +79,7 @@ class SurrogateDataConfig:
     test_fraction: float = 0.1
     split_seed: int = 0
     symmetry: str = "none"
+    grid_nodes: str = "symmetric"
 
 
 @dataclass
@@ -166,9 +171,9 @@ class SurrogateEvalConfig:
     """validate_every: epochs between validation passes; overfit_ratio: warn when validation loss /
     train loss exceeds it; samples: Monte-Carlo dropout samples of ``predict`` (1 = deterministic);
     coverage_sigma: the predicted spread's interval is mean ± coverage_sigma * std.
-    symmetry_average: with ``data.symmetry=transpose``, ``predict`` and ``evaluate`` average the field
-    predicted from the input and the one predicted from its transpose (swapped back), which the physics
-    says are the same field; costs a second pass."""
+    symmetry_average: with ``data.symmetry`` set, ``predict`` and ``evaluate`` average the fields
+    predicted from every moved copy of the input (each moved back), which the physics says are the same
+    field; costs one pass per element of the group (2 for ``transpose``, 8 for ``d4``)."""
 
     validate_every: int = 1
     overfit_ratio: float = 3.0

@@ -20,8 +20,8 @@ Stage losses (per-term values are logged beside ``loss``)::
                   loss = e2e_loss(field^, field) + e2e.latent_reg_weight * mean([z^, xs^]^2)
                   (e2e.loss=rel_l2: the relative L2 error per case in original units, through the
                   field scaler's inverse ``field_scale``)
-                  (with ``data.symmetry=transpose`` a random half of each training batch has its
-                  image and field grid transposed first: :mod:`fabml.surrogate.symmetry`)
+                  (with ``data.symmetry`` set, each training case's image and field grid are first
+                  moved by a random element of the symmetry group: :mod:`fabml.surrogate.symmetry`)
 
 What trains: in a single-mode run (``train --mode vae|conditioner|e2e``) only that mode's part is
 in the optimizer (``vae`` for vae, ``conditioner`` otherwise) and the other part has
@@ -45,7 +45,7 @@ from fabml.engine.step_generator import StepGenerator
 from fabml.errors import ConfigError, DataError
 from fabml.surrogate.config import E2E_LOSSES, SurrogateConfig
 from fabml.surrogate.models.losses import kl_divergence, latent_regulariser, reconstruction_loss, relative_l2_loss
-from fabml.surrogate.symmetry import transpose_cases
+from fabml.surrogate.symmetry import augment_cases, motions
 
 STAGES = ("vae", "conditioner", "e2e")
 #: the trainable module of each stage (StageConfig.trainable / the single-mode optimizer)
@@ -180,9 +180,10 @@ class SurrogateMethod(Method):
 
     def _e2e_losses(self, batch: dict[str, torch.Tensor], train: bool) -> dict[str, torch.Tensor]:
         field, inputs = _field(batch), batch["inputs"]
-        if train and self.cfg.data.symmetry == "transpose":
-            flip = torch.rand(field.shape[0], generator=self.rng.next()) < 0.5
-            inputs, field = transpose_cases(inputs, field, flip)
+        symmetry = self.cfg.data.symmetry
+        if train and symmetry != "none":
+            choice = torch.randint(len(motions(symmetry)), (field.shape[0],), generator=self.rng.next())
+            inputs, field = augment_cases(inputs, field, choice, symmetry, self.cfg.data.grid_nodes)
         z, xs = self.conditioner(inputs)
         pred = self.vae.decode(z, xs)
         if self.e2e_loss == "rel_l2":

@@ -75,7 +75,7 @@ from fabml.surrogate.runs import (
     save_model,
     shapes_of,
 )
-from fabml.surrogate.symmetry import check_symmetry, transpose_grid
+from fabml.surrogate.symmetry import GridMotion, check_symmetry, map_field, map_image, motions
 
 #: the config sections a mode's result depends on (compared by train.auto_resume, beside the train section)
 MODE_SECTIONS = {
@@ -325,7 +325,7 @@ def train(cfg: SurrogateConfig, run_dir: str | Path, mode: str | None = None, fr
     # a fresh VAE gets a fresh split of the current data
     data = open_case_data(cfg, run, new_split=fresh and mode in ("vae", "all"))
     shapes = data.shapes
-    check_symmetry(cfg.data.symmetry, cfg.data.layout, cfg.data.grid_shape, shapes.input_kind)
+    check_symmetry(cfg.data.symmetry, cfg.data.layout, cfg.data.grid_shape, shapes.input_kind, cfg.data.grid_nodes)
     if len(data.split["train"]) == 0:
         raise DataError("the train split is empty: lower data.val_fraction / data.test_fraction")
 
@@ -464,17 +464,20 @@ def _dropout_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
-def decode_inputs(vae: nn.Module, cond: nn.Module, inputs: torch.Tensor, average_transpose: bool) -> torch.Tensor:
+def decode_inputs(vae: nn.Module, cond: nn.Module, inputs: torch.Tensor, average: list[GridMotion] | None = None,
+                  grid_nodes: str = "symmetric") -> torch.Tensor:
     """Scaled fields ``[b, T, M, V]`` from model inputs ``[b, ...]``: conditioner, then the VAE's decoder.
 
-    ``average_transpose``: ``0.5 * (u(a) + transpose(u(a^T)))`` for image inputs ``a`` ``[b, C, S, S]``."""
-    z, xs = cond(inputs)
-    fields = vae.decode(z, xs).float().permute(0, 2, 3, 1)
-    if not average_transpose:
-        return fields
-    z, xs = cond(inputs.transpose(-1, -2))
-    mirrored = vae.decode(z, xs).float().permute(0, 2, 3, 1)
-    return 0.5 * (fields + transpose_grid(mirrored, node_dim=2))
+    ``average`` (the symmetry group, :func:`fabml.surrogate.symmetry.motions`): the mean over its motions
+    ``g`` of ``g^-1 u(g a)`` for image inputs ``a`` ``[b, C, S, S]``, decoded as one batch of ``len(average) * b``."""
+    if not average or len(average) == 1:
+        z, xs = cond(inputs)
+        return vae.decode(z, xs).float().permute(0, 2, 3, 1)
+    moved = torch.cat([map_image(inputs, g, grid_nodes) for g in average])
+    z, xs = cond(moved)
+    fields = vae.decode(z, xs).float().permute(0, 2, 3, 1).chunk(len(average))
+    back = [map_field(f, g, grid_nodes, node_dim=2, inverse=True) for f, g in zip(fields, average)]
+    return torch.stack(back).mean(0)
 
 
 @torch.no_grad()
@@ -487,8 +490,8 @@ def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Ten
     deterministic pass (dropout off), std None. ``samples > 1``: Monte-Carlo dropout: the conditioner's
     dropout layers stay on and each input is decoded ``samples`` times (seeded by ``seed``, so repeated
     calls agree); mean and standard deviation (ddof 0) over the samples of the fields in original units.
-    With ``data.symmetry=transpose`` and ``eval.symmetry_average`` each pass is the mean of the field from
-    the input and the grid-transposed field from the transposed input.
+    With ``data.symmetry`` set and ``eval.symmetry_average`` each pass is the mean over the symmetry group
+    of the fields predicted from the moved inputs, each moved back (:func:`decode_inputs`).
     """
     samples = int(samples)
     if samples < 1:
@@ -502,7 +505,7 @@ def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Ten
         x = loaded.param_scaler.transform(x.double()).float()
     vae, cond = loaded.vae, loaded.conditioner
     device = loaded.device
-    average_transpose = loaded.cfg.data.symmetry == "transpose" and loaded.cfg.eval.symmetry_average
+    average = motions(loaded.cfg.data.symmetry) if loaded.cfg.eval.symmetry_average else None
     vae.eval()
     cond.eval()
     dropouts = _dropout_modules(cond) if samples > 1 else []
@@ -517,7 +520,7 @@ def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Ten
                 xb = x[start:start + batch_size].to(device)
                 mean = m2 = None
                 for k in range(samples):
-                    fields = decode_inputs(vae, cond, xb, average_transpose)  # [b, T, M, V] scaled
+                    fields = decode_inputs(vae, cond, xb, average, loaded.cfg.data.grid_nodes)  # [b, T, M, V] scaled
                     fields = loaded.field_scaler.inverse(fields.double())
                     if mean is None:
                         mean, m2 = fields.clone(), torch.zeros_like(fields)

@@ -132,7 +132,7 @@ def base_config(imported: Any, args: argparse.Namespace) -> SurrogateConfig:
     cfg.conditioner.dropout = args.dropout
     cfg.conditioner.full_res_blocks = args.full_res_blocks
     d.symmetry, d.grid_nodes = args.symmetry, args.grid_nodes
-    cfg.e2e.loss = args.e2e_loss
+    cfg.e2e.loss, cfg.e2e.decoder_lr_scale = args.e2e_loss, args.decoder_lr_scale
     for section, epochs, lr in ((cfg.train_vae, args.vae_epochs, args.vae_lr),
                                 (cfg.train_conditioner, args.cond_epochs, args.cond_lr),
                                 (cfg.train_e2e, args.e2e_epochs, args.e2e_lr)):
@@ -559,6 +559,8 @@ def main() -> None:
     p.add_argument("--grid-nodes", default="first_edge", choices=["symmetric", "first_edge"],
                    help="data.grid_nodes: this Darcy grid stores the first boundary row/column, not the last")
     p.add_argument("--e2e-loss", default="rel_l2", help="e2e.loss (rel_l2: the reported error itself)")
+    p.add_argument("--decoder-lr-scale", type=float, default=0.1,
+                   help="e2e.decoder_lr_scale: e2e fine-tunes the decoder at this multiple of its rate (0 = frozen)")
     p.add_argument("--full-res-blocks", type=int, default=3, help="conditioner.full_res_blocks (CNN)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--vae-epochs", type=int, default=80)
@@ -640,7 +642,7 @@ def main() -> None:
                           f"(ViT: width {args.vit_hidden}, {args.vit_blocks} blocks, patch {args.patch_size}, {args.heads} heads, "
                           f"{args.vit_cond_epochs} + {args.vit_e2e_epochs} epochs), {args.cond_epochs} epochs on the saved "
                           f"latents lr {args.cond_lr}, then {args.e2e_epochs} e2e epochs lr {args.e2e_lr} "
-                          f"on e2e.loss={args.e2e_loss} (data.symmetry={args.symmetry}, data.grid_nodes="
+                          f"on e2e.loss={args.e2e_loss}, e2e.decoder_lr_scale={args.decoder_lr_scale} (data.symmetry={args.symmetry}, data.grid_nodes="
                           f"{args.grid_nodes}; predictions averaged over the group); batch "
                           f"{args.batch_size}, AdamW, one cosine cycle per mode with warm-up, fp32, cap "
                           f"{args.budget_minutes} min per mode"),

@@ -122,6 +122,28 @@ def test_e2e_rel_l2_loss_is_the_relative_error_in_original_units() -> None:
         build_method(vae, cond, cfg, "e2e")
 
 
+def test_e2e_with_a_decoder_lr_scale_trains_the_decoder_at_that_multiple_and_never_the_encoder() -> None:
+    vae, cond, cfg = _parts()
+    cfg.e2e.decoder_lr_scale = 0.1
+    method = build_method(vae, cond, cfg, "e2e")
+    groups = {g["name"]: g for g in method.param_groups()}
+    assert {"conditioner", "decoder"} <= set(groups) and groups["decoder"]["lr_scale"] == 0.1
+    assert groups["conditioner"]["lr_scale"] == 1.0
+    decoder_ids = {id(p) for p in vae.decoder.parameters()}
+    grouped = {id(p) for g in groups.values() for p in g["params"]}
+    assert decoder_ids <= grouped and not any(id(p) in grouped for p in vae.encoder.parameters())
+    method.train()
+    method.training_step(_batch())["loss"].backward()
+    assert any(_grads(vae.decoder)) and not any(_grads(vae.encoder)) and any(_grads(cond))
+    with pytest.raises(ConfigError, match="needs --mode e2e"):
+        build_method(*_parts()[:2], cfg, "all")
+    cfg.e2e.decoder_lr_scale = -1.0
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        build_method(*_parts()[:2], cfg, "e2e")
+    cfg.e2e.decoder_lr_scale = 0.1
+    assert not build_method(*_parts()[:2], cfg, "conditioner").tunes_decoder()  # other modes: unchanged
+
+
 def test_mode_all_puts_both_modules_in_the_optimizer_with_their_weight_decay() -> None:
     vae, cond, cfg = _parts()
     cfg.train_vae.weight_decay, cfg.train_conditioner.weight_decay = 0.5, 0.25

@@ -82,6 +82,14 @@ def test_modes_vae_conditioner_e2e_train_in_sequence_and_predict(data: Synthetic
     with pytest.raises(DataError, match="columns"):
         predict(run, tmp_path / "short.csv")
 
+    # e2e.decoder_lr_scale > 0: e2e fine-tunes the decoder too; the encoder stays as the VAE mode left it
+    train(tiny_config(data, extra=["e2e.decoder_lr_scale=0.1"]), run, "e2e", fresh=True)
+    tuned = _model(run)["vae"]
+    encoder = [k for k in tuned if k.startswith("encoder.")]
+    decoder = [k for k in tuned if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(tuned[k], vae_before[k]) for k in encoder)
+    assert decoder and not all(torch.equal(tuned[k], vae_before[k]) for k in decoder)
+
 
 def test_mode_all_with_images_runs_the_three_stages_and_predict_spread(data: SyntheticSimulation,
                                                                         tmp_path: Path) -> None:

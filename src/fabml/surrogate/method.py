@@ -16,7 +16,8 @@ Stage losses (per-term values are logged beside ``loss``)::
     conditioner:  (z^, xs^) = conditioner(inputs);  (z, xs) = the frozen encoder's means of field
                   (or the batch's saved z / xs)
                   loss = MSE(z^, z) + MSE(xs^, xs)
-    e2e:          (z^, xs^) = conditioner(inputs);  field^ = frozen vae.decode(z^, xs^)
+    e2e:          (z^, xs^) = conditioner(inputs);  field^ = vae.decode(z^, xs^) (frozen unless
+                  e2e.decoder_lr_scale > 0, then the decoder trains at that multiple of the rate)
                   loss = e2e_loss(field^, field) + e2e.latent_reg_weight * mean([z^, xs^]^2)
                   (e2e.loss=rel_l2: the relative L2 error per case in original units, through the
                   field scaler's inverse ``field_scale``)
@@ -90,10 +91,18 @@ class SurrogateMethod(Method):
                               "(SurrogateMethod(field_scale=...)); use mse, mae, huber or smoothl1 without one")
         if cfg.data.symmetry != "none":  # only then: older checkpoints keep loading strictly
             self.rng = StepGenerator()  # which cases are transposed: seeded per step, so resume is exact
+        self.decoder_lr_scale = float(cfg.e2e.decoder_lr_scale)
+        if not self.decoder_lr_scale >= 0:
+            raise ConfigError(f"e2e.decoder_lr_scale={cfg.e2e.decoder_lr_scale} must be >= 0 (0 keeps the decoder frozen)")
+        if self.decoder_lr_scale > 0 and self.train_all:
+            raise ConfigError("e2e.decoder_lr_scale > 0 needs --mode e2e (mode all's stages share one optimizer whose "
+                              "per-module rates are fixed): train the modes one by one, or set it to 0")
         if not self.train_all:
             trained = STAGE_MODULE[stage]
             for name, module in (("vae", self.vae), ("conditioner", self.conditioner)):
                 module.requires_grad_(name == trained)
+            if self.tunes_decoder():
+                self.vae.decoder.requires_grad_(True)
 
     # ------------------------------------------------------------------ trainer hooks
     def param_groups(self) -> list[dict[str, Any]]:
@@ -105,7 +114,14 @@ class SurrogateMethod(Method):
             module = getattr(self, name)
             groups += decay_groups(((f"{name}.{n}", p) for n, p in module.named_parameters()), name=name,
                                    weight_decay=self.weight_decay.get(name))
+        if self.tunes_decoder():
+            groups += decay_groups(((f"vae.decoder.{n}", p) for n, p in self.vae.decoder.named_parameters()),
+                                   lr_scale=self.decoder_lr_scale, name="decoder")
         return groups
+
+    def tunes_decoder(self) -> bool:
+        """Whether this single-mode e2e run fine-tunes the VAE's decoder (``e2e.decoder_lr_scale > 0``)."""
+        return not self.train_all and self.stage == "e2e" and self.decoder_lr_scale > 0
 
     def set_stage(self, stage: Any) -> None:
         """Switch the loss to ``stage.name`` (``train`` = this run's single stage) and record its length."""

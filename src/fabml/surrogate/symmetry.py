@@ -21,10 +21,11 @@ Where the grid nodes sit decides what a reflection is (``data.grid_nodes``), for
   16, and ``u`` is ~0 on row 0 only). The reflection is ``i -> (n - i) mod n``: node 0 (the stored
   boundary) stays, the others reverse. The field's node 0 is the boundary value, so the map is exact
   for the field; the image's node 0 would need the coefficient on the unstored boundary, which is
-  taken from its neighbour (node 1 after the reflection). Measured on Darcy 16x16 with a model trained
-  on both orientations: its error on reflected inputs (mapped back) is 0.097 with this, 0.137 with the
-  image's node 0 left as it is, 0.252 with the ``symmetric`` reflection (selection slice; 0.097 as
-  given), and averaging the four reflections lowered 0.0966 to 0.0872.
+  taken from its neighbour (node 1 after the reflection). Measured on Darcy 16x16 (selection slice) with
+  a model trained on both orientations, whose error on the inputs as given is 0.0966: on reflected
+  inputs (predictions mapped back) 0.097 with this, 0.137 with the image's node 0 left as it is, 0.252
+  with the ``symmetric`` reflection; averaging the four reflections lowered 0.0966 to 0.0872, and
+  training on all 8 motions (``d4``) to 0.0849.
 
 Shapes: images ``[..., S, S]``; fields ``[..., M, ...]`` with ``M = G*G`` nodes of a row-major square
 grid along ``node_dim``.

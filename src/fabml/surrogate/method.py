@@ -79,18 +79,17 @@ class SurrogateMethod(Method):
         self.epoch = 0
         self.train_all = bool(train_all)
         self.weight_decay = dict(weight_decay or {})
-        self.has_field_scale = field_scale is not None
         scale, centre = field_scale if field_scale is not None else ((), ())
         self.register_buffer("field_inverse_scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
         self.register_buffer("field_centre", torch.as_tensor(centre, dtype=torch.float32), persistent=False)
         self.e2e_loss = str(cfg.e2e.loss).lower()
         if self.e2e_loss not in E2E_LOSSES:
             raise ConfigError(f"e2e.loss={cfg.e2e.loss!r} is unknown; use one of {list(E2E_LOSSES)}")
-        if self.e2e_loss == "rel_l2" and not self.has_field_scale and (train_all or stage == "e2e"):
+        if self.e2e_loss == "rel_l2" and field_scale is None and (train_all or stage == "e2e"):
             raise ConfigError("e2e.loss=rel_l2 measures errors in original units and needs the run's field scaler "
                               "(SurrogateMethod(field_scale=...)); use mse, mae, huber or smoothl1 without one")
         if cfg.data.symmetry != "none":  # only then: older checkpoints keep loading strictly
-            self.rng = StepGenerator()  # which cases are transposed: seeded per step, so resume is exact
+            self.rng = StepGenerator()  # which motion each case gets: seeded per step, so resume is exact
         self.decoder_lr_scale = float(cfg.e2e.decoder_lr_scale)
         if not self.decoder_lr_scale >= 0:
             raise ConfigError(f"e2e.decoder_lr_scale={cfg.e2e.decoder_lr_scale} must be >= 0 (0 keeps the decoder frozen)")

@@ -127,12 +127,6 @@ def map_field(field: torch.Tensor, motion: GridMotion, grid_nodes: str, node_dim
     return grid.reshape(shape)
 
 
-def transpose_grid(field: torch.Tensor, node_dim: int) -> torch.Tensor:
-    """The same field with the two axes of its row-major square grid swapped: node ``i*G + j`` goes to
-    ``j*G + i``."""
-    return map_field(field, GridMotion(swap=True), "symmetric", node_dim)
-
-
 def augment_cases(inputs: torch.Tensor, field: torch.Tensor, choice: torch.Tensor, symmetry: str,
                   grid_nodes: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Case ``b`` moved by element ``choice[b]`` of :func:`motions` (0 = identity).

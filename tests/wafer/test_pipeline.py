@@ -175,6 +175,39 @@ def test_fused_embeddings_join_the_encoder_and_the_baseline_and_search_embeds_qu
     assert set(metrics) == {"byol", "baseline_raw", "fused"} and metrics["fused"]["embedding_dim"] > 128
 
 
+def test_whitened_embeddings_keep_their_whitening_for_queries_and_evaluate_reports_them(
+        run_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    runner = CliRunner()
+    result = runner.invoke(app, ["wafer", "embed", "--run", str(run), "--data", "synthetic:160:0",
+                                 "--set", "eval.whiten_dim=16"])
+    assert result.exit_code == 0, result.output
+    emb = np.load(run / "embeddings" / "embeddings.npy")
+    assert emb.shape == (160, 16)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    info = json.loads((run / "embeddings" / "embedder.json").read_text())
+    assert info["method"] == "learned" and info["whiten_dim"] == 16 and (run / "embeddings" / "whitening.joblib").is_file()
+
+    cfg, fn = query_embedder(run)
+    maps = load_wafer_maps("synthetic:160:0")[:5]
+    again = fn(WaferTensorDataset(maps, cfg.data.size).tensors.float()).numpy()
+    np.testing.assert_allclose(again, emb[:5], atol=1e-4)  # a query is whitened exactly as the collection was
+
+    result = runner.invoke(app, ["wafer", "embed", "--run", str(run), "--data", "synthetic:160:0"])
+    assert result.exit_code == 0, result.output  # whitening off again: the stale whitening goes
+    assert not (run / "embeddings" / "whitening.joblib").exists()
+    assert np.load(run / "embeddings" / "embeddings.npy").shape == (160, 128)
+
+    result = runner.invoke(app, ["wafer", "evaluate", "--run", str(run), "--reference", "synthetic:160:0",
+                                 "--test", "synthetic:40:5", "--set", "baseline.methods=[raw]",
+                                 "--set", "baseline.wu_size=32", "--set", "eval.whiten_dim=16"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"byol", "learned", "baseline_raw", "fused"}
+    assert metrics["learned"]["embedding_dim"] == 16 and metrics["fused"]["embedding_dim"] == 16 + 59
+
+
 def _run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["fabml", *args])
     with pytest.raises(SystemExit) as exit_info:

@@ -113,3 +113,11 @@ def classification_report(
         "n": int(len(t)),
         "per_class": rows,
     }
+
+
+def knn_macro_accuracy(ref_emb: np.ndarray, ref_labels: Sequence | np.ndarray, query_emb: np.ndarray,
+                       query_labels: Sequence | np.ndarray, k: int = 5) -> float:
+    """Macro accuracy (mean per-class recall) of the :func:`knn_predict` labels of ``query_emb [M,D]`` against
+    ``ref_emb [N,D]`` (cosine, unit rows): the figure a setting is chosen by on validation maps."""
+    pred = knn_predict(ref_emb, ref_labels, query_emb, k=k)
+    return float(classification_report(np.asarray(query_labels), pred)["macro_acc"])

@@ -26,6 +26,9 @@ class EvalConfig:
     knn_k: int = 5
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     tta_d4: bool = False  # test-time D4 averaging of embeddings; reported separately from the raw encoder
+    # PCA whitening of the learned embedding to this many directions, fitted without labels on the maps embedded
+    # (evaluate: the reference maps); 0 = off (fabml.wafer.whitening)
+    whiten_dim: int = 0
     d4_maps: int = 2000  # maps whose 8-member D4 orbit is embedded for the invariance figures
     embed_batch: int = 512
     # the label(s) of maps without a pattern, never a "defect" query: one name or a list ([None, Normal])

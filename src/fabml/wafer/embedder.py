@@ -2,7 +2,8 @@
 
 ``embed`` writes ``RUN/embeddings`` (or ``--out``): embeddings.npy, meta.csv, source.json, index.faiss and
 embedder.json, which names the method that made them (``learned``, ``fused`` or a baseline) so that
-:func:`query_embedder` embeds new maps (``search``, ``assign``) exactly the same way.
+:func:`query_embedder` embeds new maps (``search``, ``assign``) exactly the same way; whitening.joblib when the
+learned embedding is whitened (``eval.whiten_dim``, :mod:`fabml.wafer.whitening`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from fabml.index import VectorIndex
 from fabml.wafer.baselines import BASELINES, Baseline, build_baseline
 from fabml.wafer.config import WaferConfig
 from fabml.wafer.embedding import d4_averaged, embed_tensors, encoder_embed_fn
-from fabml.wafer.fusion import FusedEmbedder
+from fabml.wafer.fusion import FusedEmbedder, fuse
 from fabml.wafer.maps import load_dataset
 from fabml.wafer.runs import JOB, load_trained, write_embeddings
+from fabml.wafer.whitening import Whitening, WhitenedEmbedder, check_dim
 
 
 def embed_fn(cfg: WaferConfig, method, tta_d4: bool):
@@ -41,6 +43,7 @@ MODEL_METHODS = ("learned", "fused")
 """``embed --method`` values that need a trained run (the others are the model-free baselines)."""
 
 EMBEDDER = "embedder.json"
+WHITENING = "whitening.joblib"  # the learned embedding's fitted PCA whitening (eval.whiten_dim > 0)
 """Beside the embeddings: which method made them (``learned`` or a baseline) and with what settings."""
 
 
@@ -102,7 +105,8 @@ def embed(
 ) -> Path:
     """Embed every map of ``data``; writes embeddings.npy, meta.csv, source.json, index.faiss and embedder.json.
 
-    ``method``: ``learned`` (the run's encoder; ``run_dir`` is a trained run), a baseline of
+    ``method``: ``learned`` (the run's encoder; ``run_dir`` is a trained run; with ``eval.whiten_dim`` > 0 its
+    rows are PCA-whitened, the whitening fitted on these maps and saved beside them), a baseline of
     :mod:`fabml.wafer.baselines` (``pca``, ``raw``, ``wu2015``), fitted on these maps and saved beside them as
     ``baseline.joblib`` (``search`` and ``assign`` embed new maps with it), or ``fused``: the run's encoder
     joined with the baseline ``baseline.fuse_with`` at weight ``baseline.fusion_weight``
@@ -119,15 +123,20 @@ def embed(
     if run_dir is None and (method in MODEL_METHODS or out is None):
         raise DataError(f"embed needs --run (a trained run for --method {'/'.join(MODEL_METHODS)}; any folder for a "
                         "baseline) or, for a baseline, --out")
+    whitening = None
     if method in MODEL_METHODS:
         run_cfg, model = load_trained(run_dir, checkpoint)
         cfg = cfg or run_cfg
         check_fixed(cfg, run_cfg, run_dir)
         tta = cfg.eval.tta_d4 if tta_d4 is None else tta_d4
-        fn, info, dataset = embed_fn(run_cfg, model, tta), {"checkpoint": checkpoint}, load_dataset(data, cfg, limit=0)
+        info, dataset = {"checkpoint": checkpoint}, load_dataset(data, cfg, limit=0)
+        emb = embed_tensors(embed_fn(run_cfg, model, tta), dataset.tensors, cfg.eval.embed_batch, progress=True)
+        if check_dim(cfg.eval.whiten_dim):  # fitted on the maps embedded, kept for their queries
+            whitening = Whitening(cfg.eval.whiten_dim).fit(emb)
+            emb, info["whiten_dim"] = whitening.transform(emb), whitening.out_dim
         if method == "fused":
             fitted = fit_fusion_baseline(cfg, dataset)
-            fn = FusedEmbedder(fn, fitted, cfg.baseline.fusion_weight)
+            emb = fuse(emb, fitted.embed(dataset.tensors, cfg.eval.embed_batch), cfg.baseline.fusion_weight)
             info |= {"settings": to_dict(cfg.baseline)}
     else:
         cfg = run_settings(run_dir, cfg)
@@ -142,7 +151,7 @@ def embed(
         tta = bool(tta_d4)
         fn = d4_averaged(fitted) if tta else fitted
         info = {"settings": to_dict(cfg.baseline)}
-    emb = embed_tensors(fn, dataset.tensors, cfg.eval.embed_batch, progress=True)
+        emb = embed_tensors(fn, dataset.tensors, cfg.eval.embed_batch, progress=True)
     folder = Path(out) if out is not None else run_dir / "embeddings"
     write_embeddings(folder, emb, dataset, str(data))
     index = VectorIndex(emb.shape[1], cfg.index)
@@ -154,6 +163,12 @@ def embed(
         joblib.dump(fitted, folder / "baseline.joblib")
     else:
         (folder / "baseline.joblib").unlink(missing_ok=True)
+    if whitening is not None:
+        import joblib
+
+        joblib.dump(whitening, folder / WHITENING)
+    else:
+        (folder / WHITENING).unlink(missing_ok=True)
     (folder / EMBEDDER).write_text(json.dumps({"method": method, "tta_d4": tta, **info}, indent=2, default=str))
     return folder
 
@@ -194,8 +209,10 @@ def query_embedder(run_dir: Path) -> tuple[WaferConfig, Callable]:
         return cfg, d4_averaged(fitted) if info.get("tta_d4") else fitted
     cfg, model = load_trained(run_dir, info.get("checkpoint", "best"))
     fn = embed_fn(cfg, model, info.get("tta_d4", cfg.eval.tta_d4))
-    if info["method"] == "fused":
-        import joblib
+    import joblib
 
+    if info.get("whiten_dim"):
+        fn = WhitenedEmbedder(fn, joblib.load(folder / WHITENING))
+    if info["method"] == "fused":
         fn = FusedEmbedder(fn, joblib.load(folder / "baseline.joblib"), info["settings"]["fusion_weight"])
     return cfg, fn

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fabml.errors import ConfigError
-from fabml.metrics.classification import classification_report, knn_predict
+from fabml.metrics.classification import knn_macro_accuracy
 
 #: the weights :func:`choose_weight` tries by default
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -63,9 +63,10 @@ def choose_weight(ref: tuple[np.ndarray, np.ndarray], ref_labels: Sequence[str],
 
     ``ref`` / ``val``: (learned, baseline) unit rows of the references and of the validation maps. Returns the
     best weight (the smallest on a tie) and the accuracy of every weight tried."""
-    scores: dict[float, float] = {}
-    for w in weights:
-        pred = knn_predict(fuse(*ref, w), np.asarray(ref_labels), fuse(*val, w), k=k)
-        scores[float(w)] = float(classification_report(np.asarray(val_labels), pred)["macro_acc"])
-    best = max(scores, key=lambda w: (scores[w], -w))
-    return best, scores
+    scores = {float(w): knn_macro_accuracy(fuse(*ref, w), ref_labels, fuse(*val, w), val_labels, k) for w in weights}
+    return best_setting(scores), scores
+
+
+def best_setting(scores: dict[float, float]) -> float:
+    """The setting with the highest score, the smallest on a tie (``{setting: validation score}``)."""
+    return max(scores, key=lambda w: (scores[w], -w))

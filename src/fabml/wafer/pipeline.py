@@ -49,6 +49,7 @@ from fabml.wafer.runs import (
     save_model,
 )
 from fabml.wafer.trend import cluster_trend
+from fabml.wafer.whitening import check_dim, whitened
 
 
 MIN_VAL_PER_CLASS = 30
@@ -238,10 +239,12 @@ def evaluate(
 ) -> dict[str, dict]:
     """Evaluate the run's encoder and, with ``baseline``, every baseline of ``baseline.methods`` on ``test`` maps.
 
-    Each method is one entry of the results (``byol``, ``byol_tta_d4``, ``baseline_<name>``, ``fused``); a
+    Each method is one entry of the results (``byol``, ``byol_tta_d4``, ``learned``, ``baseline_<name>``,
+    ``fused``); ``learned`` is what ``embed --method learned`` makes when ``eval.whiten_dim`` > 0 (the encoder,
+    D4-averaged when ``eval.tta_d4``, whitened with a whitening fitted on the reference maps); a
     baseline is fitted on the reference maps (on the test maps without labels), at its own map side when it has
     one (:func:`baseline_tensors`), and its fit time is ``fit_seconds``. ``fused`` is what ``embed --method
-    fused`` makes (the encoder, D4-averaged when ``eval.tta_d4``, joined with ``baseline.fuse_with`` at
+    fused`` makes (the encoder, D4-averaged when ``eval.tta_d4``, whitened when ``learned`` is, joined with ``baseline.fuse_with`` at
     ``baseline.fusion_weight``); it is left out, with a one-line note, when that baseline wants another map side.
     ``cfg``: the settings (default: the run's config.yaml); it may not change :data:`FIXED_BY_RUN`.
 
@@ -276,13 +279,20 @@ def evaluate(
         base.fit(ref_x if ref_x is not None else tst_x, cfg.eval.embed_batch)
         methods[f"baseline_{name}"] = (base, ref_x, tst_x)
         fit_seconds[f"baseline_{name}"] = time.perf_counter() - t0
+    learned = embed_fn(run_cfg, method, cfg.eval.tta_d4)
+    if check_dim(cfg.eval.whiten_dim):  # fitted on the reference maps (the test maps without labels)
+        t0 = time.perf_counter()
+        fit_x = ref.tensors if ref else tst.tensors
+        learned = whitened(learned, embed_tensors(learned, fit_x, cfg.eval.embed_batch), cfg.eval.whiten_dim)
+        methods["learned"] = (learned, ref.tensors if ref else None, tst.tensors)
+        fit_seconds["learned"] = time.perf_counter() - t0
     conflict = fusion_size_conflict(cfg, cfg.data.size) if baseline else ""
     if conflict:
         err.print(f"note: fused not evaluated: {conflict}")
     elif baseline:
         t0 = time.perf_counter()
         fitted = fit_fusion_baseline(cfg, ref if ref else tst)
-        fused = FusedEmbedder(embed_fn(run_cfg, method, cfg.eval.tta_d4), fitted, cfg.baseline.fusion_weight)
+        fused = FusedEmbedder(learned, fitted, cfg.baseline.fusion_weight)
         methods["fused"] = (fused, ref.tensors if ref else None, tst.tensors)
         fit_seconds["fused"] = time.perf_counter() - t0
     out_dir = run_dir / "eval"

@@ -8,7 +8,9 @@ with the training maps as the labelled kNN reference / retrieval database. In th
   :mod:`fabml.wafer.baselines` (``fabml wafer embed --method``), fitted on the training maps without labels;
   wu2015 at its own map side (``baseline.wu_size``), read again from the original die grids.
 - ``learned``: the job's default learned embedding as ``fabml wafer embed`` makes it with the CPU recipe
-  (``configs/wafer_cpu.yaml``): its encoder with the embeddings averaged over the D4 orbit (``eval.tta_d4``);
+  (``configs/wafer_cpu.yaml``): its encoder with the embeddings averaged over the D4 orbit (``eval.tta_d4``),
+  PCA-whitened when the recipe sets ``eval.whiten_dim`` (the number of directions chosen on ``val_data`` among
+  :data:`fabml.wafer.whitening.DIMS`, 0 = none, the whitening fitted on the training maps without labels);
   ``method`` names its objective. When the recipe sets ``byol.aux_features`` (BYOL plus a label-free read-out of
   hand-crafted features of each map), ``learned_raw`` is the same encoder without D4 averaging (the raw-encoder
   figures of the targets).
@@ -51,6 +53,7 @@ from fabml.wafer.evaluation import SUMMARY_KEYS, evaluate_embeddings, metrics_ma
 from fabml.wafer.fusion import FusedEmbedder, choose_weight  # noqa: E402
 from fabml.wafer.maps import grid_shapes, load_dataset, map_labels  # noqa: E402
 from fabml.wafer.runs import load_trained  # noqa: E402
+from fabml.wafer.whitening import Whitening, WhitenedEmbedder, choose_dim  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "wm811k"
 TRAIN_FILES = ["train_29_split", "train_20_split", "train_10_split", "train_1_split"]
@@ -172,36 +175,53 @@ def main() -> None:  # noqa: C901 (one linear script)
 
     _, run_cfg, method, world, _ = trained["learned"]
     learned_tta = run_cfg.eval.tta_d4
+    # the learned embedding's whitening (eval.whiten_dim > 0 in the recipe): the directions chosen on val_data
+    # (0 = none among them), fitted on the training maps without their labels, as `embed --method learned` does
+    t = time.perf_counter()
+    val = load_dataset(val_src, run_cfg, limit=limit)
+    val_labels = map_labels(val.meta, "val")
+    encoder_fn = embed_fn(run_cfg, method, learned_tta)
+    ref_emb, val_emb = (embed_tensors(encoder_fn, data.tensors, run_cfg.eval.embed_batch) for data in (ref, val))
+    whiten_dim, whiten_on_val = (choose_dim(ref_emb, labels[0], val_emb, val_labels, k=run_cfg.eval.knn_k)
+                                 if run_cfg.eval.whiten_dim else (0, {}))
+    whitening = Whitening(whiten_dim).fit(ref_emb) if whiten_dim else None
+    learned_fn = WhitenedEmbedder(encoder_fn, whitening) if whitening else encoder_fn
+    white = whitening.transform if whitening else (lambda emb: emb)
+    whiten_seconds = time.perf_counter() - t
+    print(f"whitening: kNN macro accuracy on val_data by eval.whiten_dim {whiten_on_val}; chosen {whiten_dim}",
+          flush=True)
+    whitened_text = (f" + PCA whitening to {whiten_dim} directions fitted on the training maps (eval.whiten_dim, "
+                     "chosen on val_data)" if whitening else "")
     objective = "BYOL" + (f" + read-out of the {aux} features (byol.aux_features={aux}, byol.aux_weight="
                           f"{run_cfg.byol.aux_weight})" if aux else "")
     rows = [("learned", "learned", learned_tta, objective + (" + D4-averaged embeddings (eval.tta_d4)" if learned_tta
-                                                             else ", raw encoder")),
+                                                             else ", raw encoder") + whitened_text),
             ("byol", "byol", False, "BYOL (the seed's objective, the same recipe without byol.aux_features), raw encoder"
              if aux else "BYOL, raw encoder")]
     if aux:
         rows.insert(1, ("learned_raw", "learned", False, objective + ", raw encoder"))
     for name, role, tta, text in rows:
         _, role_cfg, role_method, _, shared = trained[role]
-        res = evaluate_embeddings(embed_fn(role_cfg, role_method, tta), ref.tensors, labels[0], test.tensors, labels[1],
+        fn = learned_fn if name == "learned" else embed_fn(role_cfg, role_method, tta)
+        res = evaluate_embeddings(fn, ref.tensors, labels[0], test.tensors, labels[1],
                                   role_cfg.eval, role_cfg.cluster, *shapes, **outlines)
-        results[name] = pick(res, n_embedded, {"method": text, **shared})
+        extra = {"whiten_dim": whiten_dim, "val_knn_macro_acc_by_whiten_dim": whiten_on_val,
+                 "whiten_choose_seconds": whiten_seconds} if name == "learned" else {}
+        results[name] = pick(res, n_embedded, {"method": text, **shared, **extra})
         print(metrics_markdown({name: res}, SUMMARY_KEYS), flush=True)
 
     # fused: the learned embedding joined with baseline.fuse_with, the weight chosen on val_data
     t = time.perf_counter()
-    val = load_dataset(val_src, run_cfg, limit=limit)
-    val_labels = map_labels(val.meta, "val")
-    learned_fn = embed_fn(run_cfg, method, learned_tta)
     fitted = fit_fusion_baseline(run_cfg, ref)
-    parts = {name: (embed_tensors(learned_fn, data.tensors, run_cfg.eval.embed_batch), fitted.embed(data.tensors))
-             for name, data in (("ref", ref), ("val", val))}
+    parts = {"ref": (white(ref_emb), fitted.embed(ref.tensors)), "val": (white(val_emb), fitted.embed(val.tensors))}
     weight, on_val = choose_weight(parts["ref"], labels[0], parts["val"], val_labels, k=run_cfg.eval.knn_k)
     choose_seconds = time.perf_counter() - t
     print(f"fused: kNN macro accuracy on val_data by weight {on_val}; chosen {weight}", flush=True)
     res = evaluate_embeddings(FusedEmbedder(learned_fn, fitted, weight), ref.tensors, labels[0], test.tensors,
                               labels[1], run_cfg.eval, run_cfg.cluster, *shapes, **outlines)
     results["fused"] = pick(res, n_embedded, {
-        "method": f"learned (D4-averaged) joined with {run_cfg.baseline.fuse_with} at fusion_weight {weight} "
+        "method": f"learned (D4-averaged{', whitened' if whitening else ''}) joined with {run_cfg.baseline.fuse_with} "
+                  f"at fusion_weight {weight} "
                   "(chosen on val_data), fabml.wafer.fusion",
         **trained["learned"][4], "fusion_weight": weight, "val_knn_macro_acc_by_weight": on_val,
         "fusion_choose_seconds": choose_seconds})
@@ -270,6 +290,11 @@ def write_results(results: dict, folder: Path) -> None:
              "| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     lines += [f"| {r} | " + " | ".join(fmt(results[m].get(r)) for m in methods) + " |" for r in rows]
     lines += ["", "Methods:", ""] + [f"- `{m}`: {results[m]['method']}" for m in methods]
+    chosen = [f"`learned` eval.whiten_dim {results['learned'].get('val_knn_macro_acc_by_whiten_dim') or '-'}",
+              f"`fused` fusion_weight {results['fused'].get('val_knn_macro_acc_by_weight') or '-'}"
+              if "fused" in results else ""]
+    lines += ["", "Chosen on val_data (kNN macro accuracy of val_data against the training maps, by setting):", ""]
+    lines += [f"- {c}" for c in chosen if c]
     classes = sorted({c for m in methods for c in results[m]["per_class_recall"]})
     lines += ["", "Per-class kNN recall (k=5):", "", "| class | " + " | ".join(methods) + " |",
               "|---|" + "---|" * len(methods)]

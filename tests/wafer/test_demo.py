@@ -18,3 +18,10 @@ def test_comparison_line_names_the_best_method() -> None:
     assert "fused (learned + baseline) 0.900" in line and line.endswith("best: fused (fabml wafer embed --method fused)")
     assert comparison_line({"byol": {"knn_macro_acc": 0.5}}) == (
         "kNN macro accuracy on unseen maps: learned (BYOL) 0.500")
+
+
+def test_comparison_line_reports_the_whitened_learned_embedding_when_evaluated() -> None:
+    results = {"byol": {"knn_macro_acc": 0.70}, "byol_tta_d4": {"knn_macro_acc": 0.85},
+               "learned": {"knn_macro_acc": 0.88}, "baseline_wu2015": {"knn_macro_acc": 0.86}}
+    line = comparison_line(results)
+    assert "learned (BYOL, D4-averaged, whitened) 0.880" in line and line.endswith("learned is best")

@@ -43,8 +43,10 @@ MODEL_METHODS = ("learned", "fused")
 """``embed --method`` values that need a trained run (the others are the model-free baselines)."""
 
 EMBEDDER = "embedder.json"
-WHITENING = "whitening.joblib"  # the learned embedding's fitted PCA whitening (eval.whiten_dim > 0)
 """Beside the embeddings: which method made them (``learned`` or a baseline) and with what settings."""
+
+WHITENING = "whitening.joblib"
+"""Beside whitened learned embeddings: their fitted :class:`~fabml.wafer.whitening.Whitening` (``eval.whiten_dim``)."""
 
 
 def _setting(cfg: WaferConfig, dotted: str):

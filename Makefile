@@ -49,7 +49,7 @@ bench-retrieval: $(STAMP)
 # about 20 minutes on 2 CPU cores: Darcy 16x16 (CNN / ViT e2e, VAE floor, ridge, kernel ridge), neuraloperator's FNO
 # from its own environment (NEURALOP_PYTHON; see benchmarks/fno_darcy_peer.py) and an 8 GB lazy-mode scale check
 bench-surrogate: $(STAMP)
-	OMP_NUM_THREADS=2 $(PY) benchmarks/surrogate_darcy.py
+	$(PY) benchmarks/surrogate_darcy.py --threads 1
 
 # estimated at about 11 minutes on 2 CPU cores (from smoke runs): reference mode vs PatchCore / PaDiM, 256 x 256 generated boards
 bench-reference: $(STAMP)

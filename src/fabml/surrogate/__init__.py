@@ -6,10 +6,12 @@ The public Python API (imported on first use, so ``import fabml.surrogate`` stay
 
     from fabml.surrogate import SurrogateConfig, HierarchicalVAE, build_conditioner, SurrogateMethod
     from fabml.surrogate import train, load_surrogate, predict, predict_arrays, evaluate, write_report
+    from fabml.surrogate import make_ensemble, load_ensemble, SurrogateEnsemble
 
 ``train(cfg, run_dir, mode)`` runs one training mode (vae | conditioner | e2e | all); ``load_surrogate(run_dir)``
 gives the trained models, scalers and sizes back; ``predict_arrays(loaded, inputs, samples)`` turns raw inputs
-into fields (mean and Monte-Carlo-dropout spread); ``import_legacy`` converts the seed's text configs and
+into fields (mean and Monte-Carlo-dropout spread); ``make_ensemble(runs, out)`` combines runs trained from
+different seeds into one surrogate (their mean; their disagreement as the spread); ``import_legacy`` converts the seed's text configs and
 ``import_darcy`` neuraloperator's Darcy ``.pt`` files.
 """
 
@@ -42,6 +44,9 @@ _EXPORTS = {
     "predict": "fabml.surrogate.pipeline",
     "predict_arrays": "fabml.surrogate.pipeline",
     "PredictReport": "fabml.surrogate.pipeline",
+    "make_ensemble": "fabml.surrogate.ensemble",
+    "load_ensemble": "fabml.surrogate.ensemble",
+    "SurrogateEnsemble": "fabml.surrogate.ensemble",
     "evaluate": "fabml.surrogate.evaluation",
     "EvaluationReport": "fabml.surrogate.evaluation",
     "write_report": "fabml.surrogate.report",

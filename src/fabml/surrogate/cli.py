@@ -103,6 +103,26 @@ def evaluate(
 
 
 @app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more trained runs (each trained with its own seed).")],
+    out: Annotated[Path, typer.Option(help="Folder for the ensemble (ensemble.json).")],
+) -> None:
+    """Combine runs trained from different seeds into one surrogate: predict, evaluate and report take OUT as their
+    --run; fields are the members' mean, the spread their disagreement."""
+    from fabml.surrogate.ensemble import ENSEMBLE_FILE, make_ensemble
+
+    made = make_ensemble(runs, out)
+    s = made.shapes
+    print_table(["member", "run", "seed", "trained"],
+                [[k, str(d), m.cfg.seed, ", ".join(m.trained)] for k, (d, m) in enumerate(zip(made.member_dirs,
+                                                                                             made.members))],
+                title=f"ensemble of {len(made.members)}: {s.input_kind} inputs {s.input_shape} -> fields "
+                      f"[T, M, V] = [{s.time_steps}, {s.nodes}, {s.variables}]")
+    _print_notes(made.notes)
+    console.print(f"-> {out / ENSEMBLE_FILE}")
+
+
+@app.command()
 def report(run: RunOpt) -> None:
     """Write an HTML page of the run: settings, training curves, evaluation figures (RUN/report/index.html)."""
     from fabml.surrogate.report import write_report

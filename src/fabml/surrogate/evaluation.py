@@ -12,7 +12,8 @@ original units:
   decode, no sampling). The conditioner can only reach the fields the decoder can draw, so this is the floor
   the surrogate's error is bounded by in practice; a surrogate error far above it points at the conditioner,
   one close to it at the VAE;
-- ``coverage`` (when ``eval.samples`` > 1, Monte-Carlo dropout in the conditioner): the fraction of field
+- ``coverage`` (when ``eval.samples`` > 1, Monte-Carlo dropout in the conditioner, or for an ensemble of runs,
+  :mod:`fabml.surrogate.ensemble`, whose members' disagreement is a spread): the fraction of field
   entries with ``|true - mean| <= eval.coverage_sigma * std`` (about 0.954 for a calibrated Gaussian spread at
   two sigma; lower = over-confident, higher = too wide).
 
@@ -108,7 +109,12 @@ def case_inputs(loaded: Any, inputs: Any, rows: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def reconstruct(loaded: Any, fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The VAE's reconstruction of true fields ``[n, T, M, V]`` (original units) -> (``[n, T, M, V]`` in
-    original units, latent means ``[n, Z]``): scale, encode, decode the means, invert the scaling."""
+    original units, latent means ``[n, Z]``): scale, encode, decode the means, invert the scaling (an ensemble:
+    :meth:`fabml.surrogate.ensemble.SurrogateEnsemble.reconstruct`)."""
+    from fabml.surrogate.ensemble import SurrogateEnsemble
+
+    if isinstance(loaded, SurrogateEnsemble):
+        return loaded.reconstruct(fields)
     vae = loaded.vae
     was_training = vae.training
     vae.eval()
@@ -151,8 +157,11 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
     from fabml.data.simulation_io import open_fields
     from fabml.surrogate.pipeline import load_surrogate, predict_arrays
 
+    from fabml.surrogate.ensemble import SurrogateEnsemble
+
     run_dir = Path(run_dir)
     loaded = load_surrogate(run_dir)
+    data_run = loaded.split_dir if isinstance(loaded, SurrogateEnsemble) else run_dir  # splits/ and latents
     cfg = loaded.cfg
     samples = int(cfg.eval.samples if samples is None else samples)
     if samples < 1:
@@ -162,7 +171,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
     inputs = read_inputs(cfg.data)
     rows = match_cases(source, inputs)
     n_all, steps, _, variables = source.shape
-    indices = _split_indices(run_dir, split, source.case_ids)
+    indices = _split_indices(data_run, split, source.case_ids)
     n = len(indices)
 
     rel, floor, per_var, per_step, floor_step, floor_var, mus = [], [], [], [], [], [], []
@@ -186,7 +195,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
         floor_var.append(relative_l2_per_variable(recon, true))
         floor_step.append(relative_l2_per_step(recon, true))
         mus.append(mu)
-        if samples > 1 and std is not None:
+        if std is not None:
             inside += coverage(true, mean, np.asarray(std), sigma) * true.size
             total += true.size
 
@@ -213,6 +222,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
     picks = {"best": order[0], "median": order[len(order) // 2], "worst": order[-1]} if order else {}
     metrics: dict[str, Any] = {
         "split": split, "n_cases": n, "run": str(run_dir), "samples": samples,
+        "members": [str(d) for d in loaded.member_dirs] if isinstance(loaded, SurrogateEnsemble) else None,
         "shape": {"time_steps": steps, "nodes": int(source.shape[2]), "variables": variables},
         "rel_l2": {**summarise(rel_a), "per_variable": column_means(per_var_a), "per_step": column_means(per_step_a)},
         "vae_floor": {**summarise(floor_a), "per_variable": column_means(floor_var_a),
@@ -228,7 +238,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
     drawn: list[Path] = []
     if figures and picks:
         drawn = _figures(loaded, source, inputs, rows, indices, picks, rel_a, per_step_a, floor_step_a, mu_a,
-                         run_dir, out_dir, split, samples)
+                         data_run, out_dir, split, samples)
     metrics["figures"] = [p.name for p in drawn]
     metrics_path = out_dir / "metrics.json"
     tmp = metrics_path.with_name("metrics.json.tmp")

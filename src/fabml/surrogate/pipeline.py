@@ -59,6 +59,7 @@ from fabml.engine.runs import CONFIG, RunFolder
 from fabml.engine.train_config import StageConfig, TrainConfig
 from fabml.errors import ConfigError, DataError
 from fabml.surrogate.config import MODES, SurrogateConfig
+from fabml.surrogate.ensemble import SurrogateEnsemble, is_ensemble, load_ensemble
 from fabml.surrogate.runs import (
     JOB,
     LATENTS,
@@ -454,9 +455,11 @@ def write_latents(run: RunFolder, vae: nn.Module, dataset: Dataset, batch_size: 
 
 
 # ---------------------------------------------------------------------------------------- predict
-def load_surrogate(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedSurrogate:
+def load_surrogate(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedSurrogate | SurrogateEnsemble:
     """The run's trained surrogate (``model.pt``): VAE and conditioner in eval mode on ``device``, scalers,
-    config and sizes."""
+    config and sizes; for an ensemble folder (``ensemble.json``, :mod:`fabml.surrogate.ensemble`) every member."""
+    if is_ensemble(run_dir):
+        return load_ensemble(run_dir, device)
     return load_trained(run_dir, device)
 
 
@@ -481,8 +484,8 @@ def decode_inputs(vae: nn.Module, cond: nn.Module, inputs: torch.Tensor, average
 
 
 @torch.no_grad()
-def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Tensor, samples: int = 1,
-                   batch_size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_arrays(loaded: LoadedSurrogate | SurrogateEnsemble, inputs_batch: np.ndarray | torch.Tensor,
+                   samples: int = 1, batch_size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """Fields predicted from raw inputs: ``inputs_batch`` float32 ``[n, P]`` (parameters in their own units;
     the run's parameter scaler is applied here) or ``[n, C, S, S]`` (images in [0, 1]).
 
@@ -491,8 +494,11 @@ def predict_arrays(loaded: LoadedSurrogate, inputs_batch: np.ndarray | torch.Ten
     dropout layers stay on and each input is decoded ``samples`` times (seeded by ``seed``, so repeated
     calls agree); mean and standard deviation (ddof 0) over the samples of the fields in original units.
     With ``data.symmetry`` set and ``eval.symmetry_average`` each pass is the mean over the symmetry group
-    of the fields predicted from the moved inputs, each moved back (:func:`decode_inputs`).
+    of the fields predicted from the moved inputs, each moved back (:func:`decode_inputs`). An ensemble
+    returns its members' mean and total spread, std never None (:class:`fabml.surrogate.ensemble.SurrogateEnsemble`).
     """
+    if isinstance(loaded, SurrogateEnsemble):
+        return loaded.predict_arrays(inputs_batch, samples, batch_size, seed)
     samples = int(samples)
     if samples < 1:
         raise ConfigError(f"--samples {samples} must be >= 1")
@@ -589,7 +595,9 @@ def predict(run_dir: str | Path, inputs: str | Path, out: str | Path | None = No
     start = time.perf_counter()
     mean, std = predict_arrays(loaded, raw, samples, batch_size=batch_size, seed=cfg.seed)
     seconds = time.perf_counter() - start
-    out_dir = Path(out) if out is not None else open_run(run_dir).sub(PREDICTIONS)
+    default_out = (run_dir / PREDICTIONS if isinstance(loaded, SurrogateEnsemble)
+                   else open_run(run_dir).sub(PREDICTIONS))
+    out_dir = Path(out) if out is not None else default_out
     out_dir.mkdir(parents=True, exist_ok=True)
     fields_path = out_dir / "fields.npy"
     np.save(fields_path, mean)
@@ -597,7 +605,7 @@ def predict(run_dir: str | Path, inputs: str | Path, out: str | Path | None = No
     if std is not None:
         std_path = out_dir / "fields_std.npy"
         np.save(std_path, std)
-        if not _dropout_modules(loaded.conditioner):
+        if samples > 1 and isinstance(loaded, LoadedSurrogate) and not _dropout_modules(loaded.conditioner):
             notes.append("the conditioner has no dropout (conditioner.dropout = 0): the spread is 0")
     sources = ([str(p) for p in case_inputs.image_paths] if case_inputs.image_paths is not None
                else [str(case_inputs.source)] * len(case_inputs))

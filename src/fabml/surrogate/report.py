@@ -2,7 +2,7 @@
 
 Sections, each present when the run has its files: the run (data shape, layout, model and conditioner
 settings, from ``config.yaml``), training curves per mode (``train/<mode>/metrics.csv``, drawn into
-``RUN/figures/``), and one section per evaluated split (``evaluation/<split>/metrics.json`` and its
+``RUN/figures/``; for an ensemble folder, its members and each member's curves), and one section per evaluated split (``evaluation/<split>/metrics.json`` and its
 figures: the relative L2 error beside the VAE reconstruction floor, best / median / worst fields, error
 per time step, latent maps). Run ``fabml surrogate evaluate`` first for the evaluation sections.
 """
@@ -65,7 +65,10 @@ def _evaluation_section(split: str, folder: Path) -> ReportSection:
     cover = m.get("coverage")
     if cover:
         expected = cover.get("gaussian_expectation")
-        text += (f"\n\nCoverage of mean ± {cover['sigma']:g} std ({cover['samples']} Monte-Carlo dropout samples): "
+        spread = f"{cover['samples']} Monte-Carlo dropout sample(s)"
+        if m.get("members"):
+            spread = f"{len(m['members'])} ensemble members x {spread}"
+        text += (f"\n\nCoverage of mean ± {cover['sigma']:g} std ({spread}): "
                  f"{cover['value']:.3f}" + (f" (a calibrated Gaussian spread: {expected})" if expected else "") + ".")
     cases = m.get("cases", {})
     if cases:
@@ -76,21 +79,31 @@ def _evaluation_section(split: str, folder: Path) -> ReportSection:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report/index.html`` and return its path (figures are linked, so move the run folder whole)."""
+    from fabml.surrogate.ensemble import is_ensemble, read_members
+
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    members = read_members(run_dir) if is_ensemble(run_dir) else []
+    cfg_path = (members[0] if members else run_dir) / "config.yaml"
     if not cfg_path.is_file():
-        raise DataError(f"{run_dir} is not a surrogate run (no config.yaml); train one with fabml surrogate train")
+        raise DataError(f"{run_dir} is not a surrogate run (no {cfg_path.name}); train one with fabml surrogate train")
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    info_path = run_dir / "run.json"
+    info_path = cfg_path.parent / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     sections = [_run_section(cfg, info)]
+    if members:
+        seeds = [(yaml.safe_load((m / "config.yaml").read_text()) or {}).get("seed") for m in members]
+        sections.append(ReportSection(
+            "Ensemble", f"{len(members)} member runs; predictions are their mean, the spread their disagreement "
+            "(plus Monte-Carlo dropout, if sampled). The settings above are the first member's.",
+            table=[{"member": k, "run": str(m), "seed": seed} for k, (m, seed) in enumerate(zip(members, seeds))]))
     curves = []
-    for csv_path in sorted((run_dir / "train").glob("*/metrics.csv")):
-        mode = csv_path.parent.name
-        try:
-            curves.append(plot_training_curves(csv_path, run_dir / "figures" / f"training_{mode}.png"))
-        except DataError:
-            continue  # a mode that has not finished an epoch yet: no curve to draw
+    for prefix, folder in [(f"member{k}_", m) for k, m in enumerate(members)] or [("", run_dir)]:
+        for csv_path in sorted((folder / "train").glob("*/metrics.csv")):
+            mode = csv_path.parent.name
+            try:
+                curves.append(plot_training_curves(csv_path, run_dir / "figures" / f"training_{prefix}{mode}.png"))
+            except DataError:
+                continue  # a mode that has not finished an epoch yet: no curve to draw
     if curves:
         sections.append(ReportSection("Training", "Per-epoch losses of each training mode (vae: reconstruction, KL "
                                       "and its annealed weight beta; conditioner: latent MSE; e2e: field loss).",

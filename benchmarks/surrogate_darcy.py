@@ -81,6 +81,7 @@ PUBLISHED = {"source": "neuraloperator's small-Darcy example (TFNO, 0.5 M parame
 ISSUE_BASELINES = {"mean_field": 0.487, "ridge": 0.258, "kernel_ridge": 0.137}
 TARGET = 0.08
 FABML_ROWS = ("cnn", "cnn_ensemble", "vit", "vit_ensemble")
+EPOCH_MARGIN_S = 15.0  # a mode's cap is set this far before the model's deadline: the epoch that crosses it ends
 
 
 # ----------------------------------------------------------------------------------------- machine
@@ -166,17 +167,26 @@ def run_mode(cfg: SurrogateConfig, run: Path, mode: str) -> dict[str, Any]:
             "best_val_loss": r.best_metric, "stopped": r.stopped_reason}
 
 
-def member_steps(cfg: SurrogateConfig, run: str, threads: int, modes: tuple[str, ...]) -> dict[str, Any]:
-    """Child process: one member's training modes in its run folder (``--members``)."""
+def member_steps(cfg: SurrogateConfig, run: str, threads: int, modes: tuple[str, ...],
+                 seconds_left: float) -> dict[str, Any]:
+    """Child process: one member's training modes in its run folder (``--members``). Each mode's wall-clock cap is
+    the smaller of ``--budget-minutes`` and what is left of the model's ``--model-minutes`` (``seconds_left`` when
+    the child starts), less :data:`EPOCH_MARGIN_S` for the epoch that crosses the cap (the trainer stops after it)."""
     torch.set_num_threads(threads)
     reset_peak_rss()
     t0 = time.perf_counter()
-    steps = [run_mode(cfg, Path(run), mode) for mode in modes]
+    steps = []
+    for mode in modes:
+        section = getattr(cfg, f"train_{mode}")
+        left = seconds_left - (time.perf_counter() - t0) - EPOCH_MARGIN_S
+        section.max_minutes = min(section.max_minutes, max(left, 1.0) / 60)
+        steps.append(run_mode(cfg, Path(run), mode))
+        steps[-1]["max_minutes"] = section.max_minutes
     return {"steps": steps, "peak_rss_mb": peak_rss_mb(), "wall_seconds": time.perf_counter() - t0}
 
 
-def train_members(cfgs: list[SurrogateConfig], runs: list[Path], threads: int,
-                  modes: tuple[str, ...]) -> tuple[list[dict[str, Any]], float]:
+def train_members(cfgs: list[SurrogateConfig], runs: list[Path], threads: int, modes: tuple[str, ...],
+                  seconds_left: float) -> tuple[list[dict[str, Any]], float]:
     """Every member in its own child process, all at once (one per core with ``--threads 1``); their results and
     the wall-clock seconds of the whole step."""
     from concurrent.futures import ProcessPoolExecutor
@@ -185,7 +195,8 @@ def train_members(cfgs: list[SurrogateConfig], runs: list[Path], threads: int,
     n = len(cfgs)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
-        done = list(pool.map(member_steps, cfgs, [str(r) for r in runs], [threads] * n, [modes] * n))
+        done = list(pool.map(member_steps, cfgs, [str(r) for r in runs], [threads] * n, [modes] * n,
+                             [seconds_left] * n))
     return done, time.perf_counter() - t0
 
 
@@ -239,7 +250,7 @@ def fabml_rows(imported: dict[str, Any], work: Path, args: argparse.Namespace) -
         cfg.seed = k
         vae_cfgs.append(cfg)
     say(f"[fabml] VAE: filters {cfg.vae.filters}, {cfg.train_vae.epochs} epochs, {n_vae} seed(s) at once")
-    vaes, vae_wall = train_members(vae_cfgs, vae_runs, args.threads, ("vae",))
+    vaes, vae_wall = train_members(vae_cfgs, vae_runs, args.threads, ("vae",), args.model_minutes * 60)
     vae_run, vae_step, vae_peak = vae_runs[0], vaes[0]["steps"][0], vaes[0]["peak_rss_mb"]
     split = read_case_split(vae_run)
     floor = test_figures_floor(vae_run, y_test)
@@ -262,7 +273,8 @@ def fabml_rows(imported: dict[str, Any], work: Path, args: argparse.Namespace) -
                 kcfg.train_conditioner.epochs, kcfg.train_e2e.epochs = args.vit_cond_epochs, args.vit_e2e_epochs
             cfgs.append(kcfg)
         say(f"[fabml] {kind}: {len(runs)} member(s) (seeds 0..{len(runs) - 1}), trained at once, one process each")
-        members, wall = train_members(cfgs, runs, args.threads, ("conditioner", "e2e"))
+        members, wall = train_members(cfgs, runs, args.threads, ("conditioner", "e2e"),
+                                      args.model_minutes * 60 - vae_wall)
         steps = members[0]["steps"]
         test = test_figures(runs[0], x_test, y_test)
         val = val_figures(runs[0])
@@ -668,6 +680,9 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--budget-minutes", type=float, default=12.0, help="wall-clock cap per training step / FNO run")
+    p.add_argument("--model-minutes", type=float, default=20.0,
+                   help="wall-clock cap of a whole fabml model (VAE + conditioner + e2e; the issue's 20 minutes): a "
+                        "later step gets what the earlier ones left, whatever the machine's speed")
     p.add_argument("--fno-epochs", type=int, default=100)
     p.add_argument("--scale-gb", type=float, default=8.2)
     p.add_argument("--scale-t", type=int, default=64)
@@ -735,7 +750,8 @@ def main() -> None:
                           f"on e2e.loss={args.e2e_loss}, e2e.decoder_lr_scale={args.decoder_lr_scale} (data.symmetry={args.symmetry}, data.grid_nodes="
                           f"{args.grid_nodes}; predictions averaged over the group); batch "
                           f"{args.batch_size}, AdamW, one cosine cycle per mode with warm-up, fp32, cap "
-                          f"{args.budget_minutes} min per mode; {args.members} member(s) per conditioner kind (seeds "
+                          f"{args.budget_minutes} min per mode and {args.model_minutes} min per model (VAE + "
+                          f"conditioner + e2e: each step gets at most what the earlier ones left); {args.members} member(s) per conditioner kind (seeds "
                           f"0..{args.members - 1}) on "
                           f"{'their own VAEs (seeds 0..' + str(args.members - 1) + ')' if args.member_vae == 'own' else 'copies of the one VAE'}"
                           f", trained at once, one process with "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -16,3 +16,21 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Callable[[list[str]], str]:
+    """``cli_error(args)`` runs ``fabml ARGS`` through the real entry point, asserts it exits with 2 after exactly
+    one ``error:`` line on stderr, and returns that line."""
+    from fabml.cli import main
+
+    def run(args: list[str]) -> str:
+        monkeypatch.setattr("sys.argv", ["fabml", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), lines
+        return lines[0]
+
+    return run

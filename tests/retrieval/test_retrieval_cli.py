@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fabml.cli import app, main
+from fabml.cli import app
 
 @pytest.fixture(scope="module")
 def tiny(tiny_settings: list[str]) -> list[str]:
@@ -75,41 +75,32 @@ def test_split_train_index_evaluate_predict_export(data: Path, tiny: list[str], 
 
 
 def test_skip_bad_leaves_out_a_corrupt_image_that_otherwise_stops_the_split(data: Path, tiny: list[str],
-                                                                            tmp_path: Path, monkeypatch, capsys) -> None:
+                                                                            tmp_path: Path, cli_error) -> None:
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     (copy / "circle" / "circle-99_0.png").write_bytes(b"not a png")
-    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(copy), "--out", str(tmp_path / "a"),
-                                        *_sets(tiny)])
+    line = cli_error(["retrieval", "split", "--data", str(copy), "--out", str(tmp_path / "a"), *_sets(tiny)])
     assert "circle-99_0.png" in line and "--skip-bad" in line
     _invoke(["retrieval", "split", "--data", str(copy), "--out", str(tmp_path / "b"), "--skip-bad", *_sets(tiny)])
     items = pd.concat([pd.read_csv(tmp_path / "b" / "splits" / f"{p}.csv") for p in ("train", "val", "test")])["item"]
     assert len(items) == 3 * 6 * 2 and not items.str.endswith("circle-99_0.png").any()
 
 
-def _error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    monkeypatch.setattr("sys.argv", ["fabml", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
 
 
-def test_bad_inputs_end_in_one_error_line(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+def test_bad_inputs_end_in_one_error_line(data: Path, tmp_path: Path, cli_error) -> None:
+    line = cli_error(["retrieval", "split", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert "nope" in line
     typo = tmp_path / "typo"
-    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(data), "--out", str(typo),
+    line = cli_error(["retrieval", "split", "--data", str(data), "--out", str(typo),
                                         "--set", "data.class_names=[circle,sqare]"])
     assert "sqare" in line and "square" in line  # the folders found are listed
-    line = _error(monkeypatch, capsys, ["retrieval", "index", "--run", str(tmp_path / "missing")])
+    line = cli_error(["retrieval", "index", "--run", str(tmp_path / "missing")])
     assert "missing" in line
-    line = _error(monkeypatch, capsys, ["retrieval", "split", "--data", str(data), "--list", str(tmp_path / "l.txt"),
+    line = cli_error(["retrieval", "split", "--data", str(data), "--list", str(tmp_path / "l.txt"),
                                         "--out", str(tmp_path / "r2")])
     assert "not both" in line
     listed = tmp_path / "list.txt"
     listed.write_text(f"{data / 'circle' / 'circle-00_0.png'}, circle\n{tmp_path / 'gone.png'}, circle\n")
-    line = _error(monkeypatch, capsys, ["retrieval", "split", "--list", str(listed), "--out", str(tmp_path / "r3")])
+    line = cli_error(["retrieval", "split", "--list", str(listed), "--out", str(tmp_path / "r3")])
     assert "gone.png" in line

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny_surrogate import N_CASES, NODES, TIME_STEPS, TINY, make_tiny_data  # noqa: E402
 
-from fabml.cli import app, main  # noqa: E402
+from fabml.cli import app  # noqa: E402
 from fabml.config import load_config  # noqa: E402
 from fabml.surrogate.config import SurrogateConfig  # noqa: E402
 
@@ -35,14 +35,6 @@ def _sets(items: list[str]) -> list[str]:
     return [a for item in items for a in ("--set", item)]
 
 
-def _error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    monkeypatch.setattr("sys.argv", ["fabml", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
 
 
 def test_train_predict_evaluate(tmp_path: Path) -> None:
@@ -103,19 +95,18 @@ def test_import_darcy_then_train_on_the_grid(tmp_path: Path) -> None:
     assert np.load(run / "predictions" / "fields.npy").shape == (12, 1, 64, 1)
 
 
-def test_bad_inputs_end_in_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_bad_inputs_end_in_one_error_line(tmp_path: Path, cli_error) -> None:
     data = make_tiny_data(tmp_path / "data")
     legacy = tmp_path / "fields.pkl"
     legacy.write_bytes(pickle.dumps(np.load(data.fields)[..., 0]))
-    line = _error(monkeypatch, capsys, ["surrogate", "train", "--mode", "vae", "--data", str(legacy), "--inputs",
+    line = cli_error(["surrogate", "train", "--mode", "vae", "--data", str(legacy), "--inputs",
                                         str(data.params_csv), "--out", str(tmp_path / "r1"), *_sets(TINY)])
     assert "--allow-pickle" in line
-    line = _error(monkeypatch, capsys, ["surrogate", "train", "--mode", "conditioner", "--data", str(data.fields),
+    line = cli_error(["surrogate", "train", "--mode", "conditioner", "--data", str(data.fields),
                                         "--inputs", str(data.params_csv), "--out", str(tmp_path / "r2"), *_sets(TINY)])
     assert "--mode vae" in line
-    line = _error(monkeypatch, capsys, ["surrogate", "train", "--mode", "fit", "--data", str(data.fields),
+    line = cli_error(["surrogate", "train", "--mode", "fit", "--data", str(data.fields),
                                         "--inputs", str(data.params_csv), "--out", str(tmp_path / "r3")])
     assert "fit" in line and "vae" in line
-    line = _error(monkeypatch, capsys, ["surrogate", "predict", "--run", str(tmp_path / "missing"), str(data.params_csv)])
+    line = cli_error(["surrogate", "predict", "--run", str(tmp_path / "missing"), str(data.params_csv)])
     assert "missing" in line

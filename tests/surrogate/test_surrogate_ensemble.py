@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny_surrogate import make_tiny_data, tiny_config  # noqa: E402
 
-from fabml.cli import app, main  # noqa: E402
+from fabml.cli import app  # noqa: E402
 from fabml.data.simulation_dataset import read_case_split  # noqa: E402
 from fabml.data.simulation_io import open_fields  # noqa: E402
 from fabml.data.simulation_inputs import match_cases, read_inputs  # noqa: E402
@@ -132,31 +132,21 @@ def test_equal_seeds_are_noted(runs: dict[str, Path], tmp_path: Path) -> None:
     assert len(ens.notes) == 1 and "share a seed" in ens.notes[0]
 
 
-def _error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    monkeypatch.setattr("sys.argv", ["fabml", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
 
 
-def test_bad_ensembles_are_one_line_errors(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_bad_ensembles_are_one_line_errors(runs: dict[str, Path], tmp_path: Path, cli_error) -> None:
     a, b, out = str(runs["a"]), str(runs["b"]), str(tmp_path / "ens")
     cmd = ["surrogate", "ensemble"]
-    assert "at least 2 member runs" in _error(monkeypatch, capsys, [*cmd, a, "--out", out])
-    assert "more than once" in _error(monkeypatch, capsys, [*cmd, a, a, "--out", out])
-    assert "no trained conditioner" in _error(monkeypatch, capsys, [*cmd, a, str(runs["vae_only"]), "--out", out])
-    assert "split its cases differently" in _error(monkeypatch, capsys,
-                                                   [*cmd, a, str(runs["other_split"]), "--out", out])
-    assert "is one of the member runs" in _error(monkeypatch, capsys, [*cmd, a, b, "--out", b])
+    assert "at least 2 member runs" in cli_error([*cmd, a, "--out", out])
+    assert "more than once" in cli_error([*cmd, a, a, "--out", out])
+    assert "no trained conditioner" in cli_error([*cmd, a, str(runs["vae_only"]), "--out", out])
+    assert "split its cases differently" in cli_error([*cmd, a, str(runs["other_split"]), "--out", out])
+    assert "is one of the member runs" in cli_error([*cmd, a, b, "--out", b])
     assert not (tmp_path / "ens").exists()  # nothing written by a refused ensemble
     lonely = tmp_path / "lonely"
     shutil.copytree(runs["a"], tmp_path / "m0")
     shutil.copytree(runs["b"], tmp_path / "m1")
     make_ensemble([tmp_path / "m0", tmp_path / "m1"], lonely)
     shutil.rmtree(tmp_path / "m1")
-    line = _error(monkeypatch, capsys, ["surrogate", "evaluate", "--run", str(lonely)])
+    line = cli_error(["surrogate", "evaluate", "--run", str(lonely)])
     assert "member run" in line and "not found" in line

@@ -628,8 +628,8 @@ def target_lines(fab: dict[str, Any], fno: dict[str, Any]) -> list[str]:
     ok_target = best <= TARGET
     ok_fno = fno_rel is not None and best <= fno_rel
     verdict = "**Met.**" if ok_target and ok_fno else "**Missed.**"
-    parts = [f"fabml's best ({row_label(best_name, fab[best_name])}) {best:.4f}: " +
-             (f"at or below the target {TARGET}" if ok_target else f"above the target {TARGET} by {best - TARGET:.4f}")]
+    parts = [f"fabml's best ({row_label(best_name, fab[best_name])}) {best:.5f}: " +
+             (f"at or below the target {TARGET}" if ok_target else f"above the target {TARGET} by {best - TARGET:.5f}")]
     if fno_rel is not None:
         parts.append(f"below the FNO's {fno_rel:.4f} by {fno_rel - best:.4f}" if ok_fno
                      else f"above the FNO's {fno_rel:.4f} by {best - fno_rel:.4f}")

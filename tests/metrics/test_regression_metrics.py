@@ -13,6 +13,8 @@ from fabml.errors import DataError
 from fabml.metrics.regression import (
     column_means,
     coverage,
+    spread_ratios,
+    spread_scale,
     relative_l2,
     relative_l2_per_step,
     relative_l2_per_variable,
@@ -104,3 +106,25 @@ def test_bad_inputs_are_one_line_errors() -> None:
         coverage(true, pred, np.ones(3))
     with pytest.raises(DataError, match="negative"):
         coverage(true, pred, -np.ones_like(true))
+
+
+def test_spread_scale_is_the_quantile_of_the_ratios_that_covers_the_target() -> None:
+    true = np.array([0.0, 1.0, 2.0, 3.0])
+    mean = np.zeros(4)
+    std = np.array([1.0, 1.0, 1.0, 0.0])
+    r = spread_ratios(true, mean, std, sigma=1.0)
+    np.testing.assert_array_equal(r, [0.0, 1.0, 2.0, np.inf])  # std 0 with an error: no factor covers it
+    assert spread_scale(r, 0.5) == 1.0 and spread_scale(r, 0.75) == 2.0
+    assert coverage(true, mean, std * spread_scale(r, 0.75), 1.0) == 0.75
+    with pytest.raises(DataError, match="the spread is 0 where the error is not"):
+        spread_scale(r, 0.9)
+    with pytest.raises(DataError, match="target coverage"):
+        spread_scale(r, 1.0)
+
+
+def test_spread_scale_recovers_the_factor_of_a_too_narrow_gaussian_spread() -> None:
+    rng = np.random.default_rng(0)
+    err = rng.normal(size=200_000)
+    std = np.full_like(err, 0.25)  # four times too narrow
+    k = spread_scale(spread_ratios(err, np.zeros_like(err), std, 2.0), math.erf(2 / math.sqrt(2)))
+    assert k == pytest.approx(4.0, rel=0.02)

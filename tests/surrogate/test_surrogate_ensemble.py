@@ -150,3 +150,23 @@ def test_bad_ensembles_are_one_line_errors(runs: dict[str, Path], tmp_path: Path
     shutil.rmtree(tmp_path / "m1")
     line = cli_error(["surrogate", "evaluate", "--run", str(lonely)])
     assert "member run" in line and "not found" in line
+
+
+def test_calibrating_an_ensemble_scales_the_spread_predict_and_evaluate_use(runs: dict[str, Path],
+                                                                             tmp_path: Path, cli_error) -> None:
+    ens_dir = tmp_path / "ens"
+    make_ensemble([runs["a"], runs["b"]], ens_dir)
+    x, _ = _inputs_and_fields(ens_dir, "test")
+    _, raw_std = predict_arrays(load_surrogate(ens_dir), x)
+    assert "calibrate on --split val" in cli_error(["surrogate", "evaluate", "--run", str(ens_dir), "--calibrate"])
+    report = evaluate(ens_dir, "val", figures=False, calibrate=True)
+    c = report.calibration
+    record = json.loads((ens_dir / "calibration.json").read_text())
+    assert record["spread_scale"] == c["spread_scale"] > 0 and record["split"] == "val"
+    assert c["target_coverage"] == pytest.approx(0.9545, abs=1e-4)
+    assert c["target_coverage"] <= c["coverage_after"] <= c["target_coverage"] + 0.01  # 6 val cases x 256 values
+    assert c["coverage_before"] == report.coverage
+    again = evaluate(ens_dir, "val", figures=False)  # the saved factor is applied from now on
+    assert again.coverage == pytest.approx(c["coverage_after"], abs=1e-9)
+    _, std = predict_arrays(load_surrogate(ens_dir), x)
+    np.testing.assert_allclose(std, raw_std * c["spread_scale"], rtol=1e-5)

@@ -14,9 +14,11 @@ cases* of ``rel_l2_i``. Where the true field is zero everywhere (``||true_i|| = 
 initial condition at one time step) the ratio is undefined and the value is NaN; the summaries use
 ``nanmean`` / ``nanmedian`` and report how many values were undefined.
 
-Coverage of a predicted spread (Monte-Carlo dropout): the fraction of entries with
+Coverage of a predicted spread (Monte-Carlo dropout, an ensemble's disagreement): the fraction of entries with
 ``|true - mean| <= sigma * std``. For a calibrated Gaussian spread it is about 0.683 at sigma 1 and
-0.954 at sigma 2.
+0.954 at sigma 2. :func:`spread_scale` is the one factor on the spread that reaches a target coverage on
+held-out cases (post-hoc scaling of the spread, as in Levi et al. 2019, "Evaluating and calibrating uncertainty
+prediction in regression tasks").
 """
 
 from __future__ import annotations
@@ -89,11 +91,8 @@ def relative_l2_per_step(pred: Any, true: Any) -> np.ndarray:
     return _ratio(((p - t) ** 2).sum(axis=(2, 3)), (t**2).sum(axis=(2, 3)))
 
 
-def coverage(true: Any, mean: Any, std: Any, sigma: float = 2.0) -> float:
-    """Fraction of entries with ``|true - mean| <= sigma * std`` (all arrays the same shape).
-
-    Where std is 0 an entry counts only when the mean equals the truth exactly.
-    """
+def _spread_arrays(true: Any, mean: Any, std: Any, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(|true - mean|, std)`` in float64, checked: one shape, sigma > 0, std >= 0, not empty."""
     t, m, s = _f64(true, "true"), _f64(mean, "mean"), _f64(std, "std")
     if not (t.shape == m.shape == s.shape):
         raise DataError(f"true {list(t.shape)}, mean {list(m.shape)} and std {list(s.shape)} must have one shape")
@@ -103,7 +102,43 @@ def coverage(true: Any, mean: Any, std: Any, sigma: float = 2.0) -> float:
         raise DataError("std contains negative values; pass a standard deviation")
     if t.size == 0:
         raise DataError("coverage of an empty array is undefined")
-    return float(np.mean(np.abs(t - m) <= sigma * s))
+    return np.abs(t - m), s
+
+
+def coverage(true: Any, mean: Any, std: Any, sigma: float = 2.0) -> float:
+    """Fraction of entries with ``|true - mean| <= sigma * std`` (all arrays the same shape).
+
+    Where std is 0 an entry counts only when the mean equals the truth exactly.
+    """
+    err, s = _spread_arrays(true, mean, std, sigma)
+    return float(np.mean(err <= sigma * s))
+
+
+def spread_ratios(true: Any, mean: Any, std: Any, sigma: float = 2.0) -> np.ndarray:
+    """Per entry, the smallest factor ``k`` on the spread that covers it: ``|true - mean| <= sigma * k * std``
+    holds exactly when ``k >= r = |true - mean| / (sigma * std)`` (0 where the error is 0, inf where std is 0 and
+    the error is not). Flat float64 array."""
+    err, s = _spread_arrays(true, mean, std, sigma)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = err / (sigma * s)
+    return np.where(err == 0, 0.0, r).ravel()
+
+
+def spread_scale(ratios: Any, target: float) -> float:
+    """The factor ``k`` on a predicted spread that makes ``mean ± sigma * k * std`` cover the fraction ``target`` of
+    the entries whose :func:`spread_ratios` are given: the ``target`` quantile of the ratios (the smallest ratio
+    with at least that fraction at or below it), so the coverage after scaling is ``target`` up to ties. A one-line
+    error when the spread is 0 on more than ``1 - target`` of the entries (no factor reaches the target)."""
+    r = np.asarray(ratios, dtype=np.float64).ravel()
+    if not 0.0 < target < 1.0:
+        raise DataError(f"target coverage must be in (0, 1), got {target}")
+    if r.size == 0:
+        raise DataError("no spread to calibrate: the ratios are empty")
+    k = float(np.quantile(r, target, method="inverted_cdf"))
+    if not np.isfinite(k):
+        raise DataError(f"the spread is 0 where the error is not on {np.mean(~np.isfinite(r)):.0%} of the entries: "
+                        f"no factor covers {target:.1%}; use --samples > 1 with dropout, or an ensemble")
+    return k
 
 
 def summarise(values: Any) -> dict[str, float | int | None]:

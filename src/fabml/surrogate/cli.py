@@ -89,16 +89,24 @@ def evaluate(
     samples: Annotated[Optional[int], typer.Option(help="Monte-Carlo dropout samples (default eval.samples); "
                                                         "> 1 adds the coverage of the spread.")] = None,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the PNG figures.")] = True,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit the factor on the spread that gives the "
+                                            "Gaussian coverage on this split (use --split val) and save it "
+                                            "(RUN/calibration.json): predict and evaluate then use it.")] = False,
 ) -> None:
     """Relative L2 error per case, per variable and per time step, the VAE's reconstruction floor, the spread's
     coverage, figures (best / median / worst case, latent PCA / t-SNE, error per step)."""
     from fabml.surrogate.evaluation import evaluate as run_evaluate
 
-    report = run_evaluate(run, split_name, samples=samples, figures=figures)
+    report = run_evaluate(run, split_name, samples=samples, figures=figures, calibrate=calibrate)
     rows = [["cases", report.n_cases], ["rel L2 mean", report.rel_l2_mean], ["rel L2 median", report.rel_l2_median],
             ["VAE floor (mean)", report.vae_floor_mean], ["coverage", report.coverage],
             ["inference ms/case", report.inference_ms_per_case]]
     print_table(["metric", "value"], rows, title=f"{report.split} split", digits=4)
+    if report.calibration:
+        c = report.calibration
+        console.print(f"spread x {c['spread_scale']:.4g}: coverage of mean ± {c['sigma']:g} std "
+                      f"{c['coverage_before']:.3f} -> {c['coverage_after']:.3f} on this split "
+                      f"(target {c['target_coverage']:.3f}) -> {c['path']}")
     console.print(f"-> {report.metrics_path}, {report.per_case_path}")
 
 

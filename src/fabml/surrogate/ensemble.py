@@ -56,6 +56,7 @@ class SurrogateEnsemble:
     members: list[LoadedSurrogate]
     member_dirs: list[Path]
     notes: list[str] = field(default_factory=list)
+    spread_scale: float = 1.0  # ENS/calibration.json (fabml.surrogate.calibration); the members' own are not used
 
     @property
     def cfg(self) -> Any:
@@ -82,7 +83,8 @@ class SurrogateEnsemble:
     def predict_arrays(self, inputs_batch: np.ndarray | torch.Tensor, samples: int = 1, batch_size: int = 64,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``(mean [n, T, M, V], std [n, T, M, V])`` in original units: the members' mean and the total spread
-        (module docstring); each member predicts as :func:`fabml.surrogate.pipeline.predict_arrays` does."""
+        (module docstring) times ``spread_scale``; each member predicts as
+        :func:`fabml.surrogate.pipeline.predict_arrays` does."""
         from fabml.surrogate.pipeline import predict_arrays
 
         means, variances = [], []
@@ -92,7 +94,7 @@ class SurrogateEnsemble:
             variances.append(np.zeros_like(means[-1]) if std is None else std.astype(np.float64) ** 2)
         mu = np.mean(means, axis=0)
         var = np.mean(variances, axis=0) + np.mean([(m - mu) ** 2 for m in means], axis=0)
-        return mu.astype(np.float32), np.sqrt(var).astype(np.float32)
+        return mu.astype(np.float32), (np.sqrt(var) * self.spread_scale).astype(np.float32)
 
     def reconstruct(self, fields: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The members' mean reconstruction of true fields ``[n, T, M, V]`` (original units) and the first

@@ -46,6 +46,8 @@ from fabml.metrics.regression import (
     relative_l2,
     relative_l2_per_step,
     relative_l2_per_variable,
+    spread_ratios,
+    spread_scale,
     summarise,
 )
 
@@ -69,6 +71,7 @@ class EvaluationReport:
     metrics_path: Path
     per_case_path: Path
     figures: list[Path] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -144,7 +147,7 @@ def _tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = None, batch_size: int = 16,
-             figures: bool = True) -> EvaluationReport:
+             figures: bool = True, calibrate: bool = False) -> EvaluationReport:
     """Evaluate the trained surrogate of ``run_dir`` on one split (``train | val | test | all``).
 
     Args:
@@ -152,6 +155,9 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
             the predicted spread.
         batch_size: cases per prediction batch (memory: a batch's fields, not the split's).
         figures: draw the PNG figures (the metrics and per-case table are always written).
+        calibrate: fit the factor on the spread that gives the Gaussian coverage on this split (not ``test``)
+            and write ``RUN/calibration.json`` (:mod:`fabml.surrogate.calibration`); the coverage reported
+            is then the uncalibrated one, the calibrated one is in ``metrics["calibration"]``.
     """
     from fabml.data.simulation_inputs import match_cases, read_inputs
     from fabml.data.simulation_io import open_fields
@@ -159,14 +165,25 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
 
     from fabml.surrogate.ensemble import SurrogateEnsemble
 
+    from fabml.surrogate.calibration import MAX_RATIOS_PER_BATCH, gaussian_coverage, write_calibration
+
     run_dir = Path(run_dir)
+    if calibrate and split in ("test", "all"):
+        raise DataError(f"--calibrate on the {split} split would fit the spread on the cases it is judged on: "
+                        "calibrate on --split val")
     loaded = load_surrogate(run_dir)
     data_run = loaded.split_dir if isinstance(loaded, SurrogateEnsemble) else run_dir  # splits/ and latents
     cfg = loaded.cfg
     samples = int(cfg.eval.samples if samples is None else samples)
     if samples < 1:
         raise DataError(f"samples must be >= 1, got {samples}")
+    if calibrate and samples == 1 and not isinstance(loaded, SurrogateEnsemble):
+        raise DataError("--calibrate needs a spread: pass --samples > 1 (Monte-Carlo dropout) or use an ensemble")
+    if calibrate:
+        loaded.spread_scale = 1.0  # fit on the raw spread, not on an earlier calibration
     sigma = float(cfg.eval.coverage_sigma)
+    rng = np.random.default_rng(0)
+    ratios: list[np.ndarray] = []
     source = open_fields(cfg.data)
     inputs = read_inputs(cfg.data)
     rows = match_cases(source, inputs)
@@ -198,6 +215,9 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
         if std is not None:
             inside += coverage(true, mean, np.asarray(std), sigma) * true.size
             total += true.size
+            if calibrate:
+                r = spread_ratios(true, mean, np.asarray(std), sigma)
+                ratios.append(r if r.size <= MAX_RATIOS_PER_BATCH else rng.choice(r, MAX_RATIOS_PER_BATCH, False))
 
     rel_a, floor_a = np.concatenate(rel), np.concatenate(floor)
     per_var_a, per_step_a = np.concatenate(per_var), np.concatenate(per_step)
@@ -229,7 +249,7 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
                       "per_step": column_means(floor_step_a)},
         "coverage": None if cover is None else {
             "value": cover, "sigma": sigma, "samples": samples,
-            "gaussian_expectation": EXPECTED_GAUSSIAN.get(sigma)},
+            "gaussian_expectation": EXPECTED_GAUSSIAN.get(sigma), "spread_scale": loaded.spread_scale},
         "inference_ms_per_case": predict_seconds / max(n, 1) * 1000.0,
         "cases": {name: {"index": int(indices[k]), "case_id": int(case_ids[k]), "rel_l2": float(rel_a[k])}
                   for name, k in picks.items()},
@@ -240,13 +260,23 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
         drawn = _figures(loaded, source, inputs, rows, indices, picks, rel_a, per_step_a, floor_step_a, mu_a,
                          data_run, out_dir, split, samples)
     metrics["figures"] = [p.name for p in drawn]
+    if calibrate:
+        target = gaussian_coverage(sigma)
+        ratio_a = np.concatenate(ratios)
+        scale = spread_scale(ratio_a, target)
+        metrics["calibration"] = {
+            "spread_scale": scale, "split": split, "sigma": sigma, "target_coverage": target, "samples": samples,
+            "coverage_before": cover, "coverage_after": float(np.mean(ratio_a <= scale)),
+            "entries": int(ratio_a.size), "path": str(write_calibration(run_dir, {
+                "spread_scale": scale, "split": split, "sigma": sigma, "target_coverage": target,
+                "samples": samples, "coverage_before": cover}))}
     metrics_path = out_dir / "metrics.json"
     tmp = metrics_path.with_name("metrics.json.tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     tmp.replace(metrics_path)
     return EvaluationReport(split, n, metrics["rel_l2"]["mean"], metrics["rel_l2"]["median"],
                             metrics["vae_floor"]["mean"], cover, metrics["inference_ms_per_case"], out_dir,
-                            metrics_path, per_case_path, drawn)
+                            metrics_path, per_case_path, drawn, metrics.get("calibration"))
 
 
 def _figures(loaded: Any, source: Any, inputs: Any, rows: np.ndarray, indices: np.ndarray, picks: dict[str, int],

@@ -59,6 +59,7 @@ from fabml.engine.runs import CONFIG, RunFolder
 from fabml.engine.train_config import StageConfig, TrainConfig
 from fabml.errors import ConfigError, DataError
 from fabml.surrogate.config import MODES, SurrogateConfig
+from fabml.surrogate.calibration import read_spread_scale
 from fabml.surrogate.ensemble import SurrogateEnsemble, is_ensemble, load_ensemble
 from fabml.surrogate.runs import (
     JOB,
@@ -457,10 +458,11 @@ def write_latents(run: RunFolder, vae: nn.Module, dataset: Dataset, batch_size: 
 # ---------------------------------------------------------------------------------------- predict
 def load_surrogate(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedSurrogate | SurrogateEnsemble:
     """The run's trained surrogate (``model.pt``): VAE and conditioner in eval mode on ``device``, scalers,
-    config and sizes; for an ensemble folder (``ensemble.json``, :mod:`fabml.surrogate.ensemble`) every member."""
-    if is_ensemble(run_dir):
-        return load_ensemble(run_dir, device)
-    return load_trained(run_dir, device)
+    config and sizes; for an ensemble folder (``ensemble.json``, :mod:`fabml.surrogate.ensemble`) every member;
+    the spread's factor from ``RUN/calibration.json`` when there is one (:mod:`fabml.surrogate.calibration`)."""
+    loaded = load_ensemble(run_dir, device) if is_ensemble(run_dir) else load_trained(run_dir, device)
+    loaded.spread_scale = read_spread_scale(run_dir)
+    return loaded
 
 
 def _dropout_modules(module: nn.Module) -> list[nn.Module]:
@@ -492,7 +494,8 @@ def predict_arrays(loaded: LoadedSurrogate | SurrogateEnsemble, inputs_batch: np
     Returns ``(mean [n, T, M, V], std [n, T, M, V] | None)`` in original units. ``samples = 1``: one
     deterministic pass (dropout off), std None. ``samples > 1``: Monte-Carlo dropout: the conditioner's
     dropout layers stay on and each input is decoded ``samples`` times (seeded by ``seed``, so repeated
-    calls agree); mean and standard deviation (ddof 0) over the samples of the fields in original units.
+    calls agree); mean and standard deviation (ddof 0) over the samples of the fields in original units, the
+    standard deviation times the run's ``spread_scale`` (1 unless calibrated).
     With ``data.symmetry`` set and ``eval.symmetry_average`` each pass is the mean over the symmetry group
     of the fields predicted from the moved inputs, each moved back (:func:`decode_inputs`). An ensemble
     returns its members' mean and total spread, std never None (:class:`fabml.surrogate.ensemble.SurrogateEnsemble`).
@@ -544,7 +547,7 @@ def predict_arrays(loaded: LoadedSurrogate | SurrogateEnsemble, inputs_batch: np
     t, m, v = loaded.shapes.field_shape
     empty = np.zeros((0, t, m, v), dtype=np.float32)
     mean_out = np.concatenate(means) if means else empty
-    std_out = (np.concatenate(stds) if stds else empty) if samples > 1 else None
+    std_out = (np.concatenate(stds) * np.float32(loaded.spread_scale) if stds else empty) if samples > 1 else None
     return mean_out, std_out
 
 

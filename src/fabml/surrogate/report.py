@@ -68,6 +68,8 @@ def _evaluation_section(split: str, folder: Path) -> ReportSection:
         spread = f"{cover['samples']} Monte-Carlo dropout sample(s)"
         if m.get("members"):
             spread = f"{len(m['members'])} ensemble members x {spread}"
+        if cover.get("spread_scale", 1.0) != 1.0:
+            spread += f", spread x {cover['spread_scale']:.3g} from calibration.json"
         text += (f"\n\nCoverage of mean ± {cover['sigma']:g} std ({spread}): "
                  f"{cover['value']:.3f}" + (f" (a calibrated Gaussian spread: {expected})" if expected else "") + ".")
     cases = m.get("cases", {})

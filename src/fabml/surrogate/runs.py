@@ -83,7 +83,8 @@ class LoadedSurrogate:
     """A trained surrogate back from ``model.pt``: models in eval mode, scalers, settings, sizes.
 
     ``trained``: the modes whose weights ``model.pt`` holds (a conditioner that never trained predicts
-    nothing useful: :func:`fabml.surrogate.pipeline.predict` refuses it).
+    nothing useful: :func:`fabml.surrogate.pipeline.predict` refuses it). ``spread_scale``: the factor on the
+    predicted spread from ``RUN/calibration.json`` (:mod:`fabml.surrogate.calibration`; 1 = none).
     """
 
     vae: nn.Module
@@ -93,6 +94,7 @@ class LoadedSurrogate:
     cfg: SurrogateConfig
     shapes: SurrogateShapes
     trained: list[str] = field(default_factory=list)
+    spread_scale: float = 1.0
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,9 @@ original units:
 - ``coverage`` (when ``eval.samples`` > 1, Monte-Carlo dropout in the conditioner, or for an ensemble of runs,
   :mod:`fabml.surrogate.ensemble`, whose members' disagreement is a spread): the fraction of field
   entries with ``|true - mean| <= eval.coverage_sigma * std`` (about 0.954 for a calibrated Gaussian spread at
-  two sigma; lower = over-confident, higher = too wide).
+  two sigma; lower = over-confident, higher = too wide). With ``calibrate`` (``--calibrate``, on the val split)
+  the factor on the spread that reaches the Gaussian coverage is fitted and saved in ``RUN/calibration.json``
+  (:mod:`fabml.surrogate.calibration`); later evaluations and predictions apply it.
 
 Writes ``RUN/evaluation/<split>/``: ``metrics.json``, ``per_case.csv`` (index, case_id, rel_l2,
 vae_floor_rel_l2, per-variable errors), and figures: ``fields_best_median_worst.png`` (true / predicted /
@@ -161,11 +163,9 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
     """
     from fabml.data.simulation_inputs import match_cases, read_inputs
     from fabml.data.simulation_io import open_fields
-    from fabml.surrogate.pipeline import load_surrogate, predict_arrays
-
-    from fabml.surrogate.ensemble import SurrogateEnsemble
-
     from fabml.surrogate.calibration import MAX_RATIOS_PER_BATCH, gaussian_coverage, write_calibration
+    from fabml.surrogate.ensemble import SurrogateEnsemble
+    from fabml.surrogate.pipeline import load_surrogate, predict_arrays
 
     run_dir = Path(run_dir)
     if calibrate and split in ("test", "all"):

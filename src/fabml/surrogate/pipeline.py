@@ -58,8 +58,8 @@ from fabml.engine.hardware import peak_rss_mb
 from fabml.engine.runs import CONFIG, RunFolder
 from fabml.engine.train_config import StageConfig, TrainConfig
 from fabml.errors import ConfigError, DataError
-from fabml.surrogate.config import MODES, SurrogateConfig
 from fabml.surrogate.calibration import read_spread_scale
+from fabml.surrogate.config import MODES, SurrogateConfig
 from fabml.surrogate.ensemble import SurrogateEnsemble, is_ensemble, load_ensemble
 from fabml.surrogate.runs import (
     JOB,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fabml.cli import app, main
+from fabml.cli import app
 
 TINY_PADIM = ["--set", "model.backbone=resnet18", "--set", "model.layers=[1,2]", "--set", "model.pretrained=false",
               "--set", "model.n_features=16", "--set", "data.train_fraction=0.75", "--set", "data.val_fraction=0.25",
@@ -84,21 +83,11 @@ def test_compare_puts_models_in_one_table(inspection_root: Path, tmp_path: Path)
     assert [c.strip() for c in table[0].split("|")[2:-1]][0] == "image_auroc"
 
 
-def _run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["fabml", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
-def test_bad_inputs_exit_2_with_one_line(monkeypatch, capsys, tmp_path: Path, inspection_root: Path) -> None:
+def test_bad_inputs_exit_2_with_one_line(cli_error, tmp_path: Path, inspection_root: Path) -> None:
     (tmp_path / "data" / "Good").mkdir(parents=True)
-    code, err = _run_main(monkeypatch, capsys, ["anomaly", "fit", "--model", "padim", "--data", str(tmp_path / "data"),
-                                                "--out", str(tmp_path / "r"), *TINY_PADIM])
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    code, err = _run_main(monkeypatch, capsys, ["anomaly", "evaluate", "--run", str(tmp_path / "none")])
-    assert code == 2 and "no fitted model" in err
-    code, err = _run_main(monkeypatch, capsys, ["anomaly", "fit", "--model", "patchcore", "--data",
-                                                str(inspection_root), "--out", str(tmp_path / "r2"),
-                                                "--set", "model.weights=/no/such.pth"])
-    assert code == 2 and "/no/such.pth" in err and "model.weights" in err and len(err.strip().splitlines()) == 1
+    cli_error(["anomaly", "fit", "--model", "padim", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+               *TINY_PADIM])
+    assert "no fitted model" in cli_error(["anomaly", "evaluate", "--run", str(tmp_path / "none")])
+    err = cli_error(["anomaly", "fit", "--model", "patchcore", "--data", str(inspection_root), "--out",
+                     str(tmp_path / "r2"), "--set", "model.weights=/no/such.pth"])
+    assert "/no/such.pth" in err and "model.weights" in err

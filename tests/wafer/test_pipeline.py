@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fabml.cli import app, main
+from fabml.cli import app
 from fabml.data.wafer_dataset import WaferTensorDataset
 from fabml.data.wafer_io import load_wafer_maps
 from fabml.wafer.embedder import query_embedder
@@ -208,31 +207,18 @@ def test_whitened_embeddings_keep_their_whitening_for_queries_and_evaluate_repor
     assert metrics["learned"]["embedding_dim"] == 16 and metrics["fused"]["embedding_dim"] == 16 + 59
 
 
-def _run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["fabml", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, capsys.readouterr().err
-
-
-def test_bad_inputs_give_one_line_errors(monkeypatch, capsys, tmp_path: Path):
+def test_bad_inputs_give_one_line_errors(cli_error, tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, err = _run_main(monkeypatch, capsys, ["wafer", "train", "--data", str(empty), "--out", str(tmp_path / "r")])
-    assert code == 2 and "no wafer map files" in err and len(err.strip().splitlines()) == 1
-
-    code, err = _run_main(monkeypatch, capsys, ["wafer", "train", "--data", "synthetic:10", "--out", str(tmp_path / "r"),
-                                                "--set", "train.nosuch=1"])
-    assert code == 2 and "nosuch" in err
-
-    code, err = _run_main(monkeypatch, capsys, ["wafer", "embed", "--run", str(tmp_path / "missing"), "--data", "synthetic:5"])
-    assert code == 2 and "config.yaml" in err
+    assert "no wafer map files" in cli_error(["wafer", "train", "--data", str(empty), "--out", str(tmp_path / "r")])
+    assert "nosuch" in cli_error(["wafer", "train", "--data", "synthetic:10", "--out", str(tmp_path / "r"),
+                                  "--set", "train.nosuch=1"])
+    assert "config.yaml" in cli_error(["wafer", "embed", "--run", str(tmp_path / "missing"), "--data", "synthetic:5"])
 
 
-def test_existing_run_needs_resume_or_fresh(run_dir: Path, monkeypatch, capsys):
-    code, err = _run_main(monkeypatch, capsys, ["wafer", "train", "--data", "synthetic:160:0", "--out", str(run_dir),
-                                                *_sets(TINY)])
-    assert code == 2 and "--resume" in err and "--fresh" in err
+def test_existing_run_needs_resume_or_fresh(run_dir: Path, cli_error):
+    err = cli_error(["wafer", "train", "--data", "synthetic:160:0", "--out", str(run_dir), *_sets(TINY)])
+    assert "--resume" in err and "--fresh" in err
 
 
 def test_evaluate_without_labels_uses_pseudo_ground_truth(run_dir: Path, tmp_path: Path):

@@ -307,7 +307,8 @@ def fabml_rows(imported: dict[str, Any], work: Path, args: argparse.Namespace) -
             "inference_ms_per_case": test["inference_ms_per_case"], "vae_floor_rel_l2": test["vae_floor_rel_l2"],
             **val, "parameters": test["parameters"], "member_wall_seconds": wall,
             "member_steps": [m["steps"] for m in members],
-            "member_test_rel_l2": [test_figures(r, x_test, y_test)["rel_l2"] for r in runs],
+            "member_test_rel_l2": [results[kind]["rel_l2"], *(test_figures(r, x_test, y_test)["rel_l2"]
+                                                               for r in runs[1:])],
             "per_case": test["per_case"]}
         say(f"[fabml] {kind} ensemble of {len(runs)}: test rel L2 {test['rel_l2']:.4f} "
             f"(val {val['val_rel_l2']:.4f}), {seconds:.0f} s")

@@ -28,11 +28,12 @@ def gaussian_coverage(sigma: float) -> float:
 
 
 def write_calibration(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    """``RUN/calibration.json`` (written atomically)."""
+    """``RUN/calibration.json`` (written atomically: :func:`fabml.engine.checkpoint._atomic_write`)."""
+    from fabml.engine.checkpoint import _atomic_write
+
     path = Path(run_dir) / CALIBRATION_FILE
-    tmp = path.with_name(f".{CALIBRATION_FILE}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    text = json.dumps(record, indent=2).encode("utf-8")
+    _atomic_write(path, lambda handle: handle.write(text))
     return path
 
 

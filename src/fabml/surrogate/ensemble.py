@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from fabml.engine.checkpoint import _atomic_write
 from fabml.errors import ConfigError, DataError
 from fabml.surrogate.runs import LoadedSurrogate, load_trained
 
@@ -155,10 +156,8 @@ def make_ensemble(members: Sequence[str | Path], out: str | Path) -> SurrogateEn
     record = {"job": "surrogate", "kind": "ensemble",
               "members": [os.path.relpath(d.resolve(), out.resolve()) for d in dirs], "seeds": seeds,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    path = out / ENSEMBLE_FILE
-    tmp = path.with_name(f".{ENSEMBLE_FILE}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    text = json.dumps(record, indent=2).encode("utf-8")
+    _atomic_write(out / ENSEMBLE_FILE, lambda handle: handle.write(text))
     return SurrogateEnsemble(out, loaded, dirs, notes)
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fabml.engine.checkpoint import _atomic_write
 from fabml.errors import DataError
 from fabml.metrics.regression import (
     column_means,
@@ -271,9 +272,8 @@ def evaluate(run_dir: str | Path, split: str = "test", samples: int | None = Non
                 "spread_scale": scale, "split": split, "sigma": sigma, "target_coverage": target,
                 "samples": samples, "coverage_before": cover}))}
     metrics_path = out_dir / "metrics.json"
-    tmp = metrics_path.with_name("metrics.json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(metrics_path)
+    text = json.dumps(metrics, indent=2).encode("utf-8")
+    _atomic_write(metrics_path, lambda handle: handle.write(text))
     return EvaluationReport(split, n, metrics["rel_l2"]["mean"], metrics["rel_l2"]["median"],
                             metrics["vae_floor"]["mean"], cover, metrics["inference_ms_per_case"], out_dir,
                             metrics_path, per_case_path, drawn, metrics.get("calibration"))

@@ -16,6 +16,7 @@ from fabml.anomaly.method import ANOMALY_METHODS
 from fabml.anomaly.methods.autoencoder import AutoencoderMethod
 from fabml.anomaly.models.autoencoder import Autoencoder, AutoencoderConfig
 from fabml.anomaly.models.base import AnomalyOutput
+from fabml.anomaly.models.feature_utils import concat_feature_maps
 from fabml.anomaly.models.registry import ANOMALY_MODELS
 from fabml.engine.trainer import Trainer, TrainConfig
 from fabml.errors import ConfigError, DataError
@@ -54,7 +55,9 @@ def test_eval_output_shapes(in_chans: int) -> None:
     assert (out.anomaly_map >= 0).all() and (out.anomaly_map <= 1).all()
     assert torch.allclose(out.pred_score, out.anomaly_map.flatten(1).max(dim=1).values)
     model.train()
-    recon = model(torch.rand(2, in_chans, 32, 32))
+    x = torch.rand(2, in_chans, 32, 32)
+    target, recon = model(x)
+    assert torch.equal(target, x)  # input 'image' reconstructs the image itself
     assert recon.shape == (2, in_chans, 32, 32) and 0 <= recon.min() and recon.max() <= 1
 
 
@@ -96,7 +99,7 @@ def test_loss_decreases_and_ssim_term() -> None:
     torch.manual_seed(1)
     out = ssim_method.training_step(batch)
     torch.manual_seed(1)
-    recon = ssim_method.model(batch["image"])
+    _, recon = ssim_method.model(batch["image"])
     expected_ssim = ssim_loss(recon, batch["image"], window_size=7)
     assert out["ssim_loss"].item() == pytest.approx(expected_ssim.item(), rel=1e-5)
     assert out["loss"].item() == pytest.approx(out["mse"].item() + 0.5 * expected_ssim.item(), rel=1e-5)
@@ -203,3 +206,167 @@ def test_runs_under_trainer(tmp_path) -> None:
     with torch.no_grad():
         a, b = method.model.eval()(x), restored.model.eval()(x)
     assert torch.equal(a.anomaly_map, b.anomaly_map) and a.anomaly_map.shape == (2, 1, 32, 32)
+
+
+def tiny_features(**kw: object) -> Autoencoder:
+    """input 'features' on a random-weight lite0 (layers 2, 3 = strides 8, 16: a 4 x 4 grid at 32 px)."""
+    torch.manual_seed(0)
+    kw.setdefault("blur_sigma", 0.0)
+    cfg = AutoencoderConfig(image_size=(32, 32), in_chans=1, input="features", layers=[2, 3], pretrained=False,
+                            channels=[16], latent_channels=4, **kw)
+    return Autoencoder(cfg)
+
+
+def test_features_mode_shapes_frozen_backbone_and_map() -> None:
+    model = tiny_features(feature_pool=3)
+    assert model.feature_extractor is not None and model.feature_extractor.pretrained is False
+    method = AutoencoderMethod(model).train()
+    assert not model.feature_extractor.training  # the frozen extractor stays in eval mode in train mode
+    x = normal_images(4)
+    target, recon = model(x)
+    assert target.shape == recon.shape == (4, 40 + 112, 4, 4) and not target.requires_grad
+    trainable = {id(p) for p in method.trainable_parameters()}
+    assert not any(id(p) in trainable for p in model.feature_extractor.parameters())
+    model.eval()
+    with torch.no_grad():
+        target, recon = model.target(x), model.reconstruct(model.target(x))
+        out = model(x)
+    assert out.anomaly_map.shape == (4, 1, 32, 32)
+    # the map is the channel-mean squared feature error, bilinearly upsampled from the 4 x 4 grid
+    grid = (target - recon).pow(2).mean(dim=1, keepdim=True)
+    expected = torch.nn.functional.interpolate(grid, size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(out.anomaly_map, expected, atol=1e-6)
+
+
+def test_features_are_standardised_with_statistics_of_every_training_batch() -> None:
+    model = tiny_features(feature_pool=1)
+    a, b = normal_images(4, seed=1), normal_images(6, seed=2)
+    model.train()
+    model(a)
+    model(b)
+    with torch.no_grad():
+        raw = torch.cat([concat_feature_maps(model.feature_extractor(x)) for x in (a, b)])
+    # cumulative average of the two batches' means (momentum=None), not an exponential one
+    means = [concat_feature_maps(model.feature_extractor(x)).mean(dim=(0, 2, 3)) for x in (a, b)]
+    assert torch.allclose(model.standardise.running_mean, (means[0] + means[1]) / 2, atol=1e-5)
+    model.eval()
+    with torch.no_grad():
+        z = model.target(torch.cat([a, b]))
+    assert z.shape[1] == raw.shape[1] and abs(z.mean().item()) < 0.5
+
+
+def test_features_mode_learns_and_flags_a_defect() -> None:
+    torch.manual_seed(0)
+    model = tiny_features(feature_pool=1)
+    method = AutoencoderMethod(model).train()
+    train = normal_images(16, seed=1)
+    opt = torch.optim.Adam(method.trainable_parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        out = method.training_step({"image": train})
+        assert set(out) == {"loss", "mse"}
+        losses.append(out["loss"].item())
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    normal = normal_images(4, seed=2)
+    defect = normal.clone()
+    defect[:, :, 8:20, 8:20] = 1.0
+    with torch.no_grad():
+        assert model(defect).pred_score.min() > model(normal).pred_score.max()
+
+
+def test_features_mode_errors() -> None:
+    with pytest.raises(ConfigError, match="model.input='pixels' is unknown; choose one of: image, features"):
+        Autoencoder(AutoencoderConfig(image_size=(32, 32), input="pixels"))
+    with pytest.raises(ConfigError, match="model.feature_pool=2 must be an odd number"):
+        tiny_features(feature_pool=2)
+    with pytest.raises(ConfigError, match="model.ssim_weight applies to input 'image' only"):
+        tiny_features(ssim_weight=0.5)
+    with pytest.raises(ConfigError, match="model.layers is empty"):
+        Autoencoder(AutoencoderConfig(image_size=(32, 32), input="features", layers=[], pretrained=False))
+    # the image-mode divisibility rule does not apply to features (the grid comes from the backbone)
+    assert Autoencoder(AutoencoderConfig(image_size=(48, 48), input="features", layers=[3], pretrained=False,
+                                         channels=[8, 8, 8, 8, 8, 8]))
+
+
+def test_features_mode_round_trip_and_onnx(tmp_path) -> None:
+    model = tiny_features(blur_sigma=1.0)
+    AutoencoderMethod(model).train().training_step({"image": normal_images(4)})  # moves the standardiser
+    model.eval()
+    clone = Autoencoder(dataclasses.replace(model.config)).eval()
+    clone.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a, b = model(x), clone(x)
+    assert torch.equal(a.anomaly_map, b.anomaly_map)
+    path = tmp_path / "fae.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=["pred_score", "anomaly_map"], dynamic_axes={"image": {0: "batch"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x2 = torch.rand(3, 1, 32, 32)
+    score, amap = session.run(None, {"image": x2.numpy()})
+    with torch.no_grad():
+        ref = model(x2)
+    assert np.abs(amap - ref.anomaly_map.numpy()).max() < 1e-4
+    assert np.abs(score - ref.pred_score.numpy()).max() < 1e-4
+
+
+def test_error_statistics_whiten_the_residual_and_standardise_each_position() -> None:
+    model = tiny_features(normalise_error=True).eval()
+    g = torch.Generator().manual_seed(0)
+    d = 40 + 112
+    residuals = torch.randn(6, d, 4, 4, generator=g) * torch.linspace(0.1, 3.0, d).view(1, d, 1, 1)
+    info = model.set_error_statistics(residuals)
+    assert info == {"error_images": 6.0, "error_positions": 16.0}
+    vectors = residuals.permute(0, 2, 3, 1).reshape(-1, d).double()
+    inverse = torch.linalg.inv(torch.cov(vectors.T) + 0.01 * torch.eye(d, dtype=torch.float64))
+    # W W^T = (S + 0.01 I)^-1, so the whitened squared norm is the Mahalanobis form r^T (S + 0.01 I)^-1 r / D
+    w = model.whitening.double()
+    assert torch.allclose(w @ w.T, inverse, rtol=1e-4, atol=1e-6)
+    r = residuals[:1]
+    by_hand = torch.einsum("bchw,cd,bdhw->bhw", r.double(), inverse, r.double()) / d
+    zero = torch.zeros_like(r)
+    assert torch.allclose(model.squared_error(r, zero)[:, 0].double(), by_hand, rtol=1e-4)
+    # each position's error over the held-out images has mean 0 and std 1 after standardisation
+    errors = model.squared_error(residuals, torch.zeros_like(residuals))
+    z = (errors - model.error_mean) / model.error_std
+    assert torch.allclose(z.mean(dim=0), torch.zeros(1, 4, 4), atol=1e-4)
+    assert torch.allclose(z.std(dim=0, unbiased=False), torch.ones(1, 4, 4), atol=1e-4)
+    with pytest.raises(ConfigError, match="at least 2 held-out normal images"):
+        model.set_error_statistics(residuals[:1])
+
+
+def test_finalize_installs_statistics_that_survive_a_round_trip_and_onnx(tmp_path) -> None:
+    model = tiny_features(normalise_error=True, blur_sigma=1.0)
+    method = AutoencoderMethod(model).train()
+    method.training_step({"image": normal_images(8)})
+    held_out = normal_images(6, seed=3)
+    info = method.finalize([{"image": held_out[:3]}, {"image": held_out[3:]}])
+    assert info["error_images"] == 6.0 and model.whitening.shape == (152, 152)
+    assert model.error_mean.shape == model.error_std.shape == (1, 1, 4, 4)
+    with torch.no_grad():
+        target = model.target(held_out)
+        errors = model.squared_error(target, model.reconstruct(target))
+    assert torch.allclose(errors.mean(dim=0, keepdim=True), model.error_mean, atol=1e-5)
+    # a fresh (unfinalised) model takes the fitted statistics from the state dict
+    clone = Autoencoder(dataclasses.replace(model.config)).eval()
+    assert clone.whitening.numel() == 0
+    clone.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a, b = model(x), clone(x)
+    assert torch.equal(a.anomaly_map, b.anomaly_map)
+    path = tmp_path / "fae_norm.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=["pred_score", "anomaly_map"], dynamic_axes={"image": {0: "batch"}})
+    amap = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[1]
+    np.testing.assert_allclose(amap, a.anomaly_map.numpy(), rtol=1e-4, atol=1e-3)  # random images: errors ~1e3
+    # without normalise_error, finalize does nothing; an empty validation split is a one-line error
+    assert AutoencoderMethod(tiny_features()).finalize([{"image": held_out}]) == {}
+    with pytest.raises(DataError, match="validation split is empty"):
+        method.finalize([])
+    with pytest.raises(ConfigError, match="model.normalise_error applies to input 'features' only"):
+        tiny(normalise_error=True)

@@ -1,14 +1,17 @@
-"""Autoencoder training: reconstruct normal images.
+"""Autoencoder training: reconstruct normal images (or their standardised backbone features).
 
-    loss = mean (x - x_hat)^2 + ssim_weight * ssim_loss(x_hat, x)
+    loss = mean (x - x_hat)^2 + ssim_weight * ssim_loss(x_hat, x)       (x: image or features)
 
 ``ssim_loss`` is kornia's ``(1 - SSIM) / 2`` averaged over pixels (window ``ssim_window``);
 the SSIM term (Bergmann et al., 2019) is off by default, leaving the plain L2 autoencoder.
+
+With ``model.input: features`` and ``model.normalise_error``, ``finalize`` (after training) gives the
+model its residual statistics from the held-out normal images (:meth:`Autoencoder.set_error_statistics`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 from kornia.losses import ssim_loss
@@ -17,6 +20,7 @@ from torch.nn import functional as F
 
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
 from fabml.anomaly.models.autoencoder import Autoencoder
+from fabml.errors import DataError
 
 
 @ANOMALY_METHODS.register("autoencoder")
@@ -40,15 +44,33 @@ class AutoencoderMethod(AnomalyMethod):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``batch["image"]`` ``[B, C, H, W]`` -> ``{"loss", "mse"[, "ssim_loss"]}``."""
-        images = batch["image"]
-        reconstruction = self.model(images)
-        mse = F.mse_loss(reconstruction, images)
+        target, reconstruction = self.model(batch["image"])
+        mse = F.mse_loss(reconstruction, target)
         cfg = self.model.config
         if cfg.ssim_weight <= 0:
             return {"loss": mse, "mse": mse.detach()}
-        ssim = ssim_loss(reconstruction, images, window_size=cfg.ssim_window, max_val=1.0)
+        ssim = ssim_loss(reconstruction, target, window_size=cfg.ssim_window, max_val=1.0)
         return {"loss": mse + cfg.ssim_weight * ssim, "mse": mse.detach(), "ssim_loss": ssim.detach()}
 
+    @torch.no_grad()
+    def finalize(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Residual statistics of the held-out normal images in ``loader`` (``normalise_error`` only)."""
+        model = self.model
+        if not model.config.normalise_error:
+            return {}
+        model.eval()
+        device = next(model.parameters()).device
+        residuals = []
+        for batch in loader:
+            target = model.target(batch["image"].to(device))
+            residuals.append(target - model.reconstruct(target))
+        if not residuals:
+            raise DataError(
+                "model.normalise_error needs held-out normal images and the validation split is empty; "
+                "raise data.val_fraction or set model.normalise_error: false"
+            )
+        return model.set_error_statistics(torch.cat(residuals))
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Encoder and decoder weights."""
+        """Encoder and decoder weights (a feature extractor is frozen)."""
         return [p for p in self.model.parameters() if p.requires_grad]

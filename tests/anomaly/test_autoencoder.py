@@ -332,7 +332,7 @@ def test_error_statistics_whiten_the_residual_and_standardise_each_position() ->
     assert torch.allclose(model.squared_error(r, zero)[:, 0].double(), by_hand, rtol=1e-4)
     # each position's error over the held-out images has mean 0 and std 1 after standardisation
     errors = model.squared_error(residuals, torch.zeros_like(residuals))
-    z = (errors - model.error_mean) / model.error_std
+    z = model.position_norm(errors)
     assert torch.allclose(z.mean(dim=0), torch.zeros(1, 4, 4), atol=1e-4)
     assert torch.allclose(z.std(dim=0, unbiased=False), torch.ones(1, 4, 4), atol=1e-4)
     with pytest.raises(ConfigError, match="at least 2 held-out normal images"):
@@ -346,11 +346,11 @@ def test_finalize_installs_statistics_that_survive_a_round_trip_and_onnx(tmp_pat
     held_out = normal_images(6, seed=3)
     info = method.finalize([{"image": held_out[:3]}, {"image": held_out[3:]}])
     assert info["error_images"] == 6.0 and model.whitening.shape == (152, 152)
-    assert model.error_mean.shape == model.error_std.shape == (1, 1, 4, 4)
+    assert model.position_norm.mean.shape == model.position_norm.std.shape == (1, 1, 4, 4)
     with torch.no_grad():
         target = model.target(held_out)
         errors = model.squared_error(target, model.reconstruct(target))
-    assert torch.allclose(errors.mean(dim=0, keepdim=True), model.error_mean, atol=1e-5)
+    assert torch.allclose(errors.mean(dim=0, keepdim=True), model.position_norm.mean, atol=1e-5)
     # a fresh (unfinalised) model takes the fitted statistics from the state dict
     clone = Autoencoder(dataclasses.replace(model.config)).eval()
     assert clone.whitening.numel() == 0
@@ -366,7 +366,7 @@ def test_finalize_installs_statistics_that_survive_a_round_trip_and_onnx(tmp_pat
     np.testing.assert_allclose(amap, a.anomaly_map.numpy(), rtol=1e-4, atol=1e-3)  # random images: errors ~1e3
     # without normalise_error, finalize does nothing; an empty validation split is a one-line error
     assert AutoencoderMethod(tiny_features()).finalize([{"image": held_out}]) == {}
-    with pytest.raises(DataError, match="validation split is empty"):
+    with pytest.raises(DataError, match="model.normalise_error needs held-out normal images and the validation split is empty"):
         method.finalize([])
     with pytest.raises(ConfigError, match="model.normalise_error applies to input 'features' only"):
         tiny(normalise_error=True)

@@ -165,3 +165,41 @@ def test_defect_scores_above_normal_after_tiny_fit() -> None:
     spot = torch.zeros(32, 32, dtype=torch.bool)
     spot[10:16, 12:18] = True
     assert out.anomaly_map[:, 0][:, spot].mean() > out.anomaly_map[:, 0][:, ~spot].mean()
+
+
+def test_standardise_map_fits_on_held_out_images_and_round_trips(tmp_path) -> None:
+    from fabml.anomaly.models.base import PositionStandardiser
+
+    model = tiny(in_chans=1, layers=[2, 3], standardise_map=True)
+    method = StfpmMethod(model)
+    held_out = ramps(6, seed=4)
+    info = method.finalize([{"image": held_out[:4]}, {"image": held_out[4:]}])
+    assert info == {"standardised_images": 6.0}
+    assert not model.training and model.position_norm.mean.shape == (1, 1, 32, 32)
+    with torch.no_grad():
+        raw = model.raw_anomaly_map(*model.features(held_out))
+        z = model(held_out).anomaly_map
+    # the map is the raw product map in standard deviations of the held-out images at each pixel
+    assert torch.allclose(z, (raw - raw.mean(dim=0, keepdim=True)) / raw.std(dim=0, keepdim=True, unbiased=False).clamp_min(1e-6),
+                          atol=1e-4)
+    # finalize again gives the same statistics (it fits on raw maps, not on already standardised ones)
+    mean = model.position_norm.mean.clone()
+    method.finalize([{"image": held_out}])
+    assert torch.allclose(model.position_norm.mean, mean)
+    clone = Stfpm(dataclasses.replace(model.config)).eval()
+    clone.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(clone(x).anomaly_map, model(x).anomaly_map)
+    path = tmp_path / "stfpm_std.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                      output_names=["pred_score", "anomaly_map"], dynamic_axes={"image": {0: "batch"}})
+    amap = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[1]
+    with torch.no_grad():
+        np.testing.assert_allclose(amap, model(x).anomaly_map.numpy(), rtol=1e-4, atol=1e-3)
+    # off by default: finalize does nothing; on with no held-out images: a one-line error naming the setting
+    assert StfpmMethod(tiny(in_chans=1, layers=[2, 3])).finalize([{"image": held_out}]) == {}
+    with pytest.raises(DataError, match="model.standardise_map needs held-out normal images"):
+        method.finalize([])
+    with pytest.raises(DataError, match="at least 2 held-out normal images"):
+        PositionStandardiser().fit(torch.rand(1, 1, 4, 4))

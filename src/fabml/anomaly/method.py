@@ -16,13 +16,13 @@ Training batches hold normal images only.
 from __future__ import annotations
 
 import importlib
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 
 from fabml.anomaly.models.base import AnomalyModel
 from fabml.engine.method import Method
-from fabml.errors import TrainingError
+from fabml.errors import DataError, TrainingError
 from fabml.registry import Registry
 from fabml.weights import load_pretrained
 
@@ -39,6 +39,24 @@ METHOD_MODULES = {
     "autoencoder": "fabml.anomaly.methods.autoencoder",
     "reference": "fabml.anomaly.methods.reference",
 }
+
+
+@torch.no_grad()
+def held_out_outputs(
+    model: AnomalyModel, loader: Iterable[dict[str, torch.Tensor]], fn: Callable[[torch.Tensor], torch.Tensor],
+    setting: str,
+) -> torch.Tensor:
+    """``fn(images)`` of every batch of ``loader`` (the held-out normal images), concatenated along the batch,
+    with the model in eval mode; a one-line DataError naming ``setting`` when the loader is empty."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = [fn(batch["image"].to(device)) for batch in loader]
+    if not outputs:
+        raise DataError(
+            f"{setting} needs held-out normal images and the validation split is empty; raise data.val_fraction "
+            f"or set {setting}: false"
+        )
+    return torch.cat(outputs)
 
 
 class AnomalyMethod(Method):

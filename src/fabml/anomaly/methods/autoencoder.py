@@ -18,9 +18,8 @@ from kornia.losses import ssim_loss
 from torch import nn
 from torch.nn import functional as F
 
-from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
+from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod, held_out_outputs
 from fabml.anomaly.models.autoencoder import Autoencoder
-from fabml.errors import DataError
 
 
 @ANOMALY_METHODS.register("autoencoder")
@@ -58,18 +57,12 @@ class AutoencoderMethod(AnomalyMethod):
         model = self.model
         if not model.config.normalise_error:
             return {}
-        model.eval()
-        device = next(model.parameters()).device
-        residuals = []
-        for batch in loader:
-            target = model.target(batch["image"].to(device))
-            residuals.append(target - model.reconstruct(target))
-        if not residuals:
-            raise DataError(
-                "model.normalise_error needs held-out normal images and the validation split is empty; "
-                "raise data.val_fraction or set model.normalise_error: false"
-            )
-        return model.set_error_statistics(torch.cat(residuals))
+
+        def residuals(images: torch.Tensor) -> torch.Tensor:
+            target = model.target(images)
+            return target - model.reconstruct(target)
+
+        return model.set_error_statistics(held_out_outputs(model, loader, residuals, "model.normalise_error"))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Encoder and decoder weights (a feature extractor is frozen)."""

@@ -7,16 +7,19 @@ Loss (Wang et al., 2021, Eq. 1-2), for an image and each layer k with feature si
 
 (anomalib sums over the batch instead of averaging; the paper's per-image loss is used here,
 so the gradient does not grow with the batch size.)
+
+With ``model.standardise_map``, ``finalize`` fits the model's per-pixel standardisation on the raw maps
+of the held-out normal images.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import nn
 
-from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
+from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod, held_out_outputs
 from fabml.anomaly.models.stfpm import Stfpm, layer_distance_map
 
 
@@ -60,6 +63,16 @@ class StfpmMethod(AnomalyMethod):
             layer_losses.append(layer_loss)
             out[f"loss_layer{layer}"] = layer_loss.detach()
         return {"loss": torch.stack(layer_losses).sum(), **out}
+
+    @torch.no_grad()
+    def finalize(self, loader: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """``standardise_map``: fit the per-pixel standardisation on the held-out normal images' raw maps."""
+        model = self.model
+        if not model.config.standardise_map:
+            return {}
+        raw_maps = held_out_outputs(model, loader, lambda x: model.raw_anomaly_map(*model.features(x)),
+                                    "model.standardise_map")
+        return model.position_norm.fit(raw_maps)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The student's parameters only."""

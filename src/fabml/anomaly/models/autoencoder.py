@@ -42,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fabml.anomaly.models.base import (
-    AnomalyModel, AnomalyOutput, BackboneModelConfig, GaussianBlur, backbone_extractor,
+    AnomalyModel, AnomalyOutput, BackboneModelConfig, GaussianBlur, PositionStandardiser, backbone_extractor,
 )
 from fabml.anomaly.models.feature_utils import concat_feature_maps, resize_buffers_for_load
 from fabml.anomaly.models.registry import ANOMALY_MODELS
@@ -163,14 +163,13 @@ class Autoencoder(AnomalyModel):
             *(conv_block(back[i], back[i + 1], 1, kernel=1) for i in range(len(back) - 2)),
             nn.Conv2d(back[-2], back[-1], 1),
         )
-        # set by set_error_statistics after training (empty = plain mean squared error)
+        # set by set_error_statistics after training (empty / identity = plain mean squared error)
         self.register_buffer("whitening", torch.empty(0))
-        self.register_buffer("error_mean", torch.empty(0))
-        self.register_buffer("error_std", torch.empty(0))
+        self.position_norm = PositionStandardiser()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         if self.feature_extractor is not None:
-            resize_buffers_for_load(self, state_dict, prefix, ["whitening", "error_mean", "error_std"])
+            resize_buffers_for_load(self, state_dict, prefix, ["whitening"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def squared_error(self, target: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -186,8 +185,8 @@ class Autoencoder(AnomalyModel):
         """Install the residual statistics from held-out normal images' residuals ``[N, D, h, w]``.
 
         ``S`` = covariance of the ``N h w`` residual vectors (float64), ``W = cholesky((S + ridge I)^-1)``
-        ``[D, D]``; then the whitened error ``e`` of each image gives ``error_mean`` and ``error_std``
-        ``[1, 1, h, w]`` (population std, floored at 1e-6). Returns the numbers of images and positions.
+        ``[D, D]``; then the whitened errors ``e`` ``[N, 1, h, w]`` fit ``position_norm`` (a
+        :class:`PositionStandardiser`). Returns the numbers of images and positions.
         """
         if residuals.dim() != 4 or residuals.shape[0] < 2:
             raise ConfigError(
@@ -199,8 +198,7 @@ class Autoencoder(AnomalyModel):
         covariance = torch.cov(vectors.T).reshape(d, d) + ridge * torch.eye(d, dtype=torch.float64)
         self.whitening = torch.linalg.cholesky(torch.linalg.inv(covariance)).float().to(residuals.device)
         error = torch.einsum("bchw,cd->bdhw", residuals.float(), self.whitening).pow(2).mean(dim=1, keepdim=True)
-        self.error_mean = error.mean(dim=0, keepdim=True)
-        self.error_std = error.std(dim=0, keepdim=True, unbiased=False).clamp_min(1e-6)
+        self.position_norm.fit(error)
         return {"error_images": float(residuals.shape[0]), "error_positions": float(error[0].numel())}
 
     def train(self, mode: bool = True) -> "Autoencoder":
@@ -246,9 +244,7 @@ class Autoencoder(AnomalyModel):
         if self.feature_extractor is None:
             error = (target - reconstruction).pow(2).mean(dim=1, keepdim=True)
         else:
-            error = self.squared_error(target, reconstruction)
-            if self.error_mean.numel() > 0:
-                error = (error - self.error_mean) / self.error_std
+            error = self.position_norm(self.squared_error(target, reconstruction))
         if tuple(error.shape[-2:]) != self.image_size:
             error = F.interpolate(error, size=self.image_size, mode="bilinear", align_corners=False)
         return self.blur(error)

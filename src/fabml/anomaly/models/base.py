@@ -19,6 +19,7 @@ import torch
 from kornia.filters import gaussian_blur2d
 from torch import nn
 
+from fabml.anomaly.models.feature_utils import resize_buffers_for_load
 from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError, DataError
 
@@ -175,6 +176,47 @@ class GaussianBlur(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size, sigma = self.kernel_size, self.sigma
         return gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="replicate", separable=True)
+
+
+class PositionStandardiser(nn.Module):
+    """Per-position standardisation of raw anomaly maps, fitted on held-out normal images.
+
+        z_p = (m_p - mean_p) / std_p        mean_p, std_p over the fitted images at position p
+
+    ``m`` is ``[B, 1, h, w]`` on any fixed grid; ``mean`` / ``std`` are ``[1, 1, h, w]`` buffers
+    (population std, floored at 1e-6). A raw map's level often depends on where it is (image borders,
+    a fixture, a feature grid's edge cells); in standard deviations of normal images at that position a
+    defect stands out wherever it is. Identity until :meth:`fit`; the buffers load from any fitted state dict.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.empty(0))
+        self.register_buffer("std", torch.empty(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        resize_buffers_for_load(self, state_dict, prefix, ["mean", "std"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def fitted(self) -> bool:
+        return self.mean.numel() > 0
+
+    def fit(self, maps: torch.Tensor) -> dict[str, float]:
+        """Fit on raw maps ``[N, 1, h, w]`` of ``N >= 2`` normal images; returns ``{"standardised_images": N}``."""
+        if maps.dim() != 4 or maps.shape[1] != 1 or maps.shape[0] < 2:
+            raise DataError(
+                f"per-position standardisation needs the maps [N, 1, h, w] of at least 2 held-out normal images, got "
+                f"{list(maps.shape)}; raise data.val_fraction"
+            )
+        self.mean = maps.mean(dim=0, keepdim=True)
+        self.std = maps.std(dim=0, keepdim=True, unbiased=False).clamp_min(1e-6)
+        return {"standardised_images": float(maps.shape[0])}
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.mean.numel() == 0:
+            return maps
+        return (maps - self.mean) / self.std
 
 
 class AnomalyModel(nn.Module):

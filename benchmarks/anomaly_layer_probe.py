@@ -12,7 +12,9 @@ the report half, which nothing was chosen on. ``benchmarks/anomaly_magnetic_tile
 For a fitted FastFlow or STFPM run it scores the test images once and prints the image AUROC on each half (and
 on all of them) for every non-empty subset of the model's layers, each map made by the model's own
 ``compute_anomaly_map`` from that subset (FastFlow: ``1 - mean exp(-0.5 mean_c z^2)``; STFPM: the product) and
-pooled by ``max`` or by ``topk_mean`` of the top 1% of pixels. Writes ``layer_probe.json`` beside the run.
+pooled by ``max`` or by ``topk_mean`` of the top 1% of pixels; for an STFPM run fitted with ``standardise_map``,
+also the standardised map of all its layers (what the run predicts) beside the raw one. Writes ``layer_probe.json``
+beside the run.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ def subset_map(model: torch.nn.Module, name: str, images: torch.Tensor) -> Calla
         features = model.feature_extractor(images)
         zs = [flow(norm(f))[0] for norm, flow, f in zip(model.norms, model.flows, features)]
         return lambda subset: model.compute_anomaly_map([zs[i] for i in subset])
-    if name == "stfpm":
+    if name == "stfpm":  # the raw product: a fitted per-pixel standardisation belongs to all layers together
         teacher, student = model.teacher(images), model.student(images)
-        return lambda subset: model.compute_anomaly_map([teacher[i] for i in subset], [student[i] for i in subset])
+        return lambda subset: model.raw_anomaly_map([teacher[i] for i in subset], [student[i] for i in subset])
     raise SystemExit(f"the probe knows fastflow and stfpm runs, not {name!r}")
 
 
@@ -82,9 +84,14 @@ def main() -> None:
             map_of = subset_map(fitted.model, fitted.name, batch["image"])
             for subset in subsets:
                 combined = map_of(subset)
-                for pooling, cfg in POOLINGS.items():
-                    key = f"layers {[layers[i] for i in subset]} {pooling}"
-                    scores.setdefault(key, []).extend(pool_anomaly_map(combined, cfg).tolist())
+                variants = {"": combined}
+                if len(subset) == len(layers) and getattr(fitted.model, "position_norm", None) is not None \
+                        and fitted.model.position_norm.fitted:  # STFPM's standardise_map, as the run predicts
+                    variants[" standardised"] = fitted.model.position_norm(combined)
+                for suffix, amap in variants.items():
+                    for pooling, cfg in POOLINGS.items():
+                        key = f"layers {[layers[i] for i in subset]}{suffix} {pooling}"
+                        scores.setdefault(key, []).extend(pool_anomaly_map(amap, cfg).tolist())
             labels.extend(int(v) for v in batch["label"])
     paths = [r.path for r in records]
     result = {key: half_aurocs(np.array(labels), np.array(vals), paths) for key, vals in scores.items()}

@@ -292,26 +292,10 @@ def test_features_mode_errors() -> None:
                                          channels=[8, 8, 8, 8, 8, 8]))
 
 
-def test_features_mode_round_trip_and_onnx(tmp_path) -> None:
+def test_features_mode_round_trip_and_onnx(round_trip_and_onnx) -> None:
     model = tiny_features(blur_sigma=1.0)
     AutoencoderMethod(model).train().training_step({"image": normal_images(4)})  # moves the standardiser
-    model.eval()
-    clone = Autoencoder(dataclasses.replace(model.config)).eval()
-    clone.load_state_dict(model.state_dict())
-    x = torch.rand(2, 1, 32, 32)
-    with torch.no_grad():
-        a, b = model(x), clone(x)
-    assert torch.equal(a.anomaly_map, b.anomaly_map)
-    path = tmp_path / "fae.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=["pred_score", "anomaly_map"], dynamic_axes={"image": {0: "batch"}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x2 = torch.rand(3, 1, 32, 32)
-    score, amap = session.run(None, {"image": x2.numpy()})
-    with torch.no_grad():
-        ref = model(x2)
-    assert np.abs(amap - ref.anomaly_map.numpy()).max() < 1e-4
-    assert np.abs(score - ref.pred_score.numpy()).max() < 1e-4
+    round_trip_and_onnx(model, torch.rand(3, 1, 32, 32))
 
 
 def test_error_statistics_whiten_the_residual_and_standardise_each_position() -> None:
@@ -339,7 +323,7 @@ def test_error_statistics_whiten_the_residual_and_standardise_each_position() ->
         model.set_error_statistics(residuals[:1])
 
 
-def test_finalize_installs_statistics_that_survive_a_round_trip_and_onnx(tmp_path) -> None:
+def test_finalize_installs_statistics_that_survive_a_round_trip_and_onnx(round_trip_and_onnx) -> None:
     model = tiny_features(normalise_error=True, blur_sigma=1.0)
     method = AutoencoderMethod(model).train()
     method.training_step({"image": normal_images(8)})
@@ -352,18 +336,8 @@ def test_finalize_installs_statistics_that_survive_a_round_trip_and_onnx(tmp_pat
         errors = model.squared_error(target, model.reconstruct(target))
     assert torch.allclose(errors.mean(dim=0, keepdim=True), model.position_norm.mean, atol=1e-5)
     # a fresh (unfinalised) model takes the fitted statistics from the state dict
-    clone = Autoencoder(dataclasses.replace(model.config)).eval()
-    assert clone.whitening.numel() == 0
-    clone.load_state_dict(model.state_dict())
-    x = torch.rand(2, 1, 32, 32)
-    with torch.no_grad():
-        a, b = model(x), clone(x)
-    assert torch.equal(a.anomaly_map, b.anomaly_map)
-    path = tmp_path / "fae_norm.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=["pred_score", "anomaly_map"], dynamic_axes={"image": {0: "batch"}})
-    amap = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[1]
-    np.testing.assert_allclose(amap, a.anomaly_map.numpy(), rtol=1e-4, atol=1e-3)  # random images: errors ~1e3
+    assert Autoencoder(dataclasses.replace(model.config)).whitening.numel() == 0
+    round_trip_and_onnx(model, torch.rand(2, 1, 32, 32), atol=1e-3)  # random images: errors ~1e3
     # without normalise_error, finalize does nothing; an empty validation split is a one-line error
     assert AutoencoderMethod(tiny_features()).finalize([{"image": held_out}]) == {}
     with pytest.raises(DataError, match="model.normalise_error needs held-out normal images and the validation split is empty"):

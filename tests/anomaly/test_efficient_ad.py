@@ -276,3 +276,40 @@ def test_tiny_fit_scores_a_defect_above_normal_images() -> None:
     assert float(out.pred_score[1]) > 10 * max(float(out.pred_score[0]), 0.1)
     defect, background = out.anomaly_map[1, 0, 20:36, 20:36].mean(), out.anomaly_map[1, 0, :, 48:].mean()
     assert float(defect) > float(background)
+
+
+def test_backbone_teacher_is_the_frozen_backbone_targets_and_needs_no_distillation(tmp_path: Path) -> None:
+    from fabml.anomaly.models.efficient_ad import BackboneTeacher
+
+    model = tiny(teacher="backbone", backbone="resnet18", layers=[2, 3])
+    assert isinstance(model.teacher, BackboneTeacher) and bool(model.teacher_ready)
+    assert model.pretrained_files() == []  # the extractor gets the backbone's weights in the weights step
+    x = images(4, 1)
+    with torch.no_grad():
+        expected = backbone_targets(model.teacher.extractor, x, 8, model.grid)
+    torch.testing.assert_close(model.teacher(x), expected)
+    method = EfficientAdMethod(model)
+    stats = method.prepare(loader(x))
+    assert "distill_steps" not in stats and stats["teacher_stats_images"] == 4.0
+    # the teacher's output is standardised with its own channel statistics over the training images
+    z = model.teacher_features(x)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(8), atol=1e-4, rtol=0)
+    trainable = {id(p) for p in method.trainable_parameters()}
+    assert not any(id(p) in trainable for p in model.teacher.parameters())
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    opt = torch.optim.Adam(method.trainable_parameters(), lr=1e-3)
+    method.train()
+    assert not model.teacher.training
+    loss = method.training_step({"image": x})["loss"]
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(v, before[k]) for k, v in model.teacher.state_dict().items())
+    method.finalize(loader(images(3, 1, seed=5)))
+    model.eval()
+    clone = tiny(teacher="backbone", backbone="resnet18", layers=[2, 3]).eval()
+    clone.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x).anomaly_map, model(x).anomaly_map)
+    with pytest.raises(ConfigError, match="model.teacher='vit': choose one of pdn, backbone"):
+        tiny(teacher="vit")

@@ -167,7 +167,7 @@ def test_defect_scores_above_normal_after_tiny_fit() -> None:
     assert out.anomaly_map[:, 0][:, spot].mean() > out.anomaly_map[:, 0][:, ~spot].mean()
 
 
-def test_standardise_map_fits_on_held_out_images_and_round_trips(tmp_path) -> None:
+def test_standardise_map_fits_on_held_out_images_and_round_trips(round_trip_and_onnx) -> None:
     from fabml.anomaly.models.base import PositionStandardiser
 
     model = tiny(in_chans=1, layers=[2, 3], standardise_map=True)
@@ -186,17 +186,7 @@ def test_standardise_map_fits_on_held_out_images_and_round_trips(tmp_path) -> No
     mean = model.position_norm.mean.clone()
     method.finalize([{"image": held_out}])
     assert torch.allclose(model.position_norm.mean, mean)
-    clone = Stfpm(dataclasses.replace(model.config)).eval()
-    clone.load_state_dict(model.state_dict())
-    x = torch.rand(2, 1, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(clone(x).anomaly_map, model(x).anomaly_map)
-    path = tmp_path / "stfpm_std.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
-                      output_names=["pred_score", "anomaly_map"], dynamic_axes={"image": {0: "batch"}})
-    amap = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[1]
-    with torch.no_grad():
-        np.testing.assert_allclose(amap, model(x).anomaly_map.numpy(), rtol=1e-4, atol=1e-3)
+    round_trip_and_onnx(model, torch.rand(2, 1, 32, 32), atol=1e-3)
     # off by default: finalize does nothing; on with no held-out images: a one-line error naming the setting
     assert StfpmMethod(tiny(in_chans=1, layers=[2, 3])).finalize([{"image": held_out}]) == {}
     with pytest.raises(DataError, match="model.standardise_map needs held-out normal images"):

@@ -38,7 +38,9 @@ from torch.nn import functional as F
 
 from fabml.anomaly.method import ANOMALY_METHODS, AnomalyMethod
 from fabml.engine.step_generator import StepGenerator
-from fabml.anomaly.models.efficient_ad import EfficientAdModel, PatchDescriptionNetwork, teacher_file_names
+from fabml.anomaly.models.efficient_ad import (  # backbone_targets: also the distillation target
+    EfficientAdModel, PatchDescriptionNetwork, backbone_targets, teacher_file_names,
+)
 from fabml.backbones import FeatureExtractor
 from fabml.errors import ConfigError, DataError, FabmlError, TrainingError
 from fabml.weights import WEIGHTS_DIR_ENV, load_pretrained_backbone
@@ -138,25 +140,6 @@ class PenaltyImages:
         if tensor.shape[0] != self.in_chans:
             tensor = tensor.expand(self.in_chans, -1, -1).contiguous()
         return tensor
-
-
-def backbone_targets(
-    extractor: FeatureExtractor, images: torch.Tensor, channels: int, grid: tuple[int, int]
-) -> torch.Tensor:
-    """Distillation targets ``[B, channels, h, w]`` from a backbone, as PatchCore describes patches.
-
-    Each layer: 3x3 local mean, bilinear resize to the PDN grid, adaptive average pooling along
-    channels to ``channels`` (repeating channels when a layer has fewer); then the layers'
-    results are averaged. No learned or random projection is involved.
-    """
-    out = []
-    for feat in extractor(images):
-        feat = F.avg_pool2d(feat, 3, stride=1, padding=1)
-        feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
-        b, c, h, w = feat.shape
-        pooled = F.adaptive_avg_pool1d(feat.permute(0, 2, 3, 1).reshape(-1, 1, c), channels)
-        out.append(pooled.reshape(b, h, w, channels).permute(0, 3, 1, 2))
-    return torch.stack(out).mean(dim=0)
 
 
 def cycle(loader: Iterable[dict[str, torch.Tensor]], steps: int) -> Iterator[torch.Tensor]:

@@ -29,6 +29,14 @@ before fitting): ``teacher_weights`` (a state-dict file, e.g. anomalib's
 ``efficientad_pretrained_weights/`` subfolder); else, with ``pretrained=True``, the method
 distils the teacher from the local backbone ``backbone`` before training (``teacher_ready`` is
 0 until then); ``pretrained=False`` keeps a random teacher.
+
+``teacher: backbone`` (a CPU setting, not the paper's): no PDN teacher at all; the teacher's output is
+the frozen pretrained backbone's features, described as the distillation targets are
+(:func:`backbone_targets`: 3x3 local mean of each of ``layers``, bilinear resize to the PDN grid,
+channels pooled to ``out_channels``). The paper's PDN teacher is itself distilled to imitate such
+features (for 60 000 ImageNet steps); a CPU cannot afford that, and using the features directly gives
+the student and autoencoder the target the distillation aims at. The PDN student and the autoencoder
+are unchanged; the teacher costs one backbone forward pass per image.
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, PoolingConfig
+from fabml.anomaly.models.base import AnomalyModel, AnomalyOutput, PoolingConfig, backbone_extractor
+from fabml.backbones import FeatureExtractor
 from fabml.anomaly.models.registry import ANOMALY_MODELS
 from fabml.errors import ConfigError
 from fabml.weights import LoadReport, PretrainedFile
@@ -50,6 +59,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_MEAN = sum(IMAGENET_MEAN) / 3
 GRAY_STD = sum(IMAGENET_STD) / 3
 SIZES = ("small", "medium")
+TEACHERS = ("pdn", "backbone")
 MIN_SIZE = 64  # the autoencoder's five stride-2 convolutions need at least 2 px left
 MAP_PAD = 4  # grid cells the no-padding PDN loses on each side (its 33 px receptive field at stride 4)
 
@@ -62,6 +72,7 @@ class EfficientAdConfig:
     width_scale: multiplies the PDN hidden widths (1.0 = paper; < 1 only for quick tests).
     padding: zero padding in the PDN convolutions (paper: none). pad_maps: pad the maps of a
     no-padding PDN by 4 cells before upsampling, so that they line up with the image.
+    teacher: ``pdn`` (the paper's) | ``backbone`` (the backbone's features themselves; see the module doc).
     Teacher: ``pretrained``, ``teacher_weights``, ``weights_dir`` (see the module doc).
     Distillation (only when no teacher file is found): timm ``backbone`` with ``layers``
     (its ``weights``, ``weights_dir``, ``channel_mode``), ``distill_steps`` Adam steps at
@@ -75,6 +86,7 @@ class EfficientAdConfig:
     in_chans: int = 3
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     model_size: str = "small"
+    teacher: str = "pdn"
     out_channels: int = 384
     width_scale: float = 1.0
     padding: bool = False
@@ -105,6 +117,39 @@ class ImageNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+def backbone_targets(
+    extractor: FeatureExtractor, images: torch.Tensor, channels: int, grid: tuple[int, int]
+) -> torch.Tensor:
+    """Distillation targets ``[B, channels, h, w]`` from a backbone, as PatchCore describes patches.
+
+    Each layer: 3x3 local mean, bilinear resize to the PDN grid, adaptive average pooling along
+    channels to ``channels`` (repeating channels when a layer has fewer); then the layers'
+    results are averaged. No learned or random projection is involved.
+    """
+    out = []
+    for feat in extractor(images):
+        feat = F.avg_pool2d(feat, 3, stride=1, padding=1)
+        feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
+        b, c, h, w = feat.shape
+        pooled = F.adaptive_avg_pool1d(feat.permute(0, 2, 3, 1).reshape(-1, 1, c), channels)
+        out.append(pooled.reshape(b, h, w, channels).permute(0, 3, 1, 2))
+    return torch.stack(out).mean(dim=0)
+
+
+class BackboneTeacher(nn.Module):
+    """``teacher: backbone``: images ``[B, C, H, W]`` in [0, 1] -> :func:`backbone_targets` ``[B, channels, h, w]``
+    of a frozen extractor on the PDN grid ``(h, w)``."""
+
+    def __init__(self, extractor: FeatureExtractor, channels: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.channels = channels
+        self.grid = grid
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return backbone_targets(self.extractor, images, self.channels, self.grid)
 
 
 class PatchDescriptionNetwork(nn.Module):
@@ -225,20 +270,24 @@ class EfficientAdModel(AnomalyModel):
         h, w = self.image_size
         self.grid: tuple[int, int] = (pdn_output_size(h, config.padding), pdn_output_size(w, config.padding))
         args = (config.model_size, config.in_chans)
-        self.teacher = PatchDescriptionNetwork(*args, c, config.padding, config.width_scale)
+        self.teacher: nn.Module = (
+            BackboneTeacher(backbone_extractor(config), c, self.grid) if config.teacher == "backbone"
+            else PatchDescriptionNetwork(*args, c, config.padding, config.width_scale)
+        )
         self.student = PatchDescriptionNetwork(*args, 2 * c, config.padding, config.width_scale)
         self.autoencoder = AutoEncoder(self.image_size, config.in_chans, c, self.grid)
         self.teacher.requires_grad_(False)
         self.register_buffer("teacher_mean", torch.zeros(1, c, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, c, 1, 1))
         self.register_buffer("stats_ready", torch.tensor(False))
-        self.register_buffer("teacher_ready", torch.tensor(not config.pretrained))
+        self.register_buffer("teacher_ready", torch.tensor(not config.pretrained or config.teacher == "backbone"))
         for name, value in (("qa_st", 0.0), ("qb_st", 0.1), ("qa_ae", 0.0), ("qb_ae", 0.1)):
             self.register_buffer(name, torch.tensor(value))
 
     def pretrained_files(self) -> list[PretrainedFile]:
-        """The teacher's state-dict file for the weights step (nothing when ``pretrained=False``)."""
-        if not self.config.pretrained:
+        """The teacher's state-dict file for the weights step (nothing when ``pretrained=False``, and nothing
+        for ``teacher: backbone``, whose extractor gets the backbone's weights like every other extractor)."""
+        if not self.config.pretrained or self.config.teacher == "backbone":
             return []
         names = teacher_file_names(self.config.model_size)
         return [PretrainedFile(
@@ -348,6 +397,10 @@ def fold_rgb_conv(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tenso
 
 def check_config(config: EfficientAdConfig) -> None:
     """One-line ConfigError for settings EfficientAD cannot run with."""
+    if config.teacher not in TEACHERS:
+        raise ConfigError(f"model.teacher={config.teacher!r}: choose one of {', '.join(TEACHERS)}")
+    if config.teacher == "backbone" and not config.layers:
+        raise ConfigError("model.layers is empty; teacher 'backbone' needs at least one backbone layer (e.g. [3])")
     if config.model_size not in SIZES:
         raise ConfigError(f"model.model_size={config.model_size!r}: choose one of {', '.join(SIZES)}")
     if config.in_chans not in (1, 3):

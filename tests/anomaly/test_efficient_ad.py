@@ -14,7 +14,6 @@ from PIL import Image
 from fabml.anomaly.methods.efficient_ad import (
     EfficientAdMethod,
     backbone_targets,
-    distill_teacher,
     hard_feature_loss,
     linear_quantile,
 )

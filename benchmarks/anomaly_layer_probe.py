@@ -63,7 +63,7 @@ def subset_map(model: torch.nn.Module, name: str, images: torch.Tensor) -> Calla
         zs = [flow(norm(f))[0] for norm, flow, f in zip(model.norms, model.flows, features)]
         return lambda subset: model.compute_anomaly_map([zs[i] for i in subset])
     if name == "stfpm":  # the raw product: a fitted per-pixel standardisation belongs to all layers together
-        teacher, student = model.teacher(images), model.student(images)
+        teacher, student = model.features(images)
         return lambda subset: model.raw_anomaly_map([teacher[i] for i in subset], [student[i] for i in subset])
     raise SystemExit(f"the probe knows fastflow and stfpm runs, not {name!r}")
 

@@ -173,10 +173,12 @@ class Autoencoder(AnomalyModel):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def squared_error(self, target: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, h, w]``: ``mean_c r_c^2``, or with the residual statistics ``r^T W W^T r / D``
-        (``W W^T = (S + 0.01 I)^-1``, the whitened squared norm of ``r = target - reconstruction``);
-        input ``features`` only."""
-        residual = target - reconstruction
+        """``[B, 1, h, w]``: :meth:`residual_error` of ``r = target - reconstruction``; input ``features`` only."""
+        return self.residual_error(target - reconstruction)
+
+    def residual_error(self, residual: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, h, w]`` from residuals ``[B, D, h, w]``: ``mean_c r_c^2``, or with the residual statistics
+        ``r^T W W^T r / D`` (``W W^T = (S + 0.01 I)^-1``, the whitened squared norm)."""
         if self.whitening.numel() > 0:
             residual = torch.einsum("bchw,cd->bdhw", residual, self.whitening)
         return residual.pow(2).mean(dim=1, keepdim=True)
@@ -197,7 +199,7 @@ class Autoencoder(AnomalyModel):
         vectors = residuals.permute(0, 2, 3, 1).reshape(-1, d).double()
         covariance = torch.cov(vectors.T).reshape(d, d) + ridge * torch.eye(d, dtype=torch.float64)
         self.whitening = torch.linalg.cholesky(torch.linalg.inv(covariance)).float().to(residuals.device)
-        error = torch.einsum("bchw,cd->bdhw", residuals.float(), self.whitening).pow(2).mean(dim=1, keepdim=True)
+        error = self.residual_error(residuals.float())
         self.position_norm.fit(error)
         return {"error_images": float(residuals.shape[0]), "error_positions": float(error[0].numel())}
 

@@ -214,7 +214,7 @@ class PositionStandardiser(nn.Module):
         return {"standardised_images": float(maps.shape[0])}
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        if self.mean.numel() == 0:
+        if not self.fitted:
             return maps
         return (maps - self.mean) / self.std
 

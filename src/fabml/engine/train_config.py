@@ -66,6 +66,10 @@ class TrainConfig:
     in other epochs a monitor the callback provides is not compared, so they neither improve the
     best checkpoint nor count towards ``early_stop_patience``. ``overfit_ratio``: print one
     warning per run on stderr when ``val_loss / loss`` of an epoch exceeds it (0 = off).
+    ``ema_decay``: keep an exponential moving average of the weights with this decay per optimizer
+    step (e.g. 0.999: an average over roughly the last 1,000 steps; 0 = off). Validation, the
+    work without gradients, the best checkpoint and the weights the run ends with are the
+    average's; the average restarts at each stage from the previous stage's average.
     """
 
     epochs: int = 100
@@ -102,6 +106,7 @@ class TrainConfig:
     compile: bool = False
     validate_every: int = 1
     overfit_ratio: float = 0.0  # warn when val_loss / loss exceeds it; 0 = off
+    ema_decay: float = 0.0  # exponential moving average of the weights; 0 = off (see fabml.engine.weight_average)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -120,6 +125,8 @@ def check_config(cfg: TrainConfig) -> None:
     for name in ("grad_clip", "max_minutes", "max_steps", "early_stop_patience", "warmup_epochs", "lr", "overfit_ratio"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"train.{name}={getattr(cfg, name)} must be >= 0")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay={cfg.ema_decay} must be in [0, 1) (0 = off; 0.999 is typical)")
     names = [stage.name for stage in cfg.stages]
     for index, stage in enumerate(cfg.stages):
         if stage.epochs < 1:

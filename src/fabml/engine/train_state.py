@@ -3,7 +3,10 @@
 Format 2 (written now)::
 
     format        2
-    method        method.state_dict()                 (every network, online and target)
+    method        method.state_dict()                 (every network, online and target); with
+                  train.ema_decay the weight average's state (what a job loads)
+    training_weights  with train.ema_decay only: the weights the optimizer trains (a resume continues them)
+    ema_updates   with train.ema_decay only: updates of the average since it (re)started
     optimizer     optimizer.state_dict()              (moments; the rate is recomputed each step)
     scaler        GradScaler state or None
     rng           [capture_rng_state() of each rank]
@@ -87,10 +90,14 @@ def load_training_state(
 ) -> LoopState:
     """Load weights, optimizer moments and scaler from ``ckpt``; return the loop state it records.
 
+    The weights are the training weights (``training_weights`` when the run kept a weight
+    average, else ``method``); the trainer restores the average itself.
+
     The optimizer's per-group settings other than its moments (``lr_scale``, ``weight_decay``,
     ``name``) are kept from the groups just built from the current method and config.
     """
-    method.load_state_dict(ckpt["method"])
+    live = ckpt.get("training_weights")
+    method.load_state_dict(ckpt["method"] if live is None else live)
     current = [{k: v for k, v in group.items() if k in ("lr_scale", "weight_decay", "name")} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(ckpt["optimizer"])

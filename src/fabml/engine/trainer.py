@@ -60,6 +60,7 @@ from fabml.engine.train_config import (  # noqa: F401  (TrainConfig and its chec
     check_config,
 )
 from fabml.engine.train_state import LoopState, changed_settings, load_training_state, make_checkpoint
+from fabml.engine.weight_average import WeightAverage
 from fabml.errors import ConfigError, TrainingError
 
 # Epoch-row columns that measure the machine, not the training: they differ between identical runs.
@@ -186,6 +187,10 @@ class Trainer:
       N-th epoch of a stage and in its last epoch; epochs without it keep no monitor value (no best
       checkpoint, no patience count). ``train.overfit_ratio`` > 0 warns once per fit on stderr when
       ``val_loss / loss`` exceeds it. ``train.compile`` runs the loop's model through ``torch.compile``.
+    - **Weight average** (``train.ema_decay`` > 0, :mod:`fabml.engine.weight_average`): updated after
+      every optimizer step; validation and the work without gradients run on it, checkpoints store
+      it as ``method`` (the training weights beside it, so a resume is exact), and the method holds
+      it when :meth:`fit` returns. Each stage starts from the previous stage's average.
     - **Batch sampler** (``batch_sampler``, e.g. P×K batches): the loader takes its batches from
       it instead of shuffling ``batch_size`` samples; it is told the epoch (``set_epoch``) before
       each one, and it must build each rank's own batches (its ``world_size`` is checked). Its
@@ -302,6 +307,7 @@ class Trainer:
         self.global_step = 0
         self._model: nn.Module | None = None
         self._latest: dict[str, Any] | None = None  # latest.pt, read once per fit
+        self.ema: WeightAverage | None = None
 
     # --------------------------------------------------------------- resume
     def will_resume(self, resume: bool = False, fresh: bool = False) -> bool:
@@ -359,6 +365,9 @@ class Trainer:
             resumed = True
         elif resume and self.is_main:
             console.print(f"no checkpoint in {self.checkpoints.dir}; starting from scratch")
+        self.ema = WeightAverage(self.method, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        if self.ema is not None and resumed and "ema_updates" in self._load_latest():
+            self.ema.load(self._load_latest()["method"], self._load_latest()["ema_updates"])
         self._latest = None
         self._overfit_warned = False
         self.global_step = loop.global_step
@@ -452,6 +461,8 @@ class Trainer:
         finally:
             logger.close()
             self._unfreeze_all()
+        if self.ema is not None:
+            self.ema.copy_to(self.method)
         dist_utils.barrier()
         if self.is_main and stopped != "completed":
             where = f"{loop.batch} batches into epoch {loop.epoch + 1}" if loop.batch else f"after epoch {loop.epoch}"
@@ -480,6 +491,9 @@ class Trainer:
             if span.stage.reset_optimizer:
                 self.optimizer.state.clear()
             loop.best, loop.best_epoch, loop.bad_epochs = None, None, 0
+            if self.ema is not None:  # the stage continues from the previous stage's average
+                self.ema.copy_to(self.method)
+                self.ema.restart(self.method)
         self.method.set_stage(span.stage)
         if self.is_main and self.plan.staged:
             console.print(
@@ -582,6 +596,8 @@ class Trainer:
                 lr = self.plan.lr_at(epoch, self.global_step)
                 apply_lr(self.optimizer, lr)
                 grad_norm = self._optimizer_step()
+                if self.ema is not None:
+                    self.ema.update(self.method)
                 if grad_norm is not None:
                     sums["grad_norm"] = sums["grad_norm"] + grad_norm * group_size if "grad_norm" in sums else grad_norm * group_size
                 self.global_step += 1
@@ -619,8 +635,9 @@ class Trainer:
         values: dict[str, float] | None = None
         if self.is_main:
             self.method.eval()
+            averaged = self.ema.swapped_in(self.method) if self.ema is not None else nullcontext()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), averaged:
                     values = {k: float(v) for k, v in fn().items()}
             finally:
                 self.method.train()
@@ -686,10 +703,15 @@ class Trainer:
 
     # ----------------------------------------------------------- checkpoint
     def _checkpoint(self, loop: LoopState, span: StageSpan, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-        return make_checkpoint(
+        ckpt = make_checkpoint(
             self.method, self.optimizer, self.scaler, loop, span.stage.name, rng_states, to_dict(self.cfg),
             self.job_config, self.dist.world_size,
         )
+        if self.ema is not None:  # a job loads ``method``: the average; a resume trains on from the live weights
+            ckpt["training_weights"] = ckpt["method"]
+            ckpt["method"] = self.ema.averaged_state(self.method)
+            ckpt["ema_updates"] = self.ema.updates
+        return ckpt
 
     def _restore(self) -> tuple[LoopState, dict[str, Any] | None]:
         """Load ``latest.pt`` into method, optimizer, scaler and RNGs; returns the loop state and,

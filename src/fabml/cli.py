@@ -82,9 +82,9 @@ def info(
     if as_json:
         out.print(json.dumps(details, indent=2, default=str))
         return
-    print_table(["field", "value"], [[key, _cell(details[key])] for key in
-                                     ("run", "job", "layout", "artefact", "started", "seed", "resumes")],
-                title="run")
+    keys = ["run", "job", "kind", "layout", "artefact", "started", "seed", "resumes"]
+    keys += ["members"] if details["members"] else []
+    print_table(["field", "value"], [[key, _cell(details[key])] for key in keys], title="run")
     print_table(["setting", "value"], [[k, _cell(v)] for k, v in details["config"].items()], title="config")
     print_table(["file", "bytes"], [[k, v] for k, v in details["files"].items()], title="files")
 

@@ -190,6 +190,8 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
         "versions": info.get("versions", {}),
         "resumes": len(info.get("resumes", [])),
         "argv": info.get("argv"),
+        "kind": info.get("kind", "run"),  # a job may record another kind of folder (surrogate: "ensemble")
+        "members": info.get("members"),
     }
 
 

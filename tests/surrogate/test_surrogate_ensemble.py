@@ -108,6 +108,18 @@ def test_cli_ensemble_predict_report_and_moving_the_tree(runs: dict[str, Path], 
     assert result.exit_code == 0, result.output
     record = json.loads((ens_dir / ENSEMBLE_FILE).read_text())
     assert record["members"] == ["../runs/a", "../runs/b"] and record["seeds"] == [0, 1]
+    info = CliRunner().invoke(app, ["info", "--run", str(ens_dir), "--json"])
+    assert info.exit_code == 0, info.output
+    details = json.loads(info.output)
+    assert details["job"] == "surrogate" and details["kind"] == "ensemble" and details["artefact"] is None
+    assert details["members"] == ["../runs/a", "../runs/b"] and {"run.json", ENSEMBLE_FILE} <= set(details["files"])
+    again = CliRunner().invoke(app, ["surrogate", "ensemble", str(tree / "runs" / "b"), str(tree / "runs" / "a"),
+                                     "--out", str(ens_dir)])  # an ensemble folder may be rewritten
+    assert again.exit_code == 0, again.output
+    assert json.loads((ens_dir / ENSEMBLE_FILE).read_text())["members"] == ["../runs/b", "../runs/a"]
+    assert json.loads((ens_dir / "run.json").read_text())["members"] == ["../runs/b", "../runs/a"]
+    CliRunner().invoke(app, ["surrogate", "ensemble", str(tree / "runs" / "a"), str(tree / "runs" / "b"),
+                             "--out", str(ens_dir)])
     moved = tmp_path / "moved"
     shutil.move(str(tree), str(moved))  # the whole tree moves: relative member paths still resolve
     ens_dir = moved / "ens"
@@ -142,6 +154,7 @@ def test_bad_ensembles_are_one_line_errors(runs: dict[str, Path], tmp_path: Path
     assert "no trained conditioner" in cli_error([*cmd, a, str(runs["vae_only"]), "--out", out])
     assert "split its cases differently" in cli_error([*cmd, a, str(runs["other_split"]), "--out", out])
     assert "is one of the member runs" in cli_error([*cmd, a, b, "--out", b])
+    assert "holds a training run" in cli_error([*cmd, a, b, "--out", str(runs["vae_only"])])
     assert not (tmp_path / "ens").exists()  # nothing written by a refused ensemble
     lonely = tmp_path / "lonely"
     shutil.copytree(runs["a"], tmp_path / "m0")

@@ -8,7 +8,8 @@ separate cores, GPUs or machines; this module only combines them. It is ours bec
 averages whole surrogate runs (their own scalers, symmetry averaging and fine-tuned decoders).
 
 ``fabml surrogate ensemble RUN1 RUN2 ... --out ENS`` writes ``ENS/ensemble.json`` naming the members (paths
-relative to ``ENS``, so the tree can move as a whole); ``predict``, ``evaluate`` and ``report`` take ``ENS`` as
+relative to ``ENS``, so the tree can move as a whole) and ``ENS/run.json`` (job ``surrogate``, kind ``ensemble``,
+so ``fabml info`` knows the folder); ``predict``, ``evaluate`` and ``report`` take ``ENS`` as
 their run. Requirements, each checked with a one-line error: at least two distinct members, each with a trained
 conditioner; the same input kind, input shape and parameter columns and the same field shape ``[T, M, V]``; the
 same case split (identical ``splits/*.csv``), so that ``evaluate --split test`` is held out for every member.
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 from fabml.engine.checkpoint import _atomic_write
+from fabml.engine.runs import RUN_INFO, RunFolder
 from fabml.errors import ConfigError, DataError
 from fabml.surrogate.runs import LoadedSurrogate, load_trained
 
@@ -129,7 +131,7 @@ def make_ensemble(members: Sequence[str | Path], out: str | Path) -> SurrogateEn
     out = Path(out)
     if out.resolve() in resolved:
         raise ConfigError(f"--out {out} is one of the member runs: choose a new folder for the ensemble")
-    if (out / "run.json").is_file():
+    if (out / RUN_INFO).is_file() and not is_ensemble(out):
         raise DataError(f"{out} holds a training run: choose a new folder for the ensemble")
     loaded = [load_trained(d) for d in dirs]
     for d, member in zip(dirs, loaded):
@@ -158,6 +160,8 @@ def make_ensemble(members: Sequence[str | Path], out: str | Path) -> SurrogateEn
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     text = json.dumps(record, indent=2).encode("utf-8")
     _atomic_write(out / ENSEMBLE_FILE, lambda handle: handle.write(text))
+    # run.json after ensemble.json: a folder with run.json alone is never taken for an ensemble
+    RunFolder.create(out, "surrogate").update_info(kind="ensemble", members=record["members"], seeds=seeds)
     return SurrogateEnsemble(out, loaded, dirs, notes)
 
 

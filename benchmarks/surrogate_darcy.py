@@ -676,13 +676,13 @@ def main() -> None:
                    help="train.ema_decay of the conditioner and e2e steps (a moving average of the weights; 0 = off)")
     p.add_argument("--full-res-blocks", type=int, default=3, help="conditioner.full_res_blocks (CNN)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--vae-epochs", type=int, default=200)
+    p.add_argument("--vae-epochs", type=int, default=350)
     p.add_argument("--vae-lr", type=float, default=3e-3)
     p.add_argument("--cond-epochs", type=int, default=20)
     p.add_argument("--cond-lr", type=float, default=1e-3)
     p.add_argument("--e2e-epochs", type=int, default=60)
     p.add_argument("--e2e-lr", type=float, default=1e-3)
-    p.add_argument("--members", type=int, default=3,
+    p.add_argument("--members", type=int, default=2,
                    help="seeds per conditioner kind, trained at once (one process each, --threads each) and "
                         "combined into an ensemble (fabml surrogate ensemble); seed 0 alone is the single-model row")
     p.add_argument("--member-vae", default="own", choices=["own", "shared"],

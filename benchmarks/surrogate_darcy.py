@@ -613,10 +613,8 @@ def write_results(res: dict[str, Any], results_dir: Path) -> None:
     lines.append("## The seed's largest case on a 12 GB GPU (estimate, not measured)")
     lines.append("")
     lines += res.get("gpu_lines", [])
-    lines.append("")
-    lines.append("## Notes")
-    lines.append("")
-    lines += [f"- {n}" for n in res.get("notes", [])]
+    if res.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     (results_dir / "surrogate_darcy.md").write_text("\n".join(lines) + "\n")
 
 

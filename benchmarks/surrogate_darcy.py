@@ -669,7 +669,8 @@ def main() -> None:
     p.add_argument("--decoder-lr-scale", type=float, default=0.1,
                    help="e2e.decoder_lr_scale: e2e fine-tunes the decoder at this multiple of its rate (0 = frozen)")
     p.add_argument("--channels-last", default="true", choices=["true", "false"],
-                   help="train.channels_last of every step: NHWC convolutions, about 1.5x faster on this CPU")
+                   help="train.channels_last of every step (NHWC convolutions; no faster for this CNN on the 2-core CPU, "
+                        "see benchmarks/cpu_channels_last.py)")
     p.add_argument("--ema-decay", type=float, default=0.998,
                    help="train.ema_decay of the conditioner and e2e steps (a moving average of the weights; 0 = off)")
     p.add_argument("--full-res-blocks", type=int, default=3, help="conditioner.full_res_blocks (CNN)")

@@ -366,8 +366,10 @@ class Trainer:
         elif resume and self.is_main:
             console.print(f"no checkpoint in {self.checkpoints.dir}; starting from scratch")
         self.ema = WeightAverage(self.method, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        if self.ema is not None and resumed and "ema_updates" in self._load_latest():
-            self.ema.load(self._load_latest()["method"], self._load_latest()["ema_updates"])
+        if self.ema is not None and resumed:
+            latest = self._load_latest()
+            if "ema_updates" in latest:  # else the checkpoint had no average: it starts from the weights
+                self.ema.load(latest["method"], latest["ema_updates"])
         self._latest = None
         self._overfit_warned = False
         self.global_step = loop.global_step

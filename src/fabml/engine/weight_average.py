@@ -65,12 +65,9 @@ class WeightAverage:
         state = module.state_dict()
         return {k: (self.average[k].clone() if k in self.average else v.detach().clone()) for k, v in state.items()}
 
-    @torch.no_grad()
     def copy_to(self, module: nn.Module) -> None:
         """Write the average into ``module``'s tensors in place."""
-        state = module.state_dict()
-        for key, value in self.average.items():
-            state[key].copy_(value)
+        _write(module, self.average)
 
     @contextmanager
     def swapped_in(self, module: nn.Module) -> Iterator[None]:
@@ -81,9 +78,7 @@ class WeightAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for key, value in saved.items():
-                    state[key].copy_(value)
+            _write(module, saved)
 
     def load(self, averaged: dict[str, Any], updates: int) -> None:
         """Restore the average from a checkpoint's averaged state dict and update count."""
@@ -92,3 +87,11 @@ class WeightAverage:
                 raise KeyError(key)
             value.copy_(averaged[key])
         self.updates = int(updates)
+
+
+@torch.no_grad()
+def _write(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy ``tensors`` into ``module``'s state-dict tensors of the same names, in place."""
+    state = module.state_dict()
+    for key, value in tensors.items():
+        state[key].copy_(value)

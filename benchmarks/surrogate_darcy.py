@@ -649,7 +649,8 @@ def target_lines(fab: dict[str, Any], fno: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's settings; its defaults are the benchmark's recipe (benchmarks/cpu_channels_last.py reuses them)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="", help="working folder (runs, imported data); default a temporary folder")
     p.add_argument("--results", default=str(RESULTS))
@@ -716,7 +717,11 @@ def main() -> None:
     p.add_argument("--scale-val-fraction", type=float, default=0.02)
     p.add_argument("--scale-dir", default="")
     p.add_argument("--smoke", action="store_true", help="tiny epochs and a 0.2 GB scale check, to test the script")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.smoke:
         args.vae_epochs, args.cond_epochs, args.e2e_epochs, args.fno_epochs = 2, 1, 1, 1
         args.vit_cond_epochs, args.vit_e2e_epochs = 1, 1
